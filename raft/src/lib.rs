@@ -1,0 +1,39 @@
+//! Cradle's consensus layer.
+//!
+//! Architecture invariant: this is the only crate that knows about openraft. The
+//! application above it (the `cradle` crate) sees opaque command payloads, a
+//! [`StateMachineApp`] it implements to apply them, and a [`RaftNode`] handle to
+//! submit them.
+//!
+//! # Layout
+//! - [`types`]: the openraft type configuration (`TypeConfig`), node identity.
+//! - [`store`]: one RocksDB database holding the Raft log, vote, the state
+//!   machine's metadata and the application's column families; [`Txn`], the
+//!   read-your-writes overlay in which one `apply` call's entries are applied
+//!   atomically.
+//! - `log_store`: openraft's `RaftLogStorage` over RocksDB; every append, vote,
+//!   truncate and purge is fsynced before it is reported done.
+//! - `state_machine`: openraft's `RaftStateMachine`; applies entries through
+//!   the [`StateMachineApp`], builds and installs snapshots.
+//! - `network`: the tonic client (one cached channel per peer) and the gRPC
+//!   service for AppendEntries, Vote, chunked InstallSnapshot and write
+//!   forwarding. Messages travel serde-encoded inside `proto/raft.proto`'s
+//!   `Payload`.
+//! - `node`: [`RaftNode`], the handle the application uses.
+
+pub mod store;
+pub mod types;
+
+mod log_store;
+mod network;
+mod node;
+mod state_machine;
+
+pub use node::{NodeConfig, RaftNode, RaftStatus, MemberStatus, WriteError};
+pub use store::{StateMachineApp, Txn, StoreError};
+pub use types::{NodeId, NodeInfo};
+
+/// Generated protobuf/gRPC code for `proto/raft.proto`.
+pub mod proto {
+    tonic::include_proto!("cradle.raft.v1");
+}

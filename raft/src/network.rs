@@ -1,0 +1,530 @@
+//! Peer RPC over gRPC (`proto/raft.proto`): the client side openraft uses to
+//! reach other members, the server side that hands their calls to the local
+//! Raft, and the messages a follower forwards to the leader.
+//!
+//! openraft's messages travel serde_json-encoded in `Payload.data`, except
+//! snapshot chunks, whose bytes follow a small JSON header raw (JSON would
+//! triple their size). Replies carry `Result<response, RaftError>` so remote
+//! Raft errors reach openraft as `RemoteError`, while transport failures
+//! become `Unreachable` (peer down: openraft backs off) or `Network`.
+//!
+//! One lazily connected tonic `Channel` per peer is cached and shared by
+//! every connection openraft makes to that peer and by write forwarding.
+
+use std::collections::{BTreeSet, HashMap};
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::{RPCTypes, SnapshotMeta, Vote};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+use tonic::{Code, Request, Response, Status};
+
+use crate::node::Inner;
+use crate::proto::raft_peer_client::RaftPeerClient;
+use crate::proto::raft_peer_server::RaftPeer;
+use crate::proto::Payload as WirePayload;
+use crate::types::{NodeId, NodeInfo, Payload, Reply, TypeConfig};
+
+/// Largest gRPC message either side accepts: bounds AppendEntries batches
+/// (`max_payload_entries` entries) and snapshot chunks.
+pub(crate) const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// How long establishing a TCP (+TLS) connection to a peer may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1_000);
+/// HTTP/2 pings detect a dead peer on an idle connection.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bounds the JSON header in front of a snapshot chunk.
+const MAX_CHUNK_HEADER_BYTES: usize = 1 << 20;
+
+/// Mutual TLS for peer RPC: each node presents a certificate signed by the
+/// cluster CA and accepts only peers that present one too.
+#[derive(Clone)]
+pub struct PeerTls {
+    /// The cluster CA certificate (PEM) that signs every node certificate.
+    pub ca_pem: Vec<u8>,
+    /// This node's certificate chain (PEM).
+    pub cert_pem: Vec<u8>,
+    /// This node's private key (PEM).
+    pub key_pem: Vec<u8>,
+    /// Name to verify in peers' certificates. `None` verifies the host part
+    /// of each peer's `rpc_addr` (which must then be in its certificate).
+    pub server_name: Option<String>,
+}
+
+impl fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the key.
+        f.debug_struct("PeerTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerTls {
+    pub(crate) fn server_config(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .client_ca_root(Certificate::from_pem(&self.ca_pem))
+    }
+
+    pub(crate) fn client_config(&self) -> ClientTlsConfig {
+        let config = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem));
+        match &self.server_name {
+            Some(name) => config.domain_name(name.clone()),
+            None => config,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Forwarding: what a follower asks the leader to do.
+
+/// A request a member hands to the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum ForwardRequest {
+    /// Propose an application payload.
+    Write(Payload),
+    /// Confirm leadership with a quorum and return the index a linearizable
+    /// read must wait for.
+    ReadIndex,
+    /// Add a learner and wait (bounded) for it to catch up.
+    AddLearner { id: NodeId, info: NodeInfo },
+    /// Make `voters` the voter set; other members become learners.
+    ChangeMembership { voters: BTreeSet<NodeId> },
+}
+
+/// The leader's answer to a [`ForwardRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum ForwardReply {
+    Written(Reply),
+    ReadIndex(Option<u64>),
+    MembershipChanged,
+}
+
+/// Why the leader (or the node that thought it was leader) refused.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+pub(crate) enum ForwardFailure {
+    /// Not the leader; nothing was proposed. Carries the leader it knows of.
+    #[error("not the leader (leader hint: {leader_id:?})")]
+    NotLeader {
+        leader_id: Option<NodeId>,
+        leader: Option<NodeInfo>,
+    },
+    /// The leader cannot hear from a quorum; nothing was proposed.
+    #[error("leader cannot reach a quorum: {0}")]
+    NoQuorum(String),
+    /// Proposed, but no outcome within the bound: it may still apply.
+    #[error("no outcome in time: {0}")]
+    Indeterminate(String),
+    /// A bounded wait ran out after the operation itself succeeded.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// Refused (membership change in progress, unknown learner, ...).
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// The leader's Raft has stopped.
+    #[error("raft stopped: {0}")]
+    Fatal(String),
+}
+
+/// Why a forwarded call failed.
+#[derive(Debug)]
+pub(crate) enum CallError {
+    /// The request certainly did not reach the peer (connect failed).
+    NotSent(String),
+    /// The request may have reached the peer; its outcome is unknown.
+    Lost(String),
+    /// The peer answered with a failure.
+    Remote(ForwardFailure),
+}
+
+// ---------------------------------------------------------------------------
+// Encoding.
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(value)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, serde_json::Error> {
+    serde_json::from_slice(bytes)
+}
+
+/// Everything of an `InstallSnapshotRequest` except its data.
+#[derive(Serialize, Deserialize)]
+struct ChunkHeader {
+    vote: Vote<NodeId>,
+    meta: SnapshotMeta<NodeId, NodeInfo>,
+    offset: u64,
+    done: bool,
+}
+
+/// `u32 BE header length, JSON header, raw chunk bytes`.
+fn encode_chunk(req: InstallSnapshotRequest<TypeConfig>) -> Result<Vec<u8>, String> {
+    let header = ChunkHeader {
+        vote: req.vote,
+        meta: req.meta,
+        offset: req.offset,
+        done: req.done,
+    };
+    let header = encode(&header).map_err(|e| e.to_string())?;
+    let header_len = u32::try_from(header.len()).map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(4 + header.len() + req.data.len());
+    out.extend_from_slice(&header_len.to_be_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&req.data);
+    Ok(out)
+}
+
+fn decode_chunk(mut bytes: Vec<u8>) -> Result<InstallSnapshotRequest<TypeConfig>, String> {
+    let len_bytes: [u8; 4] = bytes
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .ok_or("snapshot chunk shorter than its length prefix")?;
+    let header_len = u32::from_be_bytes(len_bytes) as usize;
+    if header_len > MAX_CHUNK_HEADER_BYTES || 4 + header_len > bytes.len() {
+        return Err(format!("bad snapshot chunk header length {header_len}"));
+    }
+    let header: ChunkHeader = decode(&bytes[4..4 + header_len]).map_err(|e| e.to_string())?;
+    let data = bytes.split_off(4 + header_len);
+    Ok(InstallSnapshotRequest {
+        vote: header.vote,
+        meta: header.meta,
+        offset: header.offset,
+        data,
+        done: header.done,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Client side.
+
+/// The cached channels to peers, shared by openraft's connections and by
+/// forwarding.
+pub(crate) struct Peers {
+    tls: Option<ClientTlsConfig>,
+    /// Peer id -> (address the channel was made for, channel).
+    channels: Mutex<HashMap<NodeId, (String, Channel)>>,
+}
+
+impl Peers {
+    pub(crate) fn new(tls: Option<ClientTlsConfig>) -> Self {
+        Peers {
+            tls,
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The channel to `id` at `addr`, made on first use (without connecting:
+    /// tonic connects lazily and reconnects after failures).
+    pub(crate) async fn channel(&self, id: NodeId, addr: &str) -> Result<Channel, String> {
+        let mut channels = self.channels.lock().await;
+        if let Some((cached_addr, channel)) = channels.get(&id) {
+            if cached_addr == addr {
+                return Ok(channel.clone());
+            }
+        }
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| format!("peer TLS config: {e}"))?;
+        }
+        let channel = endpoint.connect_lazy();
+        channels.insert(id, (addr.to_string(), channel.clone()));
+        Ok(channel)
+    }
+
+    /// Sends a [`ForwardRequest`] to `id` at `addr`, waiting at most
+    /// `timeout`.
+    pub(crate) async fn forward(
+        &self,
+        id: NodeId,
+        addr: &str,
+        req: &ForwardRequest,
+        timeout: Duration,
+    ) -> Result<ForwardReply, CallError> {
+        let channel = self.channel(id, addr).await.map_err(CallError::NotSent)?;
+        let data = encode(req).map_err(|e| CallError::NotSent(e.to_string()))?;
+        let mut request = Request::new(WirePayload { data });
+        request.set_timeout(timeout);
+        let call = client(channel).forward(request);
+        // tonic's own deadline covers the server; this one also covers a
+        // connect that hangs.
+        let reply = match tokio::time::timeout(timeout, call).await {
+            Err(_) => return Err(CallError::Lost(format!("no answer from node {id} within {timeout:?}"))),
+            Ok(Err(status)) if not_sent(&status) => {
+                return Err(CallError::NotSent(format!("node {id} at {addr}: {status}")))
+            }
+            Ok(Err(status)) => return Err(CallError::Lost(format!("node {id} at {addr}: {status}"))),
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        let result: Result<ForwardReply, ForwardFailure> =
+            decode(&reply.data).map_err(|e| CallError::Lost(format!("undecodable reply from node {id}: {e}")))?;
+        result.map_err(CallError::Remote)
+    }
+}
+
+fn client(channel: Channel) -> RaftPeerClient<Channel> {
+    RaftPeerClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// Whether the failure happened before the request could reach the peer:
+/// only a failed connect proves that.
+fn not_sent(status: &Status) -> bool {
+    if status.code() != Code::Unavailable {
+        return false;
+    }
+    let mut source: Option<&(dyn StdError + 'static)> = status.source();
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable
+                    | std::io::ErrorKind::AddrNotAvailable
+            ) {
+                return true;
+            }
+        }
+        let text = err.to_string();
+        if text.contains("tcp connect error") || text.contains("error trying to connect") {
+            return true;
+        }
+        source = err.source();
+    }
+    status.message().contains("tcp connect error")
+}
+
+/// Builds openraft connections over the cached channels.
+pub(crate) struct NetworkFactory {
+    pub(crate) local_id: NodeId,
+    pub(crate) peers: Arc<Peers>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerConnection {
+        // A bad address cannot be reported here; every call reports it.
+        let channel = self.peers.channel(target, &node.rpc_addr).await;
+        PeerConnection {
+            local_id: self.local_id,
+            target,
+            node: node.clone(),
+            channel,
+        }
+    }
+}
+
+/// openraft's connection to one peer.
+pub(crate) struct PeerConnection {
+    local_id: NodeId,
+    target: NodeId,
+    node: NodeInfo,
+    channel: Result<Channel, String>,
+}
+
+impl PeerConnection {
+    /// One unary call: encode, send with a deadline, decode
+    /// `Result<Resp, E>`.
+    async fn call<Resp, E>(
+        &self,
+        action: RPCTypes,
+        data: Vec<u8>,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, NodeInfo, E>>
+    where
+        Resp: DeserializeOwned,
+        E: StdError + DeserializeOwned,
+    {
+        let channel = match &self.channel {
+            Ok(channel) => channel.clone(),
+            Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&StringError(e.clone())))),
+        };
+        let ttl = option.hard_ttl();
+        let mut request = Request::new(WirePayload { data });
+        request.set_timeout(ttl);
+        let mut client = client(channel);
+        let result = match action {
+            RPCTypes::AppendEntries => client.append_entries(request).await,
+            RPCTypes::Vote => client.vote(request).await,
+            RPCTypes::InstallSnapshot => client.install_snapshot(request).await,
+        };
+        let reply = match result {
+            Ok(reply) => reply.into_inner(),
+            Err(status) => return Err(self.status_error(action, ttl, status)),
+        };
+        let decoded: Result<Resp, E> =
+            decode(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        decoded.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
+    }
+
+    fn status_error<E: StdError>(&self, action: RPCTypes, ttl: Duration, status: Status) -> RPCError<NodeId, NodeInfo, E> {
+        match status.code() {
+            // Peer down, refusing or unreachable: openraft backs off.
+            Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
+            Code::DeadlineExceeded => RPCError::Timeout(Timeout {
+                action,
+                id: self.local_id,
+                target: self.target,
+                timeout: ttl,
+            }),
+            _ => RPCError::Network(NetworkError::new(&status)),
+        }
+    }
+}
+
+/// Lets a plain message travel where openraft wants an error value.
+#[derive(Debug)]
+struct StringError(String);
+
+impl fmt::Display for StringError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl StdError for StringError {}
+
+fn encode_error<E>(e: impl fmt::Display) -> RPCError<NodeId, NodeInfo, E>
+where
+    E: StdError,
+{
+    RPCError::Network(NetworkError::new(&StringError(format!("encoding request: {e}"))))
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
+        let data = encode(&rpc).map_err(encode_error)?;
+        self.call(RPCTypes::AppendEntries, data, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, NodeInfo, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        let data = encode_chunk(rpc).map_err(encode_error)?;
+        self.call(RPCTypes::InstallSnapshot, data, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
+        let data = encode(&rpc).map_err(encode_error)?;
+        self.call(RPCTypes::Vote, data, &option).await
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Server side.
+
+/// The gRPC service: hands peers' calls to the local Raft.
+pub(crate) struct PeerService {
+    pub(crate) node: Arc<Inner>,
+}
+
+fn bad_request(e: impl fmt::Display) -> Status {
+    Status::invalid_argument(format!("undecodable request: {e}"))
+}
+
+fn reply<T: Serialize>(value: &T) -> Result<Response<WirePayload>, Status> {
+    let data = encode(value).map_err(|e| Status::internal(format!("encoding reply: {e}")))?;
+    Ok(Response::new(WirePayload { data }))
+}
+
+#[tonic::async_trait]
+impl RaftPeer for PeerService {
+    async fn append_entries(&self, request: Request<WirePayload>) -> Result<Response<WirePayload>, Status> {
+        let req: AppendEntriesRequest<TypeConfig> = decode(&request.into_inner().data).map_err(bad_request)?;
+        let result = self.node.raft.append_entries(req).await;
+        reply(&result)
+    }
+
+    async fn vote(&self, request: Request<WirePayload>) -> Result<Response<WirePayload>, Status> {
+        let req: VoteRequest<NodeId> = decode(&request.into_inner().data).map_err(bad_request)?;
+        let result = self.node.raft.vote(req).await;
+        reply(&result)
+    }
+
+    async fn install_snapshot(&self, request: Request<WirePayload>) -> Result<Response<WirePayload>, Status> {
+        let req = decode_chunk(request.into_inner().data).map_err(bad_request)?;
+        let result = self.node.raft.install_snapshot(req).await;
+        reply(&result)
+    }
+
+    async fn forward(&self, request: Request<WirePayload>) -> Result<Response<WirePayload>, Status> {
+        let req: ForwardRequest = decode(&request.into_inner().data).map_err(bad_request)?;
+        // Executed here or refused with NotLeader: never forwarded on, so a
+        // request cannot loop between nodes with stale leader views.
+        let result = self.node.execute_as_leader(req).await;
+        reply(&result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, LogId, StoredMembership};
+
+    #[test]
+    fn snapshot_chunk_round_trips_with_raw_data() {
+        let meta = SnapshotMeta {
+            last_log_id: Some(LogId::new(CommittedLeaderId::new(3, 1), 42)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "s-1".to_string(),
+        };
+        let data: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
+        let req = InstallSnapshotRequest {
+            vote: Vote::new_committed(3, 1),
+            meta: meta.clone(),
+            offset: 4096,
+            data: data.clone(),
+            done: true,
+        };
+        let bytes = encode_chunk(req).unwrap();
+        // Raw bytes plus a small header, not a JSON array of numbers.
+        assert!(bytes.len() < data.len() + 1024, "encoded {} bytes", bytes.len());
+        let back = decode_chunk(bytes).unwrap();
+        assert_eq!(back.meta, meta);
+        assert_eq!(back.offset, 4096);
+        assert!(back.done);
+        assert_eq!(back.data, data);
+        assert!(decode_chunk(vec![0, 0, 0, 200, b'{']).is_err());
+        assert!(decode_chunk(vec![1]).is_err());
+    }
+}

@@ -1,0 +1,523 @@
+//! The replicated state machine: applies committed entries through the
+//! [`StateMachineApp`], and builds, stores and installs snapshots.
+//!
+//! State lives in RocksDB: the application's column families plus `sm_meta`
+//! (last applied log id, last membership), which is written in the same
+//! batch as the application's writes. Applies are not synced; the log
+//! store's next synced write covers them (one WAL), and after a crash the
+//! state machine is never ahead of the durable log.
+//!
+//! Snapshots are files in `<data_dir>/snapshots` (format in
+//! [`crate::snapshot`]); `raft_meta` points at the current one so it
+//! survives a restart. Installing writes an "installing" marker first, so a
+//! crash half-way through is finished from the file on the next open.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    AnyError, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot,
+    SnapshotMeta, StorageError, StorageIOError, StoredMembership,
+};
+use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
+use serde::{Deserialize, Serialize};
+
+use crate::snapshot::{self, SnapshotHeader, SnapshotReader, SnapshotWriter};
+use crate::store::{cf_handle, StateMachineApp, StoreError, Txn, CF_RAFT_META, CF_SM_META};
+use crate::types::{NodeId, NodeInfo, Reply, TypeConfig};
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+type Membership = StoredMembership<NodeId, NodeInfo>;
+
+const KEY_LAST_APPLIED: &[u8] = b"last_applied";
+const KEY_MEMBERSHIP: &[u8] = b"membership";
+/// Present while a snapshot install is in progress; names the file.
+const KEY_INSTALLING: &[u8] = b"installing";
+/// In `raft_meta`: the current snapshot's meta and file name.
+const KEY_CURRENT_SNAPSHOT: &[u8] = b"current_snapshot";
+
+/// Writes of one install batch are flushed once they reach this size, so a
+/// huge snapshot does not sit in memory as one batch. Smaller snapshots are
+/// installed in one atomic batch, so readers never see a half-installed state.
+const INSTALL_BATCH_BYTES: usize = 64 << 20;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CurrentSnapshot {
+    meta: SnapshotMeta<NodeId, NodeInfo>,
+    /// File name inside the snapshot directory.
+    file: String,
+}
+
+/// What the state machine, its snapshot builders and install share.
+struct Shared {
+    db: Arc<DB>,
+    app: Arc<dyn StateMachineApp>,
+    dir: PathBuf,
+    /// Serializes updates of the current-snapshot pointer and the removal of
+    /// old snapshot files between the builder task and install. Only held on
+    /// blocking threads.
+    pointer_lock: Mutex<()>,
+    /// Makes snapshot ids and file names unique within this process.
+    seq: AtomicU64,
+}
+
+/// The state machine handed to openraft.
+pub(crate) struct StateMachine {
+    shared: Arc<Shared>,
+    last_applied: Option<LogId<NodeId>>,
+    membership: Membership,
+}
+
+fn sm_err(verb: ErrorVerb, e: impl ToString) -> StorageError<NodeId> {
+    StorageIOError::new(ErrorSubject::StateMachine, verb, AnyError::error(e.to_string())).into()
+}
+
+fn snap_err(meta: Option<&SnapshotMeta<NodeId, NodeInfo>>, verb: ErrorVerb, e: impl ToString) -> StorageError<NodeId> {
+    let subject = ErrorSubject::Snapshot(meta.map(|m| m.signature()));
+    StorageIOError::new(subject, verb, AnyError::error(e.to_string())).into()
+}
+
+/// Runs blocking work (RocksDB, file I/O, the application's apply) off the
+/// async worker threads.
+async fn blocking<T, F>(f: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(join) => Err(StoreError::Corrupt {
+            what: "blocking task",
+            detail: join.to_string(),
+        }),
+    }
+}
+
+fn json<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
+        what: "state machine metadata",
+        detail: e.to_string(),
+    })
+}
+
+fn from_json<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &'static str) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        what,
+        detail: e.to_string(),
+    })
+}
+
+fn synced() -> WriteOptions {
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    opts
+}
+
+fn now_millis() -> u128 {
+    // Only used to make snapshot ids unique across restarts, never in apply.
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+impl Shared {
+    fn read_applied(&self) -> Result<(Option<LogId<NodeId>>, Membership), StoreError> {
+        let cf = cf_handle(&self.db, CF_SM_META)?;
+        let last_applied = match self.db.get_cf(cf, KEY_LAST_APPLIED)? {
+            Some(bytes) => from_json(&bytes, "last applied log id")?,
+            None => None,
+        };
+        let membership = match self.db.get_cf(cf, KEY_MEMBERSHIP)? {
+            Some(bytes) => from_json(&bytes, "last membership")?,
+            None => Membership::default(),
+        };
+        Ok((last_applied, membership))
+    }
+
+    fn current(&self) -> Result<Option<CurrentSnapshot>, StoreError> {
+        let cf = cf_handle(&self.db, CF_RAFT_META)?;
+        match self.db.get_cf(cf, KEY_CURRENT_SNAPSHOT)? {
+            Some(bytes) => Ok(Some(from_json(&bytes, "current snapshot pointer")?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A fresh, unique file stem for a snapshot covering `last`.
+    fn file_stem(&self, last: Option<&LogId<NodeId>>) -> String {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let index = last.map_or(0, |l| l.index);
+        format!("snap-{index:020}-{}-{seq}", now_millis())
+    }
+
+    /// Removes snapshot files other than `keep` (a file name). Files still
+    /// being written (`.tmp`) are removed only when `include_partial`, i.e.
+    /// at open, when no build or install can be running.
+    fn remove_other_files(&self, keep: Option<&str>, include_partial: bool) -> Result<(), StoreError> {
+        for dirent in fs::read_dir(&self.dir)? {
+            let dirent = dirent?;
+            let name = dirent.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if keep == Some(name) || !(include_partial || name.ends_with(".snap")) {
+                continue;
+            }
+            snapshot::remove_if_exists(&dirent.path())?;
+        }
+        Ok(())
+    }
+
+    /// Builds a snapshot from a consistent RocksDB snapshot and makes it
+    /// current unless a newer one already is. Blocking.
+    fn build(&self) -> Result<(SnapshotMeta<NodeId, NodeInfo>, fs::File), StoreError> {
+        let view = self.db.snapshot();
+        let sm_cf = cf_handle(&self.db, CF_SM_META)?;
+        // Read the applied position from the same view as the data, so the
+        // snapshot's meta matches its contents exactly.
+        let last_applied: Option<LogId<NodeId>> = match view.get_cf(sm_cf, KEY_LAST_APPLIED)? {
+            Some(bytes) => from_json(&bytes, "last applied log id")?,
+            None => None,
+        };
+        let membership: Membership = match view.get_cf(sm_cf, KEY_MEMBERSHIP)? {
+            Some(bytes) => from_json(&bytes, "last membership")?,
+            None => Membership::default(),
+        };
+        let stem = self.file_stem(last_applied.as_ref());
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id: stem.clone(),
+        };
+        let cfs = self.app.column_families();
+        let header = SnapshotHeader {
+            meta: meta.clone(),
+            cfs: cfs.iter().map(|s| s.to_string()).collect(),
+        };
+        let tmp = self.dir.join(format!("{stem}.tmp"));
+        let mut writer = SnapshotWriter::create(&tmp, &header)?;
+        for (cf_index, name) in cfs.iter().enumerate() {
+            let cf = cf_handle(&self.db, name)?;
+            for item in view.iterator_cf(cf, IteratorMode::Start) {
+                let (key, value) = item?;
+                writer.record(cf_index, &key, &value)?;
+            }
+        }
+        let records = writer.finish()?;
+        drop(view);
+        // Opened before it can be renamed or removed: the caller streams
+        // from this handle whatever happens to the name.
+        let handle = fs::File::open(&tmp)?;
+        tracing::info!(snapshot = %stem, records, "built snapshot");
+
+        let _guard = self.pointer_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let newer_exists = self
+            .current()?
+            .is_some_and(|c| c.meta.last_log_id > meta.last_log_id);
+        if newer_exists {
+            // An install overtook this build; the handle stays usable.
+            snapshot::remove_if_exists(&tmp)?;
+        } else {
+            let file = format!("{stem}.snap");
+            fs::rename(&tmp, self.dir.join(&file))?;
+            snapshot::sync_dir(&self.dir)?;
+            self.set_current(&CurrentSnapshot {
+                meta: meta.clone(),
+                file: file.clone(),
+            })?;
+            self.remove_other_files(Some(&file), false)?;
+        }
+        Ok((meta, handle))
+    }
+
+    fn set_current(&self, current: &CurrentSnapshot) -> Result<(), StoreError> {
+        let cf = cf_handle(&self.db, CF_RAFT_META)?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf, KEY_CURRENT_SNAPSHOT, json(current)?);
+        self.db.write_opt(batch, &synced())?;
+        Ok(())
+    }
+
+    /// Saves a received snapshot, makes it current and loads it into the
+    /// database. Blocking.
+    fn install(&self, mut received: fs::File, meta: &SnapshotMeta<NodeId, NodeInfo>) -> Result<(), StoreError> {
+        let stem = self.file_stem(meta.last_log_id.as_ref());
+        let tmp = self.dir.join(format!("{stem}.tmp"));
+        snapshot::copy_to(&mut received, &tmp)?;
+        drop(received);
+        let header = snapshot::verify(&tmp)?;
+        if header.meta.snapshot_id != meta.snapshot_id || header.meta.last_log_id != meta.last_log_id {
+            return Err(StoreError::Corrupt {
+                what: "snapshot file",
+                detail: format!(
+                    "file is snapshot {} up to {:?}, expected {} up to {:?}",
+                    header.meta.snapshot_id, header.meta.last_log_id, meta.snapshot_id, meta.last_log_id
+                ),
+            });
+        }
+        let file = format!("{stem}.snap");
+        let reader = {
+            let _guard = self.pointer_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let path = self.dir.join(&file);
+            fs::rename(&tmp, &path)?;
+            snapshot::sync_dir(&self.dir)?;
+            let reader = SnapshotReader::open(&path)?;
+            // Pointer and marker go in one synced batch: from here on a
+            // crash finishes this install on the next open.
+            let mut batch = WriteBatch::default();
+            let current = CurrentSnapshot {
+                meta: meta.clone(),
+                file: file.clone(),
+            };
+            batch.put_cf(cf_handle(&self.db, CF_RAFT_META)?, KEY_CURRENT_SNAPSHOT, json(&current)?);
+            batch.put_cf(cf_handle(&self.db, CF_SM_META)?, KEY_INSTALLING, file.as_bytes());
+            self.db.write_opt(batch, &synced())?;
+            self.remove_other_files(Some(&file), false)?;
+            reader
+        };
+        self.load(reader)
+    }
+
+    /// Replaces the application's column families and `sm_meta` with the
+    /// snapshot's contents and clears the installing marker. Blocking.
+    fn load(&self, mut reader: SnapshotReader) -> Result<(), StoreError> {
+        let header = reader.header.clone();
+        let local_cfs = self.app.column_families();
+        // Map the file's column family positions to local handles; an
+        // unknown name means the sender runs a different schema.
+        let mut handles = Vec::with_capacity(header.cfs.len());
+        for name in &header.cfs {
+            if !local_cfs.contains(&name.as_str()) {
+                return Err(StoreError::UnknownColumnFamily(name.clone()));
+            }
+            handles.push(cf_handle(&self.db, name)?);
+        }
+
+        let mut batch = WriteBatch::default();
+        for name in local_cfs {
+            let cf = cf_handle(&self.db, name)?;
+            let first = self.db.iterator_cf(cf, IteratorMode::Start).next().transpose()?;
+            let last = self.db.iterator_cf(cf, IteratorMode::End).next().transpose()?;
+            if let (Some((first, _)), Some((last, _))) = (first, last) {
+                // delete_range excludes its end key.
+                batch.delete_range_cf(cf, &first, &last);
+                batch.delete_cf(cf, &last);
+            }
+        }
+        while let Some(record) = reader.next_record()? {
+            let cf = handles
+                .get(record.cf_index)
+                .ok_or_else(|| StoreError::Corrupt {
+                    what: "snapshot file",
+                    detail: format!("column family index {}", record.cf_index),
+                })?;
+            batch.put_cf(*cf, &record.key, &record.value);
+            if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
+                self.db.write(std::mem::take(&mut batch))?;
+            }
+        }
+        let sm_cf = cf_handle(&self.db, CF_SM_META)?;
+        batch.put_cf(sm_cf, KEY_LAST_APPLIED, json(&header.meta.last_log_id)?);
+        batch.put_cf(sm_cf, KEY_MEMBERSHIP, json(&header.meta.last_membership)?);
+        batch.delete_cf(sm_cf, KEY_INSTALLING);
+        // Not synced: until this batch is durable the marker is, and the
+        // install is redone on open.
+        self.db.write(batch)?;
+        Ok(())
+    }
+}
+
+impl StateMachine {
+    /// Opens the state machine over `db`, keeping snapshot files in `dir`,
+    /// and finishes an install that a crash interrupted.
+    pub(crate) async fn open(db: Arc<DB>, app: Arc<dyn StateMachineApp>, dir: PathBuf) -> Result<Self, StoreError> {
+        let shared = Arc::new(Shared {
+            db,
+            app,
+            dir,
+            pointer_lock: Mutex::new(()),
+            seq: AtomicU64::new(0),
+        });
+        let opened = shared.clone();
+        let (last_applied, membership, reinstalled) = blocking(move || {
+            fs::create_dir_all(&opened.dir)?;
+            let current = opened.current()?;
+            // Leftovers of interrupted builds or receives.
+            opened.remove_other_files(current.as_ref().map(|c| c.file.as_str()), true)?;
+            let sm_cf = cf_handle(&opened.db, CF_SM_META)?;
+            let mut reinstalled = false;
+            if let Some(file) = opened.db.get_cf(sm_cf, KEY_INSTALLING)? {
+                let file = String::from_utf8_lossy(&file).into_owned();
+                tracing::warn!(%file, "finishing a snapshot install interrupted by a crash");
+                let path = opened.dir.join(&file);
+                snapshot::verify(&path)?;
+                opened.load(SnapshotReader::open(&path)?)?;
+                reinstalled = true;
+            }
+            let (last_applied, membership) = opened.read_applied()?;
+            Ok((last_applied, membership, reinstalled))
+        })
+        .await?;
+        if reinstalled {
+            shared.app.snapshot_installed();
+        }
+        Ok(StateMachine {
+            shared,
+            last_applied,
+            membership,
+        })
+    }
+}
+
+/// Builds snapshots on openraft's builder task.
+pub(crate) struct SnapshotBuilder {
+    shared: Arc<Shared>,
+}
+
+async fn open_snapshot(
+    meta: SnapshotMeta<NodeId, NodeInfo>,
+    path: &Path,
+) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| snap_err(Some(&meta), ErrorVerb::Read, e))?;
+    Ok(Snapshot {
+        meta,
+        snapshot: Box::new(file),
+    })
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let shared = self.shared.clone();
+        let (meta, file) = blocking(move || shared.build())
+            .await
+            .map_err(|e| snap_err(None, ErrorVerb::Write, e))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> StorageResult<(Option<LogId<NodeId>>, Membership)> {
+        Ok((self.last_applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Reply>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let shared = self.shared.clone();
+        let mut membership = self.membership.clone();
+        let (replies, last_applied, membership) = blocking(move || {
+            let db: &DB = &shared.db;
+            let mut txn = Txn::new(db);
+            let mut replies = Vec::with_capacity(entries.len());
+            let mut last_applied = None;
+            let mut membership_changed = false;
+            for entry in entries {
+                last_applied = Some(entry.log_id);
+                let reply = match entry.payload {
+                    EntryPayload::Blank => Vec::new(),
+                    EntryPayload::Normal(payload) => shared.app.apply(&mut txn, entry.log_id.index, &payload.0),
+                    EntryPayload::Membership(m) => {
+                        membership = StoredMembership::new(Some(entry.log_id), m);
+                        membership_changed = true;
+                        Vec::new()
+                    }
+                };
+                replies.push(Reply(reply));
+            }
+            let sm_cf = cf_handle(db, CF_SM_META)?;
+            txn.batch_mut()
+                .put_cf(sm_cf, KEY_LAST_APPLIED, json(&last_applied)?);
+            if membership_changed {
+                txn.batch_mut()
+                    .put_cf(sm_cf, KEY_MEMBERSHIP, json(&membership)?);
+            }
+            // One write for the whole batch of entries, unsynced (see the
+            // module doc).
+            db.write(txn.into_batch())?;
+            Ok((replies, last_applied, membership))
+        })
+        .await
+        .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        self.last_applied = last_applied;
+        self.membership = membership;
+        self.shared.app.committed();
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            shared: self.shared.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<tokio::fs::File>> {
+        let seq = self.shared.seq.fetch_add(1, Ordering::Relaxed);
+        let path = self.shared.dir.join(format!("incoming-{seq}.part"));
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|e| snap_err(None, ErrorVerb::Write, e))?;
+        // Unlinked at once: the handle keeps the data, and an abandoned or
+        // crashed transfer leaves nothing behind. Install copies it out.
+        tokio::fs::remove_file(&path)
+            .await
+            .map_err(|e| snap_err(None, ErrorVerb::Write, e))?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, NodeInfo>,
+        snapshot: Box<tokio::fs::File>,
+    ) -> StorageResult<()> {
+        tracing::info!(snapshot = %meta.snapshot_id, last = ?meta.last_log_id, "installing snapshot");
+        let received = snapshot.into_std().await;
+        let shared = self.shared.clone();
+        let owned_meta = meta.clone();
+        blocking(move || shared.install(received, &owned_meta))
+            .await
+            .map_err(|e| snap_err(Some(meta), ErrorVerb::Write, e))?;
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        self.shared.app.snapshot_installed();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        let shared = self.shared.clone();
+        let current = blocking(move || shared.current())
+            .await
+            .map_err(|e| snap_err(None, ErrorVerb::Read, e))?;
+        let Some(current) = current else {
+            return Ok(None);
+        };
+        let path = self.shared.dir.join(&current.file);
+        match tokio::fs::metadata(&path).await {
+            Ok(_) => open_snapshot(current.meta, &path).await.map(Some),
+            Err(e) => {
+                // The state machine can always build a new one; losing the
+                // file costs time, not data.
+                tracing::warn!(file = %path.display(), error = %e, "current snapshot file is missing");
+                Ok(None)
+            }
+        }
+    }
+}

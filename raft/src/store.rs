@@ -1,0 +1,193 @@
+//! The RocksDB database shared by the Raft log and the state machine, and the
+//! contract between the state machine and the application it runs.
+//!
+//! One database, one write-ahead log: the log store's fsync also makes every
+//! earlier state-machine write durable, so the state machine itself writes
+//! without sync and is never ahead of a durable log.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, DB};
+
+/// Raft log entries, keyed by big-endian log index so key order is log order.
+pub(crate) const CF_RAFT_LOG: &str = "raft_log";
+/// Vote, committed log id, last purged log id, current snapshot pointer.
+pub(crate) const CF_RAFT_META: &str = "raft_meta";
+/// Last applied log id and last membership, written in the same batch as the
+/// application's writes so they can never disagree.
+pub(crate) const CF_SM_META: &str = "sm_meta";
+
+/// Column families the application may not claim.
+const RESERVED_CFS: [&str; 4] = ["default", CF_RAFT_LOG, CF_RAFT_META, CF_SM_META];
+
+/// Errors from the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("unknown column family {0:?}")]
+    UnknownColumnFamily(String),
+    #[error("column family {0:?} is reserved for the Raft layer")]
+    ReservedColumnFamily(String),
+    #[error("corrupt record in {what}: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Opens (creating if needed) the node's database with the Raft column
+/// families and the application's.
+pub(crate) fn open_db(path: &Path, app_cfs: &[&str]) -> Result<DB, StoreError> {
+    for name in app_cfs {
+        if RESERVED_CFS.contains(name) {
+            return Err(StoreError::ReservedColumnFamily((*name).to_string()));
+        }
+    }
+    let mut db_opts = Options::default();
+    db_opts.create_if_missing(true);
+    db_opts.create_missing_column_families(true);
+    // Recover the longest consistent prefix of the WAL after a crash: the
+    // state machine's unsynced writes then never outlive an earlier log write.
+    db_opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
+    let names = [CF_RAFT_LOG, CF_RAFT_META, CF_SM_META]
+        .into_iter()
+        .chain(app_cfs.iter().copied());
+    let descriptors = names
+        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()))
+        .collect::<Vec<_>>();
+    Ok(DB::open_cf_descriptors(&db_opts, path, descriptors)?)
+}
+
+/// Looks up a column family handle; every name used here was created by
+/// [`open_db`], so a miss means the database was opened differently.
+pub(crate) fn cf_handle<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily, StoreError> {
+    db.cf_handle(name)
+        .ok_or_else(|| StoreError::UnknownColumnFamily(name.to_string()))
+}
+
+/// What the application above Raft implements: how committed payloads change
+/// its state.
+pub trait StateMachineApp: Send + Sync + 'static {
+    /// Column families the application owns. They are created when the
+    /// database opens and are carried whole in snapshots.
+    fn column_families(&self) -> &'static [&'static str];
+
+    /// Applies one committed payload and returns the reply for the client
+    /// that proposed it.
+    ///
+    /// Must be deterministic: the same state and payload give the same writes
+    /// and reply on every replica. No clocks, no randomness, no I/O except
+    /// through `txn`. Invalid payloads are answered with an error reply, never
+    /// a panic.
+    fn apply(&self, txn: &mut Txn<'_>, log_index: u64, payload: &[u8]) -> Vec<u8>;
+
+    /// Called after the writes of every `apply` since the previous call are
+    /// committed to the database, so readers now see them.
+    fn committed(&self);
+
+    /// Called after a snapshot replaced the application's whole state.
+    fn snapshot_installed(&self);
+}
+
+/// The writes of one batch of entries, applied atomically, with reads that
+/// see the batch's own earlier writes.
+pub struct Txn<'a> {
+    db: &'a DB,
+    overlay: BTreeMap<(String, Vec<u8>), Option<Vec<u8>>>,
+    batch: WriteBatch,
+}
+
+impl<'a> Txn<'a> {
+    pub fn new(db: &'a DB) -> Self {
+        Txn {
+            db,
+            overlay: BTreeMap::new(),
+            batch: WriteBatch::default(),
+        }
+    }
+
+    pub fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(pending) = self.overlay.get(&(cf.to_string(), key.to_vec())) {
+            return Ok(pending.clone());
+        }
+        let handle = self.cf(cf)?;
+        Ok(self.db.get_cf(handle, key)?)
+    }
+
+    pub fn put(&mut self, cf: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let handle = self.cf(cf)?;
+        self.batch.put_cf(handle, key, value);
+        self.overlay
+            .insert((cf.to_string(), key.to_vec()), Some(value.to_vec()));
+        Ok(())
+    }
+
+    pub fn delete(&mut self, cf: &str, key: &[u8]) -> Result<(), StoreError> {
+        let handle = self.cf(cf)?;
+        self.batch.delete_cf(handle, key);
+        self.overlay.insert((cf.to_string(), key.to_vec()), None);
+        Ok(())
+    }
+
+    /// Every live key starting with `prefix`, in key order, as this batch
+    /// would leave them, stopping after `limit` entries.
+    pub fn scan_prefix(
+        &self,
+        cf: &str,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let handle = self.cf(cf)?;
+        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+        for item in self
+            .db
+            .iterator_cf(handle, IteratorMode::From(prefix, Direction::Forward))
+        {
+            let (key, value) = item?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            merged.insert(key.to_vec(), Some(value.to_vec()));
+            // Overlay deletions may hide some of these, so read a little past
+            // the limit only when the overlay touches this range.
+            if merged.len() > limit + self.overlay.len() {
+                break;
+            }
+        }
+        let lower = (cf.to_string(), prefix.to_vec());
+        for ((pending_cf, key), value) in self.overlay.range(lower..) {
+            if pending_cf != cf || !key.starts_with(prefix) {
+                break;
+            }
+            merged.insert(key.clone(), value.clone());
+        }
+        Ok(merged
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .take(limit)
+            .collect())
+    }
+
+    /// Writes from the state machine itself (applied index, membership).
+    pub(crate) fn batch_mut(&mut self) -> &mut WriteBatch {
+        &mut self.batch
+    }
+
+    pub(crate) fn into_batch(self) -> WriteBatch {
+        self.batch
+    }
+
+    pub(crate) fn db(&self) -> &'a DB {
+        self.db
+    }
+
+    /// The application reaches only its own column families: a stray write
+    /// into the log or the applied index would corrupt Raft's state.
+    fn cf(&self, name: &str) -> Result<&'a rocksdb::ColumnFamily, StoreError> {
+        if RESERVED_CFS.contains(&name) {
+            return Err(StoreError::ReservedColumnFamily(name.to_string()));
+        }
+        cf_handle(self.db, name)
+    }
+}

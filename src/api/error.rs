@@ -1,0 +1,119 @@
+//! API errors: JSON bodies with a stable `code`, a message and the field at
+//! fault.
+//!
+//! Architecture invariant: only `api/` knows about HTTP status codes; the
+//! store and model speak in stable codes and this module maps them.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::store::{Rejection, StoreError};
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Stable, machine-readable: clients match on this, never on `message`.
+    pub code: String,
+    pub message: String,
+    /// The request field at fault, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub body: ErrorBody,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            body: ErrorBody {
+                code: code.to_string(),
+                message: message.into(),
+                field: None,
+            },
+        }
+    }
+
+    pub fn at(mut self, field: impl Into<String>) -> Self {
+        self.body.field = Some(field.into());
+        self
+    }
+
+    pub fn bad_request(code: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+/// The HTTP status for a store rejection code.
+fn status_for(code: &str) -> StatusCode {
+    match code {
+        "not_found" => StatusCode::NOT_FOUND,
+        "already_exists" | "duplicate" | "in_use" | "key_mismatch" | "patch_test_failed" => {
+            StatusCode::CONFLICT
+        }
+        "precondition_failed" => StatusCode::PRECONDITION_FAILED,
+        "internal" => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(r: Rejection) -> Self {
+        ApiError {
+            status: status_for(&r.code),
+            body: ErrorBody {
+                code: r.code,
+                message: r.message,
+                field: r.field,
+            },
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Rejected(r) => r.into(),
+            StoreError::NoLeader => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_leader",
+                "no Raft leader could be reached in time; retry",
+            ),
+            StoreError::Unavailable(m) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
+            }
+            StoreError::Internal(m) => ApiError::internal(m),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(code = %self.body.code, message = %self.body.message, "request failed");
+        }
+        (self.status, axum::Json(self.body)).into_response()
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

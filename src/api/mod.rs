@@ -1,0 +1,96 @@
+//! The HTTPS REST API under `/api/v1`: routing, authentication, object CRUD,
+//! params, the event stream and the OpenAPI document.
+//!
+//! Handlers translate HTTP into store commands and reads; they hold no state
+//! of their own. Every route but `/ca`, `/openapi.json` and `/auth/token`
+//! needs a bearer token.
+
+pub mod auth;
+pub mod error;
+pub mod events;
+pub mod objects;
+pub mod openapi;
+pub mod params;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::config::ServerSettings;
+use crate::store::Store;
+
+pub use error::{ApiError, ApiResult, ErrorBody};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub settings: Arc<ServerSettings>,
+    /// The CA certificate (PEM) clients pin.
+    pub ca_pem: Arc<String>,
+    /// Unix seconds now; injectable so tests can move time.
+    pub clock: Arc<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl AppState {
+    pub fn new(store: Store, settings: Arc<ServerSettings>, ca_pem: String) -> Self {
+        AppState {
+            store,
+            settings,
+            ca_pem: Arc::new(ca_pem),
+            clock: Arc::new(unix_now),
+        }
+    }
+
+    pub fn now(&self) -> u64 {
+        (self.clock)()
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub fn router(state: AppState) -> Router {
+    let max_body = state.settings.max_body_bytes;
+    let authenticated = Router::new()
+        .route("/status", get(status::status))
+        .route("/auth/whoami", get(auth::whoami))
+        .route("/events", get(events::stream))
+        .route("/machines/{key}/effective-params", get(params::effective))
+        .route("/{kind}/{key}/params", get(params::list))
+        .route(
+            "/{kind}/{key}/params/{name}",
+            get(params::get_one)
+                .put(params::set)
+                .delete(params::remove),
+        )
+        .route("/{kind}", get(objects::list).post(objects::create))
+        .route(
+            "/{kind}/{key}",
+            get(objects::show)
+                .put(objects::replace)
+                .patch(objects::patch)
+                .delete(objects::delete),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+    let public = Router::new()
+        .route("/ca", get(auth::ca))
+        .route("/openapi.json", get(openapi::document))
+        .route("/auth/token", post(auth::issue_token));
+    Router::new()
+        .nest("/api/v1", public.merge(authenticated))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}

@@ -1,0 +1,354 @@
+//! Create, read, update, patch, delete and list for every object kind.
+//!
+//! Objects travel as the model's JSON. Every response carries the object's
+//! revision as its ETag; PUT, PATCH and DELETE honour `If-Match`.
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::auth::{create_for_user, Principal, TokenRequest};
+use super::{ApiError, ApiResult, AppState};
+use crate::model::{ObjectKind, User};
+use crate::store::{Command, Done, ListQuery};
+
+/// Parses a request body as JSON with a clear error (line and column).
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|e| {
+        let code = if e.is_data() { "invalid_body" } else { "malformed_json" };
+        ApiError::bad_request(code, format!("request body: {e}"))
+    })
+}
+
+pub fn parse_kind(kind: &str) -> ApiResult<ObjectKind> {
+    kind.parse::<ObjectKind>()
+        .map_err(|_| ApiError::not_found(format!("no object kind {kind:?}")))
+}
+
+/// Reads `If-Match`: a revision, optionally quoted, or `*` for any.
+pub fn if_match(headers: &HeaderMap) -> ApiResult<Option<u64>> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| ApiError::bad_request("invalid_if_match", "If-Match is not text"))?
+        .trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    text.trim_start_matches("W/")
+        .trim_matches('"')
+        .parse::<u64>()
+        .map(Some)
+        .map_err(|_| {
+            ApiError::bad_request(
+                "invalid_if_match",
+                format!("If-Match {text:?} is not a revision this server issued"),
+            )
+        })
+}
+
+/// `?name=value&...` pairs in order.
+pub fn query_pairs(raw: Option<&str>) -> ApiResult<Vec<(String, String)>> {
+    serde_urlencoded::from_str::<Vec<(String, String)>>(raw.unwrap_or(""))
+        .map_err(|e| ApiError::bad_request("invalid_query", format!("query string: {e}")))
+}
+
+fn flag(value: &str, name: &str) -> ApiResult<bool> {
+    match value {
+        "" | "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(ApiError::bad_request("invalid_query", format!("{name} must be true or false")).at(name)),
+    }
+}
+
+fn number(value: &str, name: &str) -> ApiResult<usize> {
+    value
+        .parse()
+        .map_err(|_| ApiError::bad_request("invalid_query", format!("{name} must be a number")).at(name))
+}
+
+/// Waits for a linearizable view when the query asks `consistent=true`.
+pub async fn maybe_consistent(state: &AppState, pairs: &[(String, String)]) -> ApiResult<()> {
+    for (name, value) in pairs {
+        if name == "consistent" && flag(value, "consistent")? {
+            state.store.read_barrier().await?;
+        }
+    }
+    Ok(())
+}
+
+/// The object as the API shows it: secrets removed.
+pub fn present(kind: ObjectKind, mut object: Value) -> Value {
+    if kind == ObjectKind::Users {
+        if let Some(map) = object.as_object_mut() {
+            map.remove("password_hash");
+        }
+    }
+    object
+}
+
+fn with_etag(status: StatusCode, kind: ObjectKind, done: Done) -> Response {
+    let body = match done.object {
+        Some(object) => present(kind, object),
+        None => json!({ "revision": done.revision }),
+    };
+    let mut response = (status, Json(body)).into_response();
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", done.revision)) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    response
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Path(kind): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Response> {
+    let kind = parse_kind(&kind)?;
+    let pairs = query_pairs(raw.as_deref())?;
+    let mut query = ListQuery::default();
+    for (name, value) in &pairs {
+        match name.as_str() {
+            "limit" => query.limit = Some(number(value, "limit")?),
+            "offset" => query.offset = number(value, "offset")?,
+            "cursor" => query.cursor = Some(value.clone()),
+            "sort" => query.sort = Some(value.clone()),
+            "desc" => query.descending = flag(value, "desc")?,
+            "consistent" => {}
+            _ => query.filters.push((name.clone(), value.clone())),
+        }
+    }
+    maybe_consistent(&state, &pairs).await?;
+    let page = state.store.list(kind, &query)?;
+    let items: Vec<Value> = page.items.into_iter().map(|o| present(kind, o)).collect();
+    let mut response = Json(items).into_response();
+    if let Some(cursor) = page.next_cursor {
+        if let Ok(value) = HeaderValue::from_str(&cursor) {
+            response.headers_mut().insert("x-next-cursor", value);
+        }
+    }
+    Ok(response)
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    Path((kind, key)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Response> {
+    let kind = parse_kind(&kind)?;
+    maybe_consistent(&state, &query_pairs(raw.as_deref())?).await?;
+    let object = state
+        .store
+        .get(kind, &key)?
+        .ok_or_else(|| ApiError::not_found(format!("{} {key:?} does not exist", kind.as_str())))?;
+    let revision = object.get("revision").and_then(Value::as_u64).unwrap_or(0);
+    Ok(with_etag(
+        StatusCode::OK,
+        kind,
+        Done {
+            revision,
+            object: Some(object),
+        },
+    ))
+}
+
+/// The body for creating or replacing a user: a password, not its hash.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserInput {
+    pub name: String,
+    /// Required on create; on replace, absent keeps the current password.
+    pub password: Option<String>,
+    #[serde(default)]
+    pub admin: bool,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub revision: u64,
+}
+
+async fn user_object(state: &AppState, body: &[u8], existing: Option<User>) -> ApiResult<Value> {
+    let input: UserInput = parse_json(body)?;
+    let password_hash = match (input.password, existing) {
+        (Some(password), _) => {
+            if password.len() < 8 {
+                return Err(ApiError::bad_request(
+                    "weak_password",
+                    "passwords have at least 8 characters",
+                )
+                .at("password"));
+            }
+            tokio::task::spawn_blocking(move || crate::auth::hash_password(&password))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?
+                .map_err(|e| ApiError::internal(e.to_string()))?
+        }
+        (None, Some(existing)) => existing.password_hash,
+        (None, None) => {
+            return Err(ApiError::bad_request("invalid_body", "a new user needs a password").at("password"))
+        }
+    };
+    let user = User {
+        name: input.name,
+        description: input.description,
+        password_hash,
+        admin: input.admin,
+        revision: 0,
+    };
+    let _ = state;
+    serde_json::to_value(user).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    Path(kind): Path<String>,
+    Extension(principal): Extension<Principal>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let kind = parse_kind(&kind)?;
+    let object = match kind {
+        ObjectKind::Tokens => {
+            let request: TokenRequest = if body.is_empty() {
+                TokenRequest::default()
+            } else {
+                parse_json(&body)?
+            };
+            let grant = create_for_user(&state, &principal, request).await?;
+            return Ok((StatusCode::CREATED, Json(grant)).into_response());
+        }
+        ObjectKind::Users => user_object(&state, &body, None).await?,
+        ObjectKind::Prefs => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "already_exists",
+                "prefs always exist; use PUT or PATCH /api/v1/prefs/prefs",
+            ))
+        }
+        _ => {
+            let mut object: Value = parse_json(&body)?;
+            if !object.is_object() {
+                return Err(ApiError::bad_request("invalid_body", "expected a JSON object"));
+            }
+            if kind == ObjectKind::Machines && object.get("uuid").is_none() {
+                if let Some(map) = object.as_object_mut() {
+                    map.insert("uuid".into(), json!(uuid::Uuid::new_v4()));
+                }
+            }
+            object
+        }
+    };
+    let done = state.store.submit(Command::Create { kind, object }).await?;
+    Ok(with_etag(StatusCode::CREATED, kind, done))
+}
+
+pub async fn replace(
+    State(state): State<AppState>,
+    Path((kind, key)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let kind = parse_kind(&kind)?;
+    let if_match = if_match(&headers)?;
+    let object = match kind {
+        ObjectKind::Tokens => return Err(read_only(kind)),
+        ObjectKind::Users => {
+            let existing: Option<User> = state.store.get_typed(kind, &key)?;
+            user_object(&state, &body, existing).await?
+        }
+        _ => parse_json(&body)?,
+    };
+    let done = state
+        .store
+        .submit(Command::Replace {
+            kind,
+            key,
+            object,
+            if_match,
+        })
+        .await?;
+    Ok(with_etag(StatusCode::OK, kind, done))
+}
+
+pub async fn patch(
+    State(state): State<AppState>,
+    Path((kind, key)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let kind = parse_kind(&kind)?;
+    if kind == ObjectKind::Tokens {
+        return Err(read_only(kind));
+    }
+    let if_match = if_match(&headers)?;
+    let patch: json_patch::Patch = parse_json(&body)?;
+    if kind == ObjectKind::Users && patch.0.iter().any(|op| touches(op, "/password_hash")) {
+        return Err(ApiError::bad_request(
+            "invalid_patch",
+            "passwords change with PUT and a `password` field",
+        )
+        .at("/password_hash"));
+    }
+    let done = state
+        .store
+        .submit(Command::Patch {
+            kind,
+            key,
+            patch,
+            if_match,
+        })
+        .await?;
+    Ok(with_etag(StatusCode::OK, kind, done))
+}
+
+fn touches(op: &json_patch::PatchOperation, path: &str) -> bool {
+    use json_patch::PatchOperation as Op;
+    let (target, from) = match op {
+        Op::Add(o) => (o.path.to_string(), None),
+        Op::Remove(o) => (o.path.to_string(), None),
+        Op::Replace(o) => (o.path.to_string(), None),
+        Op::Move(o) => (o.path.to_string(), Some(o.from.to_string())),
+        Op::Copy(o) => (o.path.to_string(), Some(o.from.to_string())),
+        Op::Test(o) => (o.path.to_string(), None),
+    };
+    target.starts_with(path) || from.is_some_and(|f| f.starts_with(path)) || target.is_empty()
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Path((kind, key)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let kind = parse_kind(&kind)?;
+    let if_match = if_match(&headers)?;
+    let command = match kind {
+        ObjectKind::Prefs => {
+            return Err(ApiError::bad_request("read_only", "prefs cannot be deleted"));
+        }
+        // A revoked token stays listed until it expires, so operators see it.
+        ObjectKind::Tokens => Command::Patch {
+            kind,
+            key,
+            patch: serde_json::from_value(json!([{"op": "replace", "path": "/revoked", "value": true}]))
+                .map_err(|e| ApiError::internal(e.to_string()))?,
+            if_match,
+        },
+        _ => Command::Delete { kind, key, if_match },
+    };
+    let done = state.store.submit(command).await?;
+    Ok(with_etag(StatusCode::OK, kind, done))
+}
+
+fn read_only(kind: ObjectKind) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "read_only",
+        format!("{} cannot be changed; create a new one or revoke it", kind.as_str()),
+    )
+}

@@ -1,0 +1,165 @@
+//! Params on machines and profiles, one at a time, and a machine's effective
+//! params with where each value came from.
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::Json;
+use serde_json::{json, Map, Value};
+
+use super::objects::{if_match, maybe_consistent, parse_json, parse_kind, query_pairs};
+use super::{ApiError, ApiResult, AppState};
+use crate::model::{effective_params, EffectiveParam, Machine, ObjectKind, Param, Profile};
+use crate::store::{Command, ListQuery};
+
+fn params_kind(kind: &str) -> ApiResult<ObjectKind> {
+    match parse_kind(kind)? {
+        k @ (ObjectKind::Machines | ObjectKind::Profiles) => Ok(k),
+        k => Err(ApiError::not_found(format!("{} have no params", k.as_str()))),
+    }
+}
+
+fn object(state: &AppState, kind: ObjectKind, key: &str) -> ApiResult<Value> {
+    state
+        .store
+        .get(kind, key)?
+        .ok_or_else(|| ApiError::not_found(format!("{} {key:?} does not exist", kind.as_str())))
+}
+
+/// RFC 6901 escaping of one path segment.
+fn pointer_segment(name: &str) -> String {
+    name.replace('~', "~0").replace('/', "~1")
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Path((kind, key)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let kind = params_kind(&kind)?;
+    maybe_consistent(&state, &query_pairs(raw.as_deref())?).await?;
+    let object = object(&state, kind, &key)?;
+    Ok(Json(object.get("params").cloned().unwrap_or_else(|| json!({}))))
+}
+
+pub async fn get_one(
+    State(state): State<AppState>,
+    Path((kind, key, name)): Path<(String, String, String)>,
+) -> ApiResult<Json<Value>> {
+    let kind = params_kind(&kind)?;
+    let object = object(&state, kind, &key)?;
+    object
+        .get("params")
+        .and_then(|p| p.get(&name))
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("param {name:?} is not set on {key:?}")))
+}
+
+pub async fn set(
+    State(state): State<AppState>,
+    Path((kind, key, name)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let kind = params_kind(&kind)?;
+    let value: Value = parse_json(&body)?;
+    let patch = serde_json::from_value(json!([
+        {"op": "add", "path": format!("/params/{}", pointer_segment(&name)), "value": value}
+    ]))
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    submit_patch(&state, kind, key, patch, &headers).await
+}
+
+pub async fn remove(
+    State(state): State<AppState>,
+    Path((kind, key, name)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let kind = params_kind(&kind)?;
+    let patch = serde_json::from_value(json!([
+        {"op": "remove", "path": format!("/params/{}", pointer_segment(&name))}
+    ]))
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    submit_patch(&state, kind, key, patch, &headers).await
+}
+
+async fn submit_patch(
+    state: &AppState,
+    kind: ObjectKind,
+    key: String,
+    patch: json_patch::Patch,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    let if_match = if_match(headers)?;
+    let done = state
+        .store
+        .submit(Command::Patch {
+            kind,
+            key,
+            patch,
+            if_match,
+        })
+        .await?;
+    let params = done
+        .object
+        .as_ref()
+        .and_then(|o| o.get("params"))
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    let mut response = axum::response::IntoResponse::into_response(Json(params));
+    if let Ok(etag) = axum::http::HeaderValue::from_str(&format!("\"{}\"", done.revision)) {
+        response.headers_mut().insert(axum::http::header::ETAG, etag);
+    }
+    Ok(response)
+}
+
+/// `GET /machines/{key}/effective-params`: every param that resolves for the
+/// machine, with its value and source (machine, a profile, global, default).
+pub async fn effective(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Json<Value>> {
+    maybe_consistent(&state, &query_pairs(raw.as_deref())?).await?;
+    let machine: Machine = state
+        .store
+        .get_typed(ObjectKind::Machines, &key)?
+        .ok_or_else(|| ApiError::not_found(format!("machine {key:?} does not exist")))?;
+    let definitions: Vec<Param> = all(&state, ObjectKind::Params)?;
+    let store = state.store.clone();
+    let profile_lookup = move |name: &str| -> Option<Profile> {
+        store.get_typed(ObjectKind::Profiles, name).ok().flatten()
+    };
+    let definition_lookup = |name: &str| definitions.iter().find(|d| d.name == name).cloned();
+    let resolved = effective_params(
+        &machine,
+        &profile_lookup,
+        &definition_lookup,
+        definitions.iter().map(|d| d.name.clone()),
+    );
+    let mut out = Map::new();
+    for (name, EffectiveParam { value, source }) in resolved {
+        out.insert(name, json!({ "value": value, "source": source }));
+    }
+    Ok(Json(Value::Object(out)))
+}
+
+fn all<T: serde::de::DeserializeOwned>(state: &AppState, kind: ObjectKind) -> ApiResult<Vec<T>> {
+    let mut out = Vec::new();
+    let mut query = ListQuery {
+        limit: Some(crate::store::query::MAX_LIMIT),
+        ..ListQuery::default()
+    };
+    loop {
+        let page = state.store.list(kind, &query)?;
+        for item in page.items {
+            out.push(serde_json::from_value(item).map_err(|e| ApiError::internal(e.to_string()))?);
+        }
+        match page.next_cursor {
+            Some(cursor) => query.cursor = Some(cursor),
+            None => return Ok(out),
+        }
+    }
+}

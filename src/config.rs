@@ -1,0 +1,113 @@
+//! Every setting of `cradle server`, read from flags or `CRADLE_*` environment
+//! variables and defined once here: the flag, its variable, its default and
+//! the doc that `--help` prints all come from these declarations.
+//!
+//! There is no configuration file: everything deeper is replicated state,
+//! changed through the API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+/// Settings for `cradle server`.
+#[derive(Debug, Clone, Args)]
+pub struct ServerSettings {
+    /// Directory for the database, TLS material and snapshots. Created if missing.
+    #[arg(long, env = "CRADLE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// HTTPS API listener.
+    #[arg(long, env = "CRADLE_API_LISTEN", default_value = "0.0.0.0:8443")]
+    pub api_listen: SocketAddr,
+
+    /// Peer RPC listener (Raft and write forwarding between members).
+    #[arg(long, env = "CRADLE_RPC_LISTEN", default_value = "0.0.0.0:8444")]
+    pub rpc_listen: SocketAddr,
+
+    /// Address other members and clients use to reach this node's API and
+    /// peer RPC (host or IP, no port). Defaults to the API listener's address,
+    /// or 127.0.0.1 when that is unspecified.
+    #[arg(long, env = "CRADLE_ADVERTISE_HOST")]
+    pub advertise_host: Option<String>,
+
+    /// This node's Raft id. A single node started on an empty data dir is node 1.
+    #[arg(long, env = "CRADLE_NODE_ID", default_value_t = 1)]
+    pub node_id: u64,
+
+    /// PEM certificate chain to serve instead of the generated one.
+    #[arg(long, env = "CRADLE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "CRADLE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Extra host names or addresses for the generated server certificate
+    /// (comma-separated). Only used when the certificate is first created.
+    #[arg(long, env = "CRADLE_TLS_SAN", value_delimiter = ',')]
+    pub tls_san: Vec<String>,
+
+    /// Password for the `admin` user created on first start. If unset, a
+    /// random one is generated and printed once.
+    #[arg(long, env = "CRADLE_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+
+    /// Raft heartbeat interval.
+    #[arg(long, env = "CRADLE_HEARTBEAT_MS", default_value_t = 100)]
+    pub heartbeat_ms: u64,
+
+    /// Lower bound of the randomized election timeout.
+    #[arg(long, env = "CRADLE_ELECTION_MIN_MS", default_value_t = 300)]
+    pub election_min_ms: u64,
+
+    /// Upper bound of the randomized election timeout.
+    #[arg(long, env = "CRADLE_ELECTION_MAX_MS", default_value_t = 600)]
+    pub election_max_ms: u64,
+
+    /// Take a snapshot and compact the log after this many entries.
+    #[arg(long, env = "CRADLE_SNAPSHOT_EVERY", default_value_t = 20_000)]
+    pub snapshot_every: u64,
+
+    /// How long a write waits for a leader before failing with `no_leader`.
+    #[arg(long, env = "CRADLE_NO_LEADER_WAIT_MS", default_value_t = 5_000)]
+    pub no_leader_wait_ms: u64,
+
+    /// Largest accepted API request body.
+    #[arg(long, env = "CRADLE_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+
+    /// Lifetime of tokens issued by `POST /api/v1/auth/token` unless the
+    /// request asks for less.
+    #[arg(long, env = "CRADLE_TOKEN_TTL_SECS", default_value_t = 8 * 3600)]
+    pub token_ttl_secs: u64,
+
+    /// Events kept for resuming the event stream.
+    #[arg(long, env = "CRADLE_EVENT_RETENTION", default_value_t = 100_000)]
+    pub event_retention: u64,
+
+    /// Log format: `text` or `json` (one object per line, for journald).
+    #[arg(long, env = "CRADLE_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl ServerSettings {
+    /// The host part peers and clients are told to use.
+    pub fn advertised_host(&self) -> String {
+        if let Some(host) = &self.advertise_host {
+            return host.clone();
+        }
+        let ip = self.api_listen.ip();
+        if ip.is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            ip.to_string()
+        }
+    }
+}

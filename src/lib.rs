@@ -1,0 +1,28 @@
+//! Cradle: a highly available, clustered network-boot appliance.
+//!
+//! # Layout
+//! - [`config`]: every `cradle server` setting (flag, `CRADLE_*` variable,
+//!   default, doc) in one place.
+//! - [`model`]: the object kinds (machines, profiles, params, bootenvs,
+//!   templates, subnets, reservations, leases, users, tokens, prefs), their
+//!   validation, and param resolution.
+//! - [`store`]: the replicated state: commands through Raft, the
+//!   deterministic apply, indexes, list queries, the change feed.
+//! - [`auth`]: password hashing, bearer tokens, scopes.
+//! - [`tls`]: the CA, server certificates, rustls configurations.
+//! - [`api`]: the HTTPS REST API, the only module that knows HTTP.
+//! - [`cli`]: the `cradle` client verbs.
+//! - [`server`]: wiring a node together and shutting it down.
+//!
+//! Consensus lives in the separate `cradle-raft` crate (`raft/`), the only
+//! code that knows about openraft.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod model;
+pub mod server;
+pub mod store;
+pub mod tls;

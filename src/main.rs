@@ -1,0 +1,74 @@
+//! The `cradle` binary: `cradle server` runs a node; every other subcommand
+//! is a client of a node's API.
+
+use clap::Parser as _;
+use cradle::cli::{Cli, Command};
+use cradle::config::{LogFormat, ServerSettings};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Server(settings) => serve(settings).await,
+            other => cradle::cli::run(other, cli.client).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: ServerSettings) -> anyhow::Result<()> {
+    init_logging(settings.log_format);
+    let running = cradle::server::start(settings).await?;
+    if let Some(password) = &running.generated_admin_password {
+        // Printed once, on the first start only; it is not stored in clear.
+        println!("Created user `admin` with password: {password}");
+    }
+    println!("CA fingerprint: {}", running.ca_fingerprint);
+    println!(
+        "Log in with: cradle login https://{} --user admin --ca-hash {}",
+        running.api_addr, running.ca_fingerprint
+    );
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("CRADLE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,106 @@
+//! Cluster-wide preferences: the one singleton object, changed through the API like any other.
+
+use serde::{Deserialize, Serialize};
+
+use super::object::{Object, ObjectKind};
+use super::validate::{check_name, code, ValidationError};
+
+/// Longest token lifetime prefs may ask for: tokens are bearer credentials, so a lifetime is a
+/// limit on damage, not a convenience setting.
+pub const MAX_TOKEN_TTL_SECS: u64 = 30 * 24 * 3600;
+
+/// Cluster preferences. Every field has a default, so `{}` is a valid document and an update may
+/// name only what it changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Prefs {
+    /// Bootenv given to a machine created without one.
+    pub default_bootenv: String,
+    /// Bootenv served to machines Cradle does not know (no machine has their MAC).
+    pub unknown_bootenv: String,
+    /// Lifetime of the create-only tokens handed to unknown machines (discovery).
+    pub unknown_token_ttl_secs: u64,
+    /// Lifetime of the tokens rendered into a known machine's templates, scoped to that machine.
+    pub known_token_ttl_secs: u64,
+    /// Set by the server; ignored on input.
+    #[schema(read_only)]
+    pub revision: u64,
+}
+
+impl Default for Prefs {
+    fn default() -> Self {
+        Self {
+            default_bootenv: "discovery".into(),
+            unknown_bootenv: "discovery".into(),
+            unknown_token_ttl_secs: 600,
+            known_token_ttl_secs: 3600,
+            revision: 0,
+        }
+    }
+}
+
+/// The key of the only prefs object.
+pub const PREFS_KEY: &str = "prefs";
+
+impl Object for Prefs {
+    const KIND: ObjectKind = ObjectKind::Prefs;
+
+    fn key(&self) -> String {
+        PREFS_KEY.to_string()
+    }
+
+    fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    fn set_revision(&mut self, revision: u64) {
+        self.revision = revision;
+    }
+
+    fn validate(&mut self) -> Result<(), ValidationError> {
+        check_name("default_bootenv", &self.default_bootenv)?;
+        check_name("unknown_bootenv", &self.unknown_bootenv)?;
+        check_ttl("unknown_token_ttl_secs", self.unknown_token_ttl_secs)?;
+        check_ttl("known_token_ttl_secs", self.known_token_ttl_secs)
+    }
+
+    fn index_terms(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+}
+
+fn check_ttl(field: &str, secs: u64) -> Result<(), ValidationError> {
+    if secs == 0 || secs > MAX_TOKEN_TTL_SECS {
+        return Err(ValidationError::new(
+            field,
+            code::INVALID_TTL,
+            format!("must be between 1 and {MAX_TOKEN_TTL_SECS} seconds"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::testutil::{check_err, check_ok};
+
+    #[test]
+    fn empty_document_gives_defaults() {
+        let p: Prefs = check_ok("{}");
+        assert_eq!(p, Prefs::default());
+        assert_eq!(p.key(), "prefs");
+        let p: Prefs = check_ok(r#"{"unknown_bootenv": "sledgehammer"}"#);
+        assert_eq!(p.unknown_bootenv, "sledgehammer");
+        assert_eq!(p.default_bootenv, "discovery");
+    }
+
+    #[test]
+    fn bad_prefs_are_refused() {
+        check_err::<Prefs>(r#"{"unknown_token_ttl_secs": 0}"#, "unknown_token_ttl_secs", code::INVALID_TTL);
+        check_err::<Prefs>(r#"{"known_token_ttl_secs": 99999999999}"#, "known_token_ttl_secs", code::INVALID_TTL);
+        check_err::<Prefs>(r#"{"default_bootenv": ""}"#, "default_bootenv", code::INVALID_NAME);
+        check_err::<Prefs>(r#"{"default_boot_env": "x"}"#, "default_boot_env", code::UNKNOWN_FIELD);
+        check_err::<Prefs>(r#"{"unknown_token_ttl_secs": -5}"#, "unknown_token_ttl_secs", code::INVALID_VALUE);
+    }
+}

@@ -1,0 +1,198 @@
+//! `cradle server`: opens the replicated store, bootstraps a new cluster on
+//! first start, and runs every listener in one tokio runtime until told to
+//! stop.
+//!
+//! Shutdown is the same for every listener: one watch channel says "stop",
+//! each server drains its connections, then the Raft node shuts down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use cradle_raft::{NodeConfig, NodeInfo, RaftNode};
+use tokio::sync::{broadcast, watch};
+
+use crate::api::{self, AppState};
+use crate::auth;
+use crate::config::ServerSettings;
+use crate::model::User;
+use crate::store::{apply::CradleApp, Command, Store};
+use crate::tls;
+
+/// Capacity of the in-process event channel; slower subscribers catch up
+/// from the stored feed.
+const EVENT_CHANNEL: usize = 4_096;
+/// How long first start waits for the one-voter cluster to elect itself.
+const FIRST_LEADER_WAIT: Duration = Duration::from_secs(30);
+
+/// A running node, for `main` and for tests that run nodes in-process.
+pub struct Running {
+    pub store: Store,
+    pub api_addr: std::net::SocketAddr,
+    pub rpc_addr: std::net::SocketAddr,
+    pub ca_fingerprint: String,
+    /// Set on the first start only, when the password was generated.
+    pub generated_admin_password: Option<String>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops every listener and the Raft node, waiting for them.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        if let Err(e) = self.store.raft().shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}
+
+/// Starts a node: TLS material, Raft, bootstrap, API and peer RPC listeners.
+pub async fn start(settings: ServerSettings) -> anyhow::Result<Running> {
+    tls::install_crypto_provider();
+    let settings = Arc::new(settings);
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
+
+    let identity = match (&settings.tls_cert, &settings.tls_key) {
+        (Some(cert), Some(key)) => tls::load_files(cert, key, None)?,
+        _ => {
+            let mut sans = settings.tls_san.clone();
+            sans.push(settings.advertised_host());
+            tls::load_or_create(&settings.data_dir, &sans)?
+        }
+    };
+    let ca_fingerprint = identity.ca_fingerprint()?;
+
+    let rpc_listener = tokio::net::TcpListener::bind(settings.rpc_listen)
+        .await
+        .with_context(|| format!("binding peer RPC listener {}", settings.rpc_listen))?;
+    let api_listener = std::net::TcpListener::bind(settings.api_listen)
+        .with_context(|| format!("binding API listener {}", settings.api_listen))?;
+    api_listener.set_nonblocking(true)?;
+    let rpc_addr = rpc_listener.local_addr()?;
+    let api_addr = api_listener.local_addr()?;
+    let host = settings.advertised_host();
+
+    let (events, _) = broadcast::channel(EVENT_CHANNEL);
+    let app = Arc::new(CradleApp::new(events.clone(), settings.event_retention));
+    let node_config = NodeConfig {
+        node_id: settings.node_id,
+        data_dir: settings.data_dir.join("raft"),
+        info: NodeInfo {
+            rpc_addr: format!("{host}:{}", rpc_addr.port()),
+            api_addr: format!("{host}:{}", api_addr.port()),
+        },
+        heartbeat_ms: settings.heartbeat_ms,
+        election_min_ms: settings.election_min_ms,
+        election_max_ms: settings.election_max_ms,
+        snapshot_every_entries: settings.snapshot_every,
+        no_leader_wait_ms: settings.no_leader_wait_ms,
+        ..NodeConfig::default()
+    };
+    let raft = Arc::new(
+        RaftNode::open(node_config, app)
+            .await
+            .context("opening the Raft node")?,
+    );
+
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = Vec::new();
+    {
+        let raft = raft.clone();
+        let mut stopped = stopped.clone();
+        tasks.push(tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            if let Err(e) = raft.serve_rpc(rpc_listener, shutdown).await {
+                tracing::error!(error = %e, "peer RPC server failed");
+            }
+        }));
+    }
+
+    if !raft.is_initialized().await {
+        tracing::info!("empty data dir: initializing a one-voter cluster");
+        raft.initialize_single()
+            .await
+            .context("initializing the cluster")?;
+    }
+    let store = Store::new(raft.clone(), events);
+    let generated_admin_password = bootstrap(&store, &settings).await?;
+
+    let state = AppState::new(store.clone(), settings.clone(), identity.ca_pem.clone());
+    let router = api::router(state);
+    let rustls_config =
+        axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(identity.server_config()?));
+    let handle = axum_server::Handle::new();
+    {
+        let handle = handle.clone();
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            let _ = stopped.wait_for(|s| *s).await;
+            handle.graceful_shutdown(Some(Duration::from_secs(5)));
+        });
+    }
+    let server = axum_server::from_tcp_rustls(api_listener, rustls_config).handle(handle);
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = server.serve(router.into_make_service()).await {
+            tracing::error!(error = %e, "API server failed");
+        }
+    }));
+    tracing::info!(%api_addr, %rpc_addr, ca = %ca_fingerprint, "cradle serving");
+    Ok(Running {
+        store,
+        api_addr,
+        rpc_addr,
+        ca_fingerprint,
+        generated_admin_password,
+        stop,
+        tasks,
+    })
+}
+
+/// On a cluster's first start, creates the admin user and the token signing
+/// key through the log. Returns the admin password if it was generated.
+async fn bootstrap(store: &Store, settings: &ServerSettings) -> anyhow::Result<Option<String>> {
+    let deadline = tokio::time::Instant::now() + FIRST_LEADER_WAIT;
+    loop {
+        if store.is_bootstrapped()? {
+            return Ok(None);
+        }
+        // Only the node that created the cluster proposes; a joining node
+        // receives the bootstrap through the log.
+        if store.raft().status().leader == Some(settings.node_id) {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("no leader elected within {FIRST_LEADER_WAIT:?}; cannot bootstrap");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (password, generated) = match &settings.admin_password {
+        Some(p) if !p.is_empty() => (p.clone(), None),
+        _ => {
+            let p = auth::random_secret(12);
+            (p.clone(), Some(p))
+        }
+    };
+    let password_hash = tokio::task::spawn_blocking(move || auth::hash_password(&password)).await??;
+    let admin = User {
+        name: "admin".into(),
+        description: "Created on first start".into(),
+        password_hash,
+        admin: true,
+        revision: 0,
+    };
+    store
+        .submit(Command::Bootstrap {
+            admin,
+            signing_key: auth::random_secret(32),
+        })
+        .await
+        .context("bootstrapping the cluster")?;
+    Ok(generated)
+}

@@ -1,0 +1,434 @@
+//! Applying committed commands to the replicated state.
+//!
+//! Everything here runs inside the Raft state machine on every replica, so it
+//! is deterministic: no clocks, no randomness, and the same log gives the same
+//! bytes everywhere. Cross-object rules (uniqueness, references, optimistic
+//! concurrency) are checked here, against committed state, because only here
+//! is the state the one every replica agrees on.
+
+use std::sync::Mutex;
+
+use cradle_raft::{StateMachineApp, Txn};
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use crate::model::{check_param_value, ObjectKind, Param};
+
+use super::command::{Command, Rejection, Reply};
+use super::events::{Action, Event};
+use super::keys::*;
+use super::object::{referrers, AnyObject};
+
+/// Cradle's state machine application, plugged into the Raft crate.
+pub struct CradleApp {
+    /// Events produced by applies whose batch is not yet committed to the
+    /// database; published by `committed`.
+    pending: Mutex<Vec<Event>>,
+    events: broadcast::Sender<Event>,
+    event_retention: u64,
+}
+
+impl CradleApp {
+    pub fn new(events: broadcast::Sender<Event>, event_retention: u64) -> Self {
+        CradleApp {
+            pending: Mutex::new(Vec::new()),
+            events,
+            event_retention: event_retention.max(1),
+        }
+    }
+}
+
+impl StateMachineApp for CradleApp {
+    fn column_families(&self) -> &'static [&'static str] {
+        ALL_CFS
+    }
+
+    fn apply(&self, txn: &mut Txn<'_>, _log_index: u64, payload: &[u8]) -> Vec<u8> {
+        let reply = match serde_json::from_slice::<Command>(payload) {
+            Ok(command) => {
+                let mut applier = Applier {
+                    txn,
+                    events: Vec::new(),
+                    event_retention: self.event_retention,
+                };
+                let reply = applier.run(command);
+                let events = applier.events;
+                if let Ok(mut pending) = self.pending.lock() {
+                    pending.extend(events);
+                }
+                reply
+            }
+            Err(e) => Reply::Rejected(Rejection::new(
+                "invalid_command",
+                format!("undecodable command: {e}"),
+            )),
+        };
+        // A reply is plain data; encoding it cannot fail.
+        serde_json::to_vec(&reply).unwrap_or_default()
+    }
+
+    fn committed(&self) {
+        let drained = match self.pending.lock() {
+            Ok(mut pending) => std::mem::take(&mut *pending),
+            Err(_) => return,
+        };
+        for event in drained {
+            // No subscribers is fine: the event is also in the events CF.
+            let _ = self.events.send(event);
+        }
+    }
+
+    fn snapshot_installed(&self) {
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.clear();
+        }
+    }
+}
+
+struct Applier<'t, 'db> {
+    txn: &'t mut Txn<'db>,
+    events: Vec<Event>,
+    event_retention: u64,
+}
+
+type Outcome = Result<Reply, Rejection>;
+
+fn storage(e: impl std::fmt::Display) -> Rejection {
+    Rejection::new("internal", format!("storage: {e}"))
+}
+
+impl Applier<'_, '_> {
+    fn run(&mut self, command: Command) -> Reply {
+        match command {
+            Command::Batch(commands) => Reply::Batch {
+                replies: commands
+                    .into_iter()
+                    // Nested batches are flattened by the proposer; refuse
+                    // rather than recurse on a crafted payload.
+                    .map(|c| match c {
+                        Command::Batch(_) => {
+                            Reply::Rejected(Rejection::new("invalid_command", "nested batch"))
+                        }
+                        other => self.run_one(other),
+                    })
+                    .collect(),
+            },
+            other => self.run_one(other),
+        }
+    }
+
+    fn run_one(&mut self, command: Command) -> Reply {
+        let outcome = match command {
+            Command::Bootstrap { admin, signing_key } => self.bootstrap(admin, signing_key),
+            Command::Create { kind, object } => self.create(kind, object),
+            Command::Replace {
+                kind,
+                key,
+                object,
+                if_match,
+            } => self.replace(kind, &key, object, if_match),
+            Command::Patch {
+                kind,
+                key,
+                patch,
+                if_match,
+            } => self.patch(kind, &key, &patch, if_match),
+            Command::Delete {
+                kind,
+                key,
+                if_match,
+            } => self.delete(kind, &key, if_match),
+            Command::Batch(_) => Err(Rejection::new("invalid_command", "nested batch")),
+        };
+        outcome.unwrap_or_else(Reply::Rejected)
+    }
+
+    fn bootstrap(&mut self, admin: crate::model::User, signing_key: String) -> Outcome {
+        if self
+            .txn
+            .get(CF_META, META_BOOTSTRAPPED)
+            .map_err(storage)?
+            .is_some()
+        {
+            return Ok(Reply::Done {
+                revision: self.current_revision()?,
+                object: None,
+            });
+        }
+        self.txn
+            .put(CF_META, META_SIGNING_KEY, signing_key.as_bytes())
+            .map_err(storage)?;
+        self.txn
+            .put(CF_META, META_BOOTSTRAPPED, b"1")
+            .map_err(storage)?;
+        let user = serde_json::to_value(&admin).map_err(storage)?;
+        self.create(ObjectKind::Users, user)?;
+        self.create(
+            ObjectKind::Profiles,
+            serde_json::json!({"name": "global", "description": "Params every machine inherits"}),
+        )?;
+        let prefs = serde_json::to_value(crate::model::Prefs::default()).map_err(storage)?;
+        self.create(ObjectKind::Prefs, prefs)?;
+        Ok(Reply::Done {
+            revision: self.current_revision()?,
+            object: None,
+        })
+    }
+
+    fn create(&mut self, kind: ObjectKind, value: Value) -> Outcome {
+        let object = AnyObject::decode(kind, value)?;
+        let key = object.key();
+        if self.load(kind, &key)?.is_some() {
+            return Err(Rejection::new(
+                "already_exists",
+                format!("{} {key:?} already exists", kind.as_str()),
+            ));
+        }
+        self.store(None, object, Action::Created)
+    }
+
+    fn replace(&mut self, kind: ObjectKind, key: &str, value: Value, if_match: Option<u64>) -> Outcome {
+        let existing = self.load_required(kind, key)?;
+        check_if_match(&existing, if_match)?;
+        let object = AnyObject::decode(kind, value)?;
+        if object.key() != key {
+            return Err(Rejection::new(
+                "key_mismatch",
+                format!("the body names {:?} but the path names {key:?}", object.key()),
+            ));
+        }
+        self.store(Some(existing), object, Action::Updated)
+    }
+
+    fn patch(
+        &mut self,
+        kind: ObjectKind,
+        key: &str,
+        patch: &json_patch::Patch,
+        if_match: Option<u64>,
+    ) -> Outcome {
+        let existing = self.load_required(kind, key)?;
+        check_if_match(&existing, if_match)?;
+        let mut document = existing.to_value()?;
+        json_patch::patch(&mut document, patch).map_err(|e| {
+            let code = match e.kind {
+                json_patch::PatchErrorKind::TestFailed => "patch_test_failed",
+                _ => "invalid_patch",
+            };
+            Rejection::new(code, e.to_string()).at(e.path.to_string())
+        })?;
+        let object = AnyObject::decode(kind, document)?;
+        if object.key() != key {
+            return Err(Rejection::new(
+                "key_mismatch",
+                "a patch may not change the object's key",
+            ));
+        }
+        self.store(Some(existing), object, Action::Updated)
+    }
+
+    fn delete(&mut self, kind: ObjectKind, key: &str, if_match: Option<u64>) -> Outcome {
+        let existing = self.load_required(kind, key)?;
+        check_if_match(&existing, if_match)?;
+        for (referrer_kind, field) in referrers(kind) {
+            let users = self
+                .txn
+                .scan_prefix(CF_INDEX, &index_prefix(*referrer_kind, field, key), 1)
+                .map_err(storage)?;
+            if let Some((index_entry, _)) = users.first() {
+                let user = String::from_utf8_lossy(index_entry)
+                    .rsplit('\0')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                return Err(Rejection::new(
+                    "in_use",
+                    format!(
+                        "{} {key:?} is still used by {} {user:?}",
+                        kind.as_str(),
+                        referrer_kind.as_str()
+                    ),
+                ));
+            }
+        }
+        self.unindex(&existing)?;
+        self.txn
+            .delete(CF_OBJECTS, &object_key(kind, key))
+            .map_err(storage)?;
+        let revision = self.next_revision()?;
+        self.record(Event {
+            revision,
+            kind,
+            key: key.to_string(),
+            action: Action::Deleted,
+            object: None,
+        })?;
+        Ok(Reply::Done {
+            revision,
+            object: None,
+        })
+    }
+
+    /// Writes `object` (new, or replacing `previous`) after the checks every
+    /// write shares: uniqueness, references, param values.
+    fn store(&mut self, previous: Option<AnyObject>, mut object: AnyObject, action: Action) -> Outcome {
+        let kind = object.kind();
+        let key = object.key();
+        for (field, value) in object.unique_terms() {
+            if let Some(owner) = self
+                .txn
+                .get(CF_UNIQUE, &unique_key(kind, field, &value))
+                .map_err(storage)?
+            {
+                if owner != key.as_bytes() {
+                    return Err(Rejection::new(
+                        "duplicate",
+                        format!(
+                            "{field} {value:?} already belongs to {} {:?}",
+                            kind.as_str(),
+                            String::from_utf8_lossy(&owner)
+                        ),
+                    )
+                    .at(field));
+                }
+            }
+        }
+        for reference in object.references() {
+            if self.load(reference.kind, &reference.key)?.is_none() {
+                return Err(Rejection::new(
+                    "missing_reference",
+                    format!(
+                        "{} {:?} does not exist",
+                        reference.kind.as_str(),
+                        reference.key
+                    ),
+                )
+                .at(reference.field));
+            }
+        }
+        if let Some(params) = object.param_values() {
+            for (name, value) in params {
+                if let Some(AnyObject::Param(definition)) = self.load(ObjectKind::Params, name)? {
+                    check_param(&definition, name, value)?;
+                }
+            }
+        }
+        if let Some(previous) = &previous {
+            self.unindex(previous)?;
+        }
+        let revision = self.next_revision()?;
+        object.set_revision(revision);
+        let value = object.to_value()?;
+        let bytes = serde_json::to_vec(&value).map_err(storage)?;
+        self.txn
+            .put(CF_OBJECTS, &object_key(kind, &key), &bytes)
+            .map_err(storage)?;
+        for (field, term) in object.index_terms() {
+            self.txn
+                .put(CF_INDEX, &index_key(kind, field, &term, &key), b"")
+                .map_err(storage)?;
+        }
+        for (field, term) in object.unique_terms() {
+            self.txn
+                .put(CF_UNIQUE, &unique_key(kind, field, &term), key.as_bytes())
+                .map_err(storage)?;
+        }
+        self.record(Event {
+            revision,
+            kind,
+            key,
+            action,
+            object: Some(value.clone()),
+        })?;
+        Ok(Reply::Done {
+            revision,
+            object: Some(value),
+        })
+    }
+
+    fn unindex(&mut self, object: &AnyObject) -> Result<(), Rejection> {
+        let kind = object.kind();
+        let key = object.key();
+        for (field, term) in object.index_terms() {
+            self.txn
+                .delete(CF_INDEX, &index_key(kind, field, &term, &key))
+                .map_err(storage)?;
+        }
+        for (field, term) in object.unique_terms() {
+            self.txn
+                .delete(CF_UNIQUE, &unique_key(kind, field, &term))
+                .map_err(storage)?;
+        }
+        Ok(())
+    }
+
+    fn load(&self, kind: ObjectKind, key: &str) -> Result<Option<AnyObject>, Rejection> {
+        let Some(bytes) = self
+            .txn
+            .get(CF_OBJECTS, &object_key(kind, key))
+            .map_err(storage)?
+        else {
+            return Ok(None);
+        };
+        let value: Value = serde_json::from_slice(&bytes).map_err(storage)?;
+        // Stored objects were validated when written; decoding them again
+        // keeps one code path for every rule.
+        AnyObject::decode(kind, value).map(Some)
+    }
+
+    fn load_required(&self, kind: ObjectKind, key: &str) -> Result<AnyObject, Rejection> {
+        self.load(kind, key)?.ok_or_else(|| {
+            Rejection::new("not_found", format!("{} {key:?} does not exist", kind.as_str()))
+        })
+    }
+
+    fn current_revision(&self) -> Result<u64, Rejection> {
+        Ok(self
+            .txn
+            .get(CF_META, META_REVISION)
+            .map_err(storage)?
+            .and_then(|b| decode_u64(&b))
+            .unwrap_or(0))
+    }
+
+    fn next_revision(&mut self) -> Result<u64, Rejection> {
+        let next = self.current_revision()? + 1;
+        self.txn
+            .put(CF_META, META_REVISION, &next.to_be_bytes())
+            .map_err(storage)?;
+        Ok(next)
+    }
+
+    fn record(&mut self, event: Event) -> Result<(), Rejection> {
+        let bytes = serde_json::to_vec(&event).map_err(storage)?;
+        self.txn
+            .put(CF_EVENTS, &event_key(event.revision), &bytes)
+            .map_err(storage)?;
+        if event.revision > self.event_retention {
+            self.txn
+                .delete(CF_EVENTS, &event_key(event.revision - self.event_retention))
+                .map_err(storage)?;
+        }
+        self.events.push(event);
+        Ok(())
+    }
+}
+
+fn check_if_match(existing: &AnyObject, if_match: Option<u64>) -> Result<(), Rejection> {
+    match if_match {
+        Some(expected) if expected != existing.revision() => Err(Rejection::new(
+            "precondition_failed",
+            format!(
+                "If-Match revision {expected} is stale: the object is at revision {}",
+                existing.revision()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_param(definition: &Param, name: &str, value: &Value) -> Result<(), Rejection> {
+    check_param_value(definition, value).map_err(|e| {
+        Rejection::new(e.code, e.message.clone()).at(format!("params.{name}"))
+    })
+}

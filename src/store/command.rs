@@ -1,0 +1,85 @@
+//! The replicated commands and their replies: the only way state changes.
+//!
+//! A command is proposed by the node that received the request, carried in
+//! the Raft log, and applied by `apply` on every replica. Commands carry
+//! everything that is not deterministic (times, random secrets, password
+//! hashes), so applying them is.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::model::{ObjectKind, User};
+
+/// One state change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    /// First start: the admin user and the token signing key. Applied once;
+    /// later bootstraps are no-ops, so a retried first start is harmless.
+    Bootstrap { admin: User, signing_key: String },
+    Create {
+        kind: ObjectKind,
+        object: Value,
+    },
+    /// Replaces the whole object at `key`.
+    Replace {
+        kind: ObjectKind,
+        key: String,
+        object: Value,
+        if_match: Option<u64>,
+    },
+    /// RFC 6902 JSON Patch against the object as the API shows it.
+    Patch {
+        kind: ObjectKind,
+        key: String,
+        patch: json_patch::Patch,
+        if_match: Option<u64>,
+    },
+    Delete {
+        kind: ObjectKind,
+        key: String,
+        if_match: Option<u64>,
+    },
+    /// Many independent commands in one log entry (group commit); each gets
+    /// its own reply and revision, and one failing does not undo the others.
+    Batch(Vec<Command>),
+}
+
+/// The outcome of one command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Reply {
+    Done {
+        revision: u64,
+        /// The object as stored (absent for deletes and bootstraps).
+        object: Option<Value>,
+    },
+    Rejected(Rejection),
+    Batch {
+        replies: Vec<Reply>,
+    },
+}
+
+/// Why a command changed nothing. `code` is stable; clients match on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Rejection {
+    pub code: String,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl Rejection {
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Rejection {
+            code: code.to_string(),
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    pub fn at(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+}

@@ -1,0 +1,51 @@
+//! How objects, indexes and events are laid out in the application's column
+//! families. Components are separated by NUL, which validated names and
+//! index values never contain.
+
+use crate::model::ObjectKind;
+
+/// Objects as JSON, key `kind/key`.
+pub const CF_OBJECTS: &str = "objects";
+/// Secondary index for list filters and reverse references, key
+/// `kind\0field\0value\0key`, empty value.
+pub const CF_INDEX: &str = "index";
+/// Uniqueness constraints, key `kind\0field\0value`, value = owning key.
+pub const CF_UNIQUE: &str = "unique";
+/// Counters and secrets: the revision counter, the token signing key.
+pub const CF_META: &str = "meta";
+/// The change feed, key = big-endian revision, value = event JSON.
+pub const CF_EVENTS: &str = "events";
+
+pub const ALL_CFS: &[&str] = &[CF_OBJECTS, CF_INDEX, CF_UNIQUE, CF_META, CF_EVENTS];
+
+pub const META_REVISION: &[u8] = b"revision";
+pub const META_SIGNING_KEY: &[u8] = b"signing_key";
+pub const META_BOOTSTRAPPED: &[u8] = b"bootstrapped";
+
+pub fn object_key(kind: ObjectKind, key: &str) -> Vec<u8> {
+    format!("{}/{}", kind.as_str(), key).into_bytes()
+}
+
+pub fn object_prefix(kind: ObjectKind) -> Vec<u8> {
+    format!("{}/", kind.as_str()).into_bytes()
+}
+
+pub fn index_key(kind: ObjectKind, field: &str, value: &str, key: &str) -> Vec<u8> {
+    format!("{}\0{field}\0{value}\0{key}", kind.as_str()).into_bytes()
+}
+
+pub fn index_prefix(kind: ObjectKind, field: &str, value: &str) -> Vec<u8> {
+    format!("{}\0{field}\0{value}\0", kind.as_str()).into_bytes()
+}
+
+pub fn unique_key(kind: ObjectKind, field: &str, value: &str) -> Vec<u8> {
+    format!("{}\0{field}\0{value}", kind.as_str()).into_bytes()
+}
+
+pub fn event_key(revision: u64) -> [u8; 8] {
+    revision.to_be_bytes()
+}
+
+pub fn decode_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}

@@ -1,0 +1,296 @@
+//! The replicated fleet state: commands proposed through Raft, applied by
+//! [`apply`], and read back from the local copy.
+//!
+//! Architecture invariant: state changes only through [`Store::submit`],
+//! which goes through the Raft log. Reads come from the local replica (fast,
+//! possibly a little stale); [`Store::read_barrier`] makes the next read
+//! linearizable.
+//!
+//! Writes are group-committed: concurrent submissions are gathered into one
+//! `Command::Batch` log entry, so many small writes share one log append and
+//! one fsync.
+
+pub mod apply;
+pub mod command;
+pub mod events;
+pub mod keys;
+pub mod object;
+pub mod query;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cradle_raft::{RaftNode, WriteError};
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
+
+pub use command::{Command, Rejection, Reply};
+pub use events::{Action, Event};
+pub use query::{ListQuery, Page};
+
+use crate::model::ObjectKind;
+use keys::*;
+
+/// Most commands gathered into one log entry.
+const MAX_BATCH_COMMANDS: usize = 512;
+/// Log entries in flight at once; more batching happens while they wait.
+const MAX_BATCHES_IN_FLIGHT: usize = 4;
+/// Submissions waiting to be batched before callers are pushed back on.
+const PROPOSAL_QUEUE: usize = 16_384;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    #[error("no leader could be reached in time")]
+    NoLeader,
+    #[error("cluster unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<WriteError> for StoreError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::NoLeader => StoreError::NoLeader,
+            WriteError::Unreachable(m) => StoreError::Unavailable(m),
+            other => StoreError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// A committed write's result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Done {
+    pub revision: u64,
+    pub object: Option<Value>,
+}
+
+struct Proposal {
+    command: Command,
+    reply: oneshot::Sender<Result<Reply, StoreError>>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    raft: Arc<RaftNode>,
+    events: broadcast::Sender<Event>,
+    proposals: mpsc::Sender<Proposal>,
+}
+
+impl Store {
+    /// Wraps a running Raft node whose state machine app is [`apply::CradleApp`]
+    /// built with the same `events` sender. Must be called inside a tokio
+    /// runtime: it starts the batching task.
+    pub fn new(raft: Arc<RaftNode>, events: broadcast::Sender<Event>) -> Self {
+        let (proposals, queue) = mpsc::channel(PROPOSAL_QUEUE);
+        tokio::spawn(batch_proposals(raft.clone(), queue));
+        Store {
+            raft,
+            events,
+            proposals,
+        }
+    }
+
+    pub fn raft(&self) -> &Arc<RaftNode> {
+        &self.raft
+    }
+
+    /// Proposes `command` and waits until it is committed and applied.
+    pub async fn submit(&self, command: Command) -> Result<Done, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.proposals
+            .send(Proposal { command, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("store is shutting down".into()))?;
+        let reply = answer
+            .await
+            .map_err(|_| StoreError::Unavailable("store is shutting down".into()))??;
+        match reply {
+            Reply::Done { revision, object } => Ok(Done { revision, object }),
+            Reply::Rejected(rejection) => Err(StoreError::Rejected(rejection)),
+            Reply::Batch { .. } => Err(StoreError::Internal("unexpected batch reply".into())),
+        }
+    }
+
+    /// Waits until this replica has applied everything committed when the
+    /// call began (linearizable read).
+    pub async fn read_barrier(&self) -> Result<(), StoreError> {
+        Ok(self.raft.read_barrier().await?)
+    }
+
+    /// The object of `kind` at `key` in the local replica.
+    pub fn get(&self, kind: ObjectKind, key: &str) -> Result<Option<Value>, StoreError> {
+        let db = self.raft.db();
+        let cf = cf(&db, CF_OBJECTS)?;
+        let Some(bytes) = db
+            .get_cf(cf, object_key(kind, key))
+            .map_err(|e| StoreError::Internal(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Internal(format!("corrupt {} {key:?}: {e}", kind.as_str())))
+    }
+
+    /// The object decoded as its model type.
+    pub fn get_typed<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: ObjectKind,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        match self.get(kind, key)? {
+            Some(value) => serde_json::from_value(value)
+                .map(Some)
+                .map_err(|e| StoreError::Internal(format!("corrupt {} {key:?}: {e}", kind.as_str()))),
+            None => Ok(None),
+        }
+    }
+
+    pub fn list(&self, kind: ObjectKind, query: &ListQuery) -> Result<Page, StoreError> {
+        query::list(&self.raft.db(), kind, query)
+    }
+
+    /// The revision of the last applied change.
+    pub fn revision(&self) -> Result<u64, StoreError> {
+        Ok(self.meta(META_REVISION)?.and_then(|b| decode_u64(&b)).unwrap_or(0))
+    }
+
+    /// The key bearer tokens are signed with; `None` before bootstrap.
+    pub fn signing_key(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.meta(META_SIGNING_KEY)
+    }
+
+    pub fn is_bootstrapped(&self) -> Result<bool, StoreError> {
+        Ok(self.meta(META_BOOTSTRAPPED)?.is_some())
+    }
+
+    /// Stored events after `since`, oldest first, at most `limit`.
+    pub fn events_after(&self, since: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let db = self.raft.db();
+        let cf = cf(&db, CF_EVENTS)?;
+        let start = event_key(since.saturating_add(1));
+        let mut out = Vec::new();
+        for item in db.iterator_cf(
+            cf,
+            rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
+        ) {
+            let (_, value) = item.map_err(|e| StoreError::Internal(e.to_string()))?;
+            let event: Event = serde_json::from_slice(&value)
+                .map_err(|e| StoreError::Internal(format!("corrupt event: {e}")))?;
+            out.push(event);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The oldest revision still in the event log, if any.
+    pub fn oldest_event(&self) -> Result<Option<u64>, StoreError> {
+        let db = self.raft.db();
+        let cf = cf(&db, CF_EVENTS)?;
+        match db.iterator_cf(cf, rocksdb::IteratorMode::Start).next() {
+            Some(item) => {
+                let (key, _) = item.map_err(|e| StoreError::Internal(e.to_string()))?;
+                Ok(decode_u64(&key))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let db = self.raft.db();
+        let cf = cf(&db, CF_META)?;
+        db.get_cf(cf, key)
+            .map_err(|e| StoreError::Internal(e.to_string()))
+    }
+}
+
+fn cf<'a>(db: &'a rocksdb::DB, name: &str) -> Result<&'a rocksdb::ColumnFamily, StoreError> {
+    db.cf_handle(name)
+        .ok_or_else(|| StoreError::Internal(format!("missing column family {name}")))
+}
+
+/// Gathers whatever proposals are waiting into one batch and keeps a few
+/// batches in flight, so throughput grows with load instead of with fsyncs.
+async fn batch_proposals(raft: Arc<RaftNode>, mut queue: mpsc::Receiver<Proposal>) {
+    let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_COMMANDS {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            propose(&raft, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn propose(raft: &RaftNode, batch: Vec<Proposal>) {
+    let (commands, waiters): (Vec<_>, Vec<_>) =
+        batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+    let command = if commands.len() == 1 {
+        commands.into_iter().next().unwrap_or(Command::Batch(Vec::new()))
+    } else {
+        Command::Batch(commands)
+    };
+    let payload = match serde_json::to_vec(&command) {
+        Ok(payload) => payload,
+        Err(e) => {
+            for waiter in waiters {
+                let _ = waiter.send(Err(StoreError::Internal(format!("encoding command: {e}"))));
+            }
+            return;
+        }
+    };
+    let result = raft.write(payload).await;
+    let replies: Result<Vec<Reply>, StoreError> = match result {
+        Ok(bytes) => match serde_json::from_slice::<Reply>(&bytes) {
+            Ok(Reply::Batch { replies }) if waiters.len() > 1 => Ok(replies),
+            Ok(single) if waiters.len() == 1 => Ok(vec![single]),
+            Ok(_) => Err(StoreError::Internal("reply does not match the batch".into())),
+            Err(e) => Err(StoreError::Internal(format!("undecodable reply: {e}"))),
+        },
+        Err(e) => Err(e.into()),
+    };
+    match replies {
+        Ok(replies) if replies.len() == waiters.len() => {
+            for (waiter, reply) in waiters.into_iter().zip(replies) {
+                let _ = waiter.send(Ok(reply));
+            }
+        }
+        Ok(_) => {
+            for waiter in waiters {
+                let _ = waiter.send(Err(StoreError::Internal("reply count mismatch".into())));
+            }
+        }
+        Err(e) => {
+            let message = e.to_string();
+            for waiter in waiters {
+                let _ = waiter.send(Err(match &e {
+                    StoreError::NoLeader => StoreError::NoLeader,
+                    StoreError::Unavailable(_) => StoreError::Unavailable(message.clone()),
+                    _ => StoreError::Internal(message.clone()),
+                }));
+            }
+        }
+    }
+}
+
+/// Bounded wait used by callers that poll for state (tests, bootstrap).
+pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
