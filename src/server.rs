@@ -79,20 +79,19 @@ pub async fn start(settings: ServerSettings) -> anyhow::Result<Running> {
 
     let (events, _) = broadcast::channel(EVENT_CHANNEL);
     let app = Arc::new(CradleApp::new(events.clone(), settings.event_retention));
-    let node_config = NodeConfig {
-        node_id: settings.node_id,
-        data_dir: settings.data_dir.join("raft"),
-        info: NodeInfo {
+    let mut node_config = NodeConfig::new(
+        settings.node_id,
+        settings.data_dir.join("raft"),
+        NodeInfo {
             rpc_addr: format!("{host}:{}", rpc_addr.port()),
             api_addr: format!("{host}:{}", api_addr.port()),
         },
-        heartbeat_ms: settings.heartbeat_ms,
-        election_min_ms: settings.election_min_ms,
-        election_max_ms: settings.election_max_ms,
-        snapshot_every_entries: settings.snapshot_every,
-        no_leader_wait_ms: settings.no_leader_wait_ms,
-        ..NodeConfig::default()
-    };
+    );
+    node_config.heartbeat_ms = settings.heartbeat_ms;
+    node_config.election_min_ms = settings.election_min_ms;
+    node_config.election_max_ms = settings.election_max_ms;
+    node_config.snapshot_every_entries = settings.snapshot_every;
+    node_config.no_leader_wait_ms = settings.no_leader_wait_ms;
     let raft = Arc::new(
         RaftNode::open(node_config, app)
             .await
@@ -164,7 +163,7 @@ async fn bootstrap(store: &Store, settings: &ServerSettings) -> anyhow::Result<O
         }
         // Only the node that created the cluster proposes; a joining node
         // receives the bootstrap through the log.
-        if store.raft().status().leader == Some(settings.node_id) {
+        if store.raft().status().current_leader == Some(settings.node_id) {
             break;
         }
         if tokio::time::Instant::now() > deadline {

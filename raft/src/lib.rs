@@ -19,7 +19,11 @@
 //!   service for AppendEntries, Vote, chunked InstallSnapshot and write
 //!   forwarding. Messages travel serde-encoded inside `proto/raft.proto`'s
 //!   `Payload`.
+//! - `snapshot`: the snapshot file format (header, length-prefixed records,
+//!   SHA-256 trailer), shared by building, sending and installing.
 //! - `node`: [`RaftNode`], the handle the application uses.
+
+#![forbid(unsafe_code)]
 
 pub mod store;
 pub mod types;
@@ -27,10 +31,17 @@ pub mod types;
 mod log_store;
 mod network;
 mod node;
+mod snapshot;
 mod state_machine;
 
-pub use node::{NodeConfig, RaftNode, RaftStatus, MemberStatus, WriteError};
-pub use store::{StateMachineApp, Txn, StoreError};
+#[cfg(test)]
+mod cluster_tests;
+#[cfg(test)]
+mod test_support;
+
+pub use network::PeerTls;
+pub use node::{MemberStatus, NodeConfig, NodeError, RaftNode, RaftRole, RaftStatus, WriteError};
+pub use store::{StateMachineApp, StoreError, Txn};
 pub use types::{NodeId, NodeInfo};
 
 /// Generated protobuf/gRPC code for `proto/raft.proto`.

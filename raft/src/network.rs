@@ -22,14 +22,16 @@ use openraft::error::{
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use openraft::{RPCTypes, SnapshotMeta, Vote};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+use tonic::transport::{
+    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig,
+};
 use tonic::{Code, Request, Response, Status};
 
 use crate::node::Inner;
@@ -269,19 +271,26 @@ impl Peers {
         let data = encode(req).map_err(|e| CallError::NotSent(e.to_string()))?;
         let mut request = Request::new(WirePayload { data });
         request.set_timeout(timeout);
-        let call = client(channel).forward(request);
+        let mut peer = client(channel);
+        let call = peer.forward(request);
         // tonic's own deadline covers the server; this one also covers a
         // connect that hangs.
         let reply = match tokio::time::timeout(timeout, call).await {
-            Err(_) => return Err(CallError::Lost(format!("no answer from node {id} within {timeout:?}"))),
+            Err(_) => {
+                return Err(CallError::Lost(format!(
+                    "no answer from node {id} within {timeout:?}"
+                )))
+            }
             Ok(Err(status)) if not_sent(&status) => {
                 return Err(CallError::NotSent(format!("node {id} at {addr}: {status}")))
             }
-            Ok(Err(status)) => return Err(CallError::Lost(format!("node {id} at {addr}: {status}"))),
+            Ok(Err(status)) => {
+                return Err(CallError::Lost(format!("node {id} at {addr}: {status}")))
+            }
             Ok(Ok(reply)) => reply.into_inner(),
         };
-        let result: Result<ForwardReply, ForwardFailure> =
-            decode(&reply.data).map_err(|e| CallError::Lost(format!("undecodable reply from node {id}: {e}")))?;
+        let result: Result<ForwardReply, ForwardFailure> = decode(&reply.data)
+            .map_err(|e| CallError::Lost(format!("undecodable reply from node {id}: {e}")))?;
         result.map_err(CallError::Remote)
     }
 }
@@ -364,7 +373,11 @@ impl PeerConnection {
     {
         let channel = match &self.channel {
             Ok(channel) => channel.clone(),
-            Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&StringError(e.clone())))),
+            Err(e) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&StringError(
+                    e.clone(),
+                ))))
+            }
         };
         let ttl = option.hard_ttl();
         let mut request = Request::new(WirePayload { data });
@@ -381,10 +394,21 @@ impl PeerConnection {
         };
         let decoded: Result<Resp, E> =
             decode(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        decoded.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
+        decoded.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.node.clone(),
+                e,
+            ))
+        })
     }
 
-    fn status_error<E: StdError>(&self, action: RPCTypes, ttl: Duration, status: Status) -> RPCError<NodeId, NodeInfo, E> {
+    fn status_error<E: StdError>(
+        &self,
+        action: RPCTypes,
+        ttl: Duration,
+        status: Status,
+    ) -> RPCError<NodeId, NodeInfo, E> {
         match status.code() {
             // Peer down, refusing or unreachable: openraft backs off.
             Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
@@ -415,7 +439,9 @@ fn encode_error<E>(e: impl fmt::Display) -> RPCError<NodeId, NodeInfo, E>
 where
     E: StdError,
 {
-    RPCError::Network(NetworkError::new(&StringError(format!("encoding request: {e}"))))
+    RPCError::Network(NetworkError::new(&StringError(format!(
+        "encoding request: {e}"
+    ))))
 }
 
 impl RaftNetwork<TypeConfig> for PeerConnection {
@@ -469,8 +495,12 @@ fn reply<T: Serialize>(value: &T) -> Result<Response<WirePayload>, Status> {
 
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
-    async fn append_entries(&self, request: Request<WirePayload>) -> Result<Response<WirePayload>, Status> {
-        let req: AppendEntriesRequest<TypeConfig> = decode(&request.into_inner().data).map_err(bad_request)?;
+    async fn append_entries(
+        &self,
+        request: Request<WirePayload>,
+    ) -> Result<Response<WirePayload>, Status> {
+        let req: AppendEntriesRequest<TypeConfig> =
+            decode(&request.into_inner().data).map_err(bad_request)?;
         let result = self.node.raft.append_entries(req).await;
         reply(&result)
     }
@@ -481,13 +511,19 @@ impl RaftPeer for PeerService {
         reply(&result)
     }
 
-    async fn install_snapshot(&self, request: Request<WirePayload>) -> Result<Response<WirePayload>, Status> {
+    async fn install_snapshot(
+        &self,
+        request: Request<WirePayload>,
+    ) -> Result<Response<WirePayload>, Status> {
         let req = decode_chunk(request.into_inner().data).map_err(bad_request)?;
         let result = self.node.raft.install_snapshot(req).await;
         reply(&result)
     }
 
-    async fn forward(&self, request: Request<WirePayload>) -> Result<Response<WirePayload>, Status> {
+    async fn forward(
+        &self,
+        request: Request<WirePayload>,
+    ) -> Result<Response<WirePayload>, Status> {
         let req: ForwardRequest = decode(&request.into_inner().data).map_err(bad_request)?;
         // Executed here or refused with NotLeader: never forwarded on, so a
         // request cannot loop between nodes with stale leader views.
@@ -518,7 +554,11 @@ mod tests {
         };
         let bytes = encode_chunk(req).unwrap();
         // Raw bytes plus a small header, not a JSON array of numbers.
-        assert!(bytes.len() < data.len() + 1024, "encoded {} bytes", bytes.len());
+        assert!(
+            bytes.len() < data.len() + 1024,
+            "encoded {} bytes",
+            bytes.len()
+        );
         let back = decode_chunk(bytes).unwrap();
         assert_eq!(back.meta, meta);
         assert_eq!(back.offset, 4096);

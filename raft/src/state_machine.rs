@@ -20,14 +20,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{
-    AnyError, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot,
-    SnapshotMeta, StorageError, StorageIOError, StoredMembership,
+    AnyError, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend,
+    RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 
 use crate::snapshot::{self, SnapshotHeader, SnapshotReader, SnapshotWriter};
-use crate::store::{cf_handle, StateMachineApp, StoreError, Txn, CF_RAFT_META, CF_SM_META};
+use crate::store::{
+    blocking, cf_handle, StateMachineApp, StoreError, Txn, CF_RAFT_META, CF_SM_META,
+};
 use crate::types::{NodeId, NodeInfo, Reply, TypeConfig};
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
@@ -73,28 +75,21 @@ pub(crate) struct StateMachine {
 }
 
 fn sm_err(verb: ErrorVerb, e: impl ToString) -> StorageError<NodeId> {
-    StorageIOError::new(ErrorSubject::StateMachine, verb, AnyError::error(e.to_string())).into()
+    StorageIOError::new(
+        ErrorSubject::StateMachine,
+        verb,
+        AnyError::error(e.to_string()),
+    )
+    .into()
 }
 
-fn snap_err(meta: Option<&SnapshotMeta<NodeId, NodeInfo>>, verb: ErrorVerb, e: impl ToString) -> StorageError<NodeId> {
+fn snap_err(
+    meta: Option<&SnapshotMeta<NodeId, NodeInfo>>,
+    verb: ErrorVerb,
+    e: impl ToString,
+) -> StorageError<NodeId> {
     let subject = ErrorSubject::Snapshot(meta.map(|m| m.signature()));
     StorageIOError::new(subject, verb, AnyError::error(e.to_string())).into()
-}
-
-/// Runs blocking work (RocksDB, file I/O, the application's apply) off the
-/// async worker threads.
-async fn blocking<T, F>(f: F) -> Result<T, StoreError>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
-{
-    match tokio::task::spawn_blocking(f).await {
-        Ok(result) => result,
-        Err(join) => Err(StoreError::Corrupt {
-            what: "blocking task",
-            detail: join.to_string(),
-        }),
-    }
 }
 
 fn json<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
@@ -104,7 +99,10 @@ fn json<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     })
 }
 
-fn from_json<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &'static str) -> Result<T, StoreError> {
+fn from_json<T: for<'de> Deserialize<'de>>(
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         what,
         detail: e.to_string(),
@@ -156,7 +154,11 @@ impl Shared {
     /// Removes snapshot files other than `keep` (a file name). Files still
     /// being written (`.tmp`) are removed only when `include_partial`, i.e.
     /// at open, when no build or install can be running.
-    fn remove_other_files(&self, keep: Option<&str>, include_partial: bool) -> Result<(), StoreError> {
+    fn remove_other_files(
+        &self,
+        keep: Option<&str>,
+        include_partial: bool,
+    ) -> Result<(), StoreError> {
         for dirent in fs::read_dir(&self.dir)? {
             let dirent = dirent?;
             let name = dirent.file_name();
@@ -241,18 +243,27 @@ impl Shared {
 
     /// Saves a received snapshot, makes it current and loads it into the
     /// database. Blocking.
-    fn install(&self, mut received: fs::File, meta: &SnapshotMeta<NodeId, NodeInfo>) -> Result<(), StoreError> {
+    fn install(
+        &self,
+        mut received: fs::File,
+        meta: &SnapshotMeta<NodeId, NodeInfo>,
+    ) -> Result<(), StoreError> {
         let stem = self.file_stem(meta.last_log_id.as_ref());
         let tmp = self.dir.join(format!("{stem}.tmp"));
         snapshot::copy_to(&mut received, &tmp)?;
         drop(received);
         let header = snapshot::verify(&tmp)?;
-        if header.meta.snapshot_id != meta.snapshot_id || header.meta.last_log_id != meta.last_log_id {
+        if header.meta.snapshot_id != meta.snapshot_id
+            || header.meta.last_log_id != meta.last_log_id
+        {
             return Err(StoreError::Corrupt {
                 what: "snapshot file",
                 detail: format!(
                     "file is snapshot {} up to {:?}, expected {} up to {:?}",
-                    header.meta.snapshot_id, header.meta.last_log_id, meta.snapshot_id, meta.last_log_id
+                    header.meta.snapshot_id,
+                    header.meta.last_log_id,
+                    meta.snapshot_id,
+                    meta.last_log_id
                 ),
             });
         }
@@ -270,8 +281,16 @@ impl Shared {
                 meta: meta.clone(),
                 file: file.clone(),
             };
-            batch.put_cf(cf_handle(&self.db, CF_RAFT_META)?, KEY_CURRENT_SNAPSHOT, json(&current)?);
-            batch.put_cf(cf_handle(&self.db, CF_SM_META)?, KEY_INSTALLING, file.as_bytes());
+            batch.put_cf(
+                cf_handle(&self.db, CF_RAFT_META)?,
+                KEY_CURRENT_SNAPSHOT,
+                json(&current)?,
+            );
+            batch.put_cf(
+                cf_handle(&self.db, CF_SM_META)?,
+                KEY_INSTALLING,
+                file.as_bytes(),
+            );
             self.db.write_opt(batch, &synced())?;
             self.remove_other_files(Some(&file), false)?;
             reader
@@ -297,8 +316,16 @@ impl Shared {
         let mut batch = WriteBatch::default();
         for name in local_cfs {
             let cf = cf_handle(&self.db, name)?;
-            let first = self.db.iterator_cf(cf, IteratorMode::Start).next().transpose()?;
-            let last = self.db.iterator_cf(cf, IteratorMode::End).next().transpose()?;
+            let first = self
+                .db
+                .iterator_cf(cf, IteratorMode::Start)
+                .next()
+                .transpose()?;
+            let last = self
+                .db
+                .iterator_cf(cf, IteratorMode::End)
+                .next()
+                .transpose()?;
             if let (Some((first, _)), Some((last, _))) = (first, last) {
                 // delete_range excludes its end key.
                 batch.delete_range_cf(cf, &first, &last);
@@ -331,7 +358,11 @@ impl Shared {
 impl StateMachine {
     /// Opens the state machine over `db`, keeping snapshot files in `dir`,
     /// and finishes an install that a crash interrupted.
-    pub(crate) async fn open(db: Arc<DB>, app: Arc<dyn StateMachineApp>, dir: PathBuf) -> Result<Self, StoreError> {
+    pub(crate) async fn open(
+        db: Arc<DB>,
+        app: Arc<dyn StateMachineApp>,
+        dir: PathBuf,
+    ) -> Result<Self, StoreError> {
         let shared = Arc::new(Shared {
             db,
             app,
@@ -429,7 +460,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 last_applied = Some(entry.log_id);
                 let reply = match entry.payload {
                     EntryPayload::Blank => Vec::new(),
-                    EntryPayload::Normal(payload) => shared.app.apply(&mut txn, entry.log_id.index, &payload.0),
+                    EntryPayload::Normal(payload) => {
+                        shared.app.apply(&mut txn, entry.log_id.index, &payload.0)
+                    }
                     EntryPayload::Membership(m) => {
                         membership = StoredMembership::new(Some(entry.log_id), m);
                         membership_changed = true;
@@ -447,6 +480,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             // One write for the whole batch of entries, unsynced (see the
             // module doc).
+            let db = txn.db();
             db.write(txn.into_batch())?;
             Ok((replies, last_applied, membership))
         })
@@ -519,5 +553,202 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 Ok(None)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use openraft::testing::log_id;
+    use openraft::Membership;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::test_support::{dump, get, open_stores, KvApp, CF_COUNTERS, CF_KV};
+    use crate::types::Payload;
+
+    fn normal(index: u64, cmd: &str) -> Entry<TypeConfig> {
+        Entry {
+            log_id: log_id(1, 1, index),
+            payload: EntryPayload::Normal(Payload(cmd.as_bytes().to_vec())),
+        }
+    }
+
+    fn membership(index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: log_id(1, 1, index),
+            payload: EntryPayload::Membership(Membership::new(vec![BTreeSet::from([1, 2])], None)),
+        }
+    }
+
+    fn texts(replies: &[Reply]) -> Vec<String> {
+        replies
+            .iter()
+            .map(|r| String::from_utf8(r.0.clone()).unwrap())
+            .collect()
+    }
+
+    /// Streams a snapshot into a receiving handle the way openraft's chunked
+    /// transport does, then installs it.
+    async fn transfer(
+        snapshot: Snapshot<TypeConfig>,
+        target: &mut StateMachine,
+        corrupt_at: Option<usize>,
+    ) -> StorageResult<()> {
+        let mut bytes = Vec::new();
+        let mut source = snapshot.snapshot;
+        source.read_to_end(&mut bytes).await.unwrap();
+        if let Some(at) = corrupt_at {
+            bytes[at] ^= 0x55;
+        }
+        let mut receiving = target.begin_receiving_snapshot().await?;
+        for chunk in bytes.chunks(100) {
+            receiving.write_all(chunk).await.unwrap();
+        }
+        receiving.shutdown().await.unwrap();
+        target.install_snapshot(&snapshot.meta, receiving).await
+    }
+
+    #[tokio::test]
+    async fn applies_entries_and_persists_applied_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = KvApp::new();
+        {
+            let (_log, mut sm, db) = open_stores(dir.path(), app.clone()).await;
+            let replies = sm
+                .apply(vec![
+                    membership(1),
+                    normal(2, "put x 1"),
+                    normal(3, "put x 2"),
+                    normal(4, "incr c"),
+                    Entry {
+                        log_id: log_id(1, 1, 5),
+                        payload: EntryPayload::Blank,
+                    },
+                    normal(6, "incr c"),
+                    normal(7, "bogus"),
+                ])
+                .await
+                .unwrap();
+            assert_eq!(texts(&replies), ["", "", "1", "1", "", "2", "error"]);
+            assert_eq!(get(&db, CF_KV, "x").as_deref(), Some("2"));
+            assert_eq!(get(&db, CF_COUNTERS, "c").as_deref(), Some("2"));
+            // Entries of one call share a transaction: reads see earlier
+            // writes of the same batch.
+            assert_eq!(get(&db, CF_KV, "last-incr/c").as_deref(), Some("6"));
+            assert_eq!(app.committed_calls.load(Ordering::SeqCst), 1);
+            let (applied, members) = sm.applied_state().await.unwrap();
+            assert_eq!(applied, Some(log_id(1, 1, 7)));
+            assert_eq!(members.log_id(), &Some(log_id(1, 1, 1)));
+        }
+        let (_log, mut sm, _db) = open_stores(dir.path(), KvApp::new()).await;
+        let (applied, members) = sm.applied_state().await.unwrap();
+        assert_eq!(applied, Some(log_id(1, 1, 7)));
+        assert_eq!(members.log_id(), &Some(log_id(1, 1, 1)));
+        assert_eq!(members.membership().voter_ids().collect::<Vec<_>>(), vec![1, 2]);
+    }
+
+    #[tokio::test]
+    async fn snapshot_installs_the_same_state_and_survives_restart() {
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (_log_a, mut sm_a, db_a) = open_stores(dir_a.path(), KvApp::new()).await;
+        let mut entries = vec![membership(1)];
+        for i in 2..300 {
+            let cmd = if i % 3 == 0 {
+                format!("incr n{}", i % 11)
+            } else {
+                format!("put key{i} {}", "v".repeat(i as usize))
+            };
+            entries.push(normal(i, &cmd));
+        }
+        sm_a.apply(entries).await.unwrap();
+        let snapshot = sm_a.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, 1, 299)));
+        let current = sm_a.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, snapshot.meta);
+
+        // The target has state of its own that the snapshot must replace.
+        let app_b = KvApp::new();
+        let (_log_b, mut sm_b, db_b) = open_stores(dir_b.path(), app_b.clone()).await;
+        sm_b.apply(vec![normal(1, "put stale yes"), normal(2, "put key5 old")])
+            .await
+            .unwrap();
+        transfer(snapshot, &mut sm_b, None).await.unwrap();
+        assert_eq!(app_b.installed(), 1);
+        assert_eq!(get(&db_b, CF_KV, "stale"), None);
+        assert_eq!(dump(&db_b), dump(&db_a));
+        assert_eq!(sm_b.applied_state().await.unwrap(), sm_a.applied_state().await.unwrap());
+        let meta = sm_b.get_current_snapshot().await.unwrap().unwrap().meta;
+        assert_eq!(meta, current.meta);
+
+        // Applying continues on top of the installed state.
+        sm_b.apply(vec![normal(300, "incr n0")]).await.unwrap();
+        drop((sm_b, db_b, _log_b));
+
+        // After a restart the snapshot is still current and readable.
+        let (_log_b, mut sm_b, db_b) = open_stores(dir_b.path(), KvApp::new()).await;
+        let again = sm_b.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(again.meta, current.meta);
+        let mut bytes = Vec::new();
+        let mut data = again.snapshot;
+        data.read_to_end(&mut bytes).await.unwrap();
+        assert!(bytes.starts_with(b"CRDLSNP1"));
+        assert_eq!(sm_b.applied_state().await.unwrap().0, Some(log_id(1, 1, 300)));
+        assert_ne!(get(&db_b, CF_COUNTERS, "n0"), get(&db_a, CF_COUNTERS, "n0"));
+        // Only the current snapshot file is kept.
+        assert_eq!(fs::read_dir(dir_b.path().join("snapshots")).unwrap().count(), 1);
+    }
+
+    #[tokio::test]
+    async fn corrupt_snapshot_is_rejected_and_changes_nothing() {
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (_log_a, mut sm_a, _db_a) = open_stores(dir_a.path(), KvApp::new()).await;
+        sm_a.apply((1..50).map(|i| normal(i, &format!("put k{i} v{i}"))))
+            .await
+            .unwrap();
+        let app_b = KvApp::new();
+        let (_log_b, mut sm_b, db_b) = open_stores(dir_b.path(), app_b.clone()).await;
+        sm_b.apply(vec![normal(1, "put mine 1")]).await.unwrap();
+        let before = dump(&db_b);
+        let applied_before = sm_b.applied_state().await.unwrap();
+
+        let snapshot = sm_a.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        assert!(transfer(snapshot, &mut sm_b, Some(400)).await.is_err());
+        assert_eq!(dump(&db_b), before);
+        assert_eq!(sm_b.applied_state().await.unwrap(), applied_before);
+        assert_eq!(app_b.installed(), 0);
+        assert!(sm_b.get_current_snapshot().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn install_interrupted_by_a_crash_is_finished_on_open() {
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (_log_a, mut sm_a, db_a) = open_stores(dir_a.path(), KvApp::new()).await;
+        sm_a.apply((1..40).map(|i| normal(i, &format!("put k{i} v{i}"))))
+            .await
+            .unwrap();
+        let snapshot = sm_a.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        {
+            let (_log_b, mut sm_b, db_b) = open_stores(dir_b.path(), KvApp::new()).await;
+            transfer(snapshot, &mut sm_b, None).await.unwrap();
+            // Recreate what a crash half-way through loading leaves: the
+            // marker set, some records missing, the old applied index.
+            let current = sm_b.shared.current().unwrap().unwrap();
+            let sm_cf = db_b.cf_handle(CF_SM_META).unwrap();
+            let kv = db_b.cf_handle(CF_KV).unwrap();
+            db_b.put_cf(sm_cf, KEY_INSTALLING, current.file.as_bytes()).unwrap();
+            db_b.put_cf(sm_cf, KEY_LAST_APPLIED, json(&Some(log_id(1, 1, 3))).unwrap())
+                .unwrap();
+            db_b.delete_cf(kv, b"k7").unwrap();
+            db_b.put_cf(kv, b"leftover", b"x").unwrap();
+        }
+        let app = KvApp::new();
+        let (_log_b, mut sm_b, db_b) = open_stores(dir_b.path(), app.clone()).await;
+        assert_eq!(app.installed(), 1);
+        assert_eq!(dump(&db_b), dump(&db_a));
+        assert_eq!(sm_b.applied_state().await.unwrap().0, Some(log_id(1, 1, 39)));
+        let sm_cf = db_b.cf_handle(CF_SM_META).unwrap();
+        assert_eq!(db_b.get_cf(sm_cf, KEY_INSTALLING).unwrap(), None);
     }
 }

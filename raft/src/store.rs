@@ -34,6 +34,24 @@ pub enum StoreError {
     Corrupt { what: &'static str, detail: String },
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+/// Key/value pairs in key order.
+pub type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Runs blocking storage work (RocksDB, fsync, file I/O) off the async
+/// worker threads.
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(join) => Err(StoreError::Task(join.to_string())),
+    }
 }
 
 /// Opens (creating if needed) the node's database with the Raft column
@@ -61,7 +79,10 @@ pub(crate) fn open_db(path: &Path, app_cfs: &[&str]) -> Result<DB, StoreError> {
 
 /// Looks up a column family handle; every name used here was created by
 /// [`open_db`], so a miss means the database was opened differently.
-pub(crate) fn cf_handle<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily, StoreError> {
+pub(crate) fn cf_handle<'a>(
+    db: &'a DB,
+    name: &str,
+) -> Result<&'a rocksdb::ColumnFamily, StoreError> {
     db.cf_handle(name)
         .ok_or_else(|| StoreError::UnknownColumnFamily(name.to_string()))
 }
@@ -137,7 +158,7 @@ impl<'a> Txn<'a> {
         cf: &str,
         prefix: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<KeyValues, StoreError> {
         let handle = self.cf(cf)?;
         let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
         for item in self

@@ -5,7 +5,9 @@
 use std::sync::OnceLock;
 
 use axum::Json;
-use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem};
+use utoipa::openapi::path::{
+    HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem, PathItemBuilder,
+};
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{
@@ -148,7 +150,10 @@ fn build() -> OpenApi {
             .response("409", error_response("Already exists, duplicate, missing reference"));
         paths = paths.path(
             format!("/api/v1/{plural}"),
-            PathItem::new(HttpMethod::Get, list).operation(HttpMethod::Post, create),
+            PathItemBuilder::new()
+                .operation(HttpMethod::Get, list)
+                .operation(HttpMethod::Post, create)
+                .build(),
         );
 
         let key = path_param("key", "The object's key");
@@ -192,10 +197,12 @@ fn build() -> OpenApi {
             .response("409", error_response("Still in use"));
         paths = paths.path(
             format!("/api/v1/{plural}/{{key}}"),
-            PathItem::new(HttpMethod::Get, show)
+            PathItemBuilder::new()
+                .operation(HttpMethod::Get, show)
                 .operation(HttpMethod::Put, replace)
                 .operation(HttpMethod::Patch, patch)
-                .operation(HttpMethod::Delete, delete),
+                .operation(HttpMethod::Delete, delete)
+                .build(),
         );
     }
     for kind in [ObjectKind::Machines, ObjectKind::Profiles] {
@@ -212,7 +219,8 @@ fn build() -> OpenApi {
         );
         paths = paths.path(
             format!("/api/v1/{plural}/{{key}}/params/{{name}}"),
-            PathItem::new(
+            PathItemBuilder::new()
+            .operation(
                 HttpMethod::Get,
                 operation(format!("param_get_{plural}"), "One param's value".into(), plural)
                     .parameter(path_param("key", "The object's key"))
@@ -232,7 +240,8 @@ fn build() -> OpenApi {
                     .parameter(path_param("key", "The object's key"))
                     .parameter(path_param("name", "The param"))
                     .response("200", ok_response("All params after the change", map)),
-            ),
+            )
+            .build(),
         );
     }
     paths = paths

@@ -44,9 +44,9 @@ fn describe(text: &str, e: &serde_json::Error) -> ValidationError {
     let offset = byte_offset(text, e.line(), e.column());
     let scan = scan_path(text, offset);
     match e.classify() {
-        Category::Io | Category::Syntax | Category::Eof => {
-            ValidationError::new(scan.path(), code::INVALID_JSON, message)
-        }
+        // Where a syntax error is, is useful; where a truncated document stopped, is not.
+        Category::Syntax => ValidationError::new(scan.path(), code::INVALID_JSON, message),
+        Category::Io | Category::Eof => ValidationError::new("", code::INVALID_JSON, message),
         Category::Data => {
             if let Some(name) = between_backticks(&message, "unknown field `") {
                 // The error points at the key itself; the scanner saw it as the current key.
@@ -266,6 +266,11 @@ mod tests {
             code::INVALID_VALUE,
         );
         check(r#"{"name": "x""#, "", code::INVALID_JSON);
+        check(
+            r#"{"name": "x", "params": {"a": [1, , 2]}}"#,
+            "params.a[1]",
+            code::INVALID_JSON,
+        );
         check(r#"{"name": "x"} trailing"#, "", code::INVALID_JSON);
         check("", "", code::INVALID_JSON);
     }
@@ -281,6 +286,9 @@ mod tests {
     fn decode_value_keeps_paths() {
         let v = serde_json::json!({"name": "x", "pools": [{"start": "1.2.3.4", "end": 7}]});
         let err = decode_value::<Doc>(&v).expect_err("bad");
-        assert_eq!((err.field.as_str(), err.code), ("pools[0].end", code::INVALID_TYPE));
+        assert_eq!(
+            (err.field.as_str(), err.code),
+            ("pools[0].end", code::INVALID_TYPE)
+        );
     }
 }

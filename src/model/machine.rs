@@ -48,13 +48,12 @@ impl Arch {
     }
 }
 
-/// A machine.
-///
-/// `uuid` may be omitted on create: it then decodes as the nil UUID and the API calls
-/// [`Machine::fill_create_defaults`] (which draws a random v4 UUID) before proposing the write.
-/// Drawing it there, and not in [`Object::validate`], keeps validation deterministic so it can also
-/// run inside the replicated state machine; validation refuses a nil UUID, so an object that
-/// skipped the API's create path cannot be stored.
+// `uuid` may be omitted on create: it then decodes as the nil UUID and the API calls
+// `Machine::fill_create_defaults` (which draws a random v4 UUID) before proposing the write.
+// Drawing it there, and not in `Object::validate`, keeps validation deterministic so it can also
+// run inside the replicated state machine; validation refuses a nil UUID, so an object that
+// skipped the API's create path cannot be stored. (The doc comment below is the OpenAPI text.)
+/// A machine Cradle boots. `uuid` may be omitted on create: the server assigns one.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Machine {
@@ -70,7 +69,7 @@ pub struct Machine {
     pub address: Option<Ipv4Addr>,
     #[serde(default)]
     pub arch: Arch,
-    /// Bootenv name; empty on create means the prefs' `default_bootenv`.
+    /// Bootenv name; empty means the prefs' `default_bootenv`.
     #[serde(default)]
     pub bootenv: String,
     /// Profile names, in lookup order (earlier wins).
@@ -102,6 +101,17 @@ impl Machine {
     }
 }
 
+impl Machine {
+    /// The bootenv this machine boots: its own, or the prefs' default when it names none.
+    pub fn bootenv_or_default<'a>(&'a self, prefs: &'a Prefs) -> &'a str {
+        if self.bootenv.is_empty() {
+            &prefs.default_bootenv
+        } else {
+            &self.bootenv
+        }
+    }
+}
+
 impl Object for Machine {
     const KIND: ObjectKind = ObjectKind::Machines;
 
@@ -127,7 +137,11 @@ impl Object for Machine {
         }
         check_name_len("name", &self.name, MAX_HOSTNAME_LEN)?;
 
-        check_count("hardware_addrs", self.hardware_addrs.len(), MAX_HARDWARE_ADDRS)?;
+        check_count(
+            "hardware_addrs",
+            self.hardware_addrs.len(),
+            MAX_HARDWARE_ADDRS,
+        )?;
         let mut macs = Vec::with_capacity(self.hardware_addrs.len());
         for (i, mac) in self.hardware_addrs.iter().enumerate() {
             macs.push(normalize_mac(&format!("hardware_addrs[{i}]"), mac)?);
@@ -140,7 +154,11 @@ impl Object for Machine {
         if let Some(addr) = self.address {
             check_host_address("address", addr)?;
         }
-        check_name("bootenv", &self.bootenv)?;
+        // Empty is allowed: the machine then boots the prefs' `default_bootenv` (see
+        // `bootenv_or_default`), so creates that leave it out work without the API filling it.
+        if !self.bootenv.is_empty() {
+            check_name("bootenv", &self.bootenv)?;
+        }
         check_profile_list("profiles", &self.profiles, None)?;
         check_params_map(&self.params)?;
 
@@ -156,8 +174,10 @@ impl Object for Machine {
         let mut terms = vec![
             ("name", self.name.clone()),
             ("arch", self.arch.as_str().to_string()),
-            ("bootenv", self.bootenv.clone()),
         ];
+        if !self.bootenv.is_empty() {
+            terms.push(("bootenv", self.bootenv.clone()));
+        }
         terms.extend(self.hardware_addrs.iter().map(|m| ("mac", m.clone())));
         terms.extend(self.address.map(|a| ("address", a.to_string())));
         terms.extend(self.profiles.iter().map(|p| ("profile", p.clone())));
@@ -223,7 +243,9 @@ mod tests {
     const UUID: &str = "3f2504e0-4f89-41d3-9a0c-0305e82c3301";
 
     fn machine(extra: &str) -> String {
-        format!(r#"{{"uuid": "{UUID}", "name": "node1.example.com", "bootenv": "discovery"{extra}}}"#)
+        format!(
+            r#"{{"uuid": "{UUID}", "name": "node1.example.com", "bootenv": "discovery"{extra}}}"#
+        )
     }
 
     #[test]
@@ -232,7 +254,7 @@ mod tests {
             r#", "hardware_addrs": ["52:54:00:AA:BB:02", "52-54-00-aa-bb-01", "525400aabb02"],
                 "address": "10.0.0.5", "arch": "arm64", "profiles": ["rack1", "base"],
                 "params": {"ntp-servers": ["10.0.0.1"], "console": "ttyS0"},
-                "meta": {"color": "blue"}, "description": "first"}"#,
+                "meta": {"color": "blue"}, "description": "first""#,
         ));
         assert_eq!(
             m.hardware_addrs,
@@ -267,6 +289,15 @@ mod tests {
 
     #[test]
     fn create_defaults_fill_uuid_and_bootenv() {
+        let unassigned: Machine = check_ok(&format!(r#"{{"uuid": "{UUID}", "name": "n0"}}"#));
+        assert_eq!(
+            unassigned.bootenv_or_default(&Prefs::default()),
+            "discovery"
+        );
+        assert!(!unassigned
+            .index_terms()
+            .iter()
+            .any(|(k, _)| *k == "bootenv"));
         let mut m: Machine = crate::model::decode(r#"{"name": "n1"}"#).unwrap();
         assert!(m.uuid.is_nil());
         let err = m.clone().validate().expect_err("nil uuid refused");
@@ -282,23 +313,89 @@ mod tests {
 
     #[test]
     fn garbage_is_refused_with_field_and_code() {
-        check_err::<Machine>(&machine(r#", "hardware_addrs": ["52:54:00:aa:bb:01", "zz"]"#), "hardware_addrs[1]", code::INVALID_MAC);
-        check_err::<Machine>(&machine(r#", "hardware_addrs": ["52:54:00:aa:bb:01", "52:54:00:aa:bb:01:02"]"#), "hardware_addrs[1]", code::INVALID_MAC);
-        check_err::<Machine>(&machine(r#", "address": "10.0.0.256""#), "address", code::INVALID_VALUE);
-        check_err::<Machine>(&machine(r#", "address": "0.0.0.0""#), "address", code::INVALID_ADDRESS);
-        check_err::<Machine>(&machine(r#", "address": 167772165"#), "address", code::INVALID_TYPE);
-        check_err::<Machine>(r#"{"uuid": "not-a-uuid", "name": "n"}"#, "uuid", code::INVALID_VALUE);
-        check_err::<Machine>(&machine(r#", "arch": "sparc""#), "arch", code::INVALID_VALUE);
+        check_err::<Machine>(
+            &machine(r#", "hardware_addrs": ["52:54:00:aa:bb:01", "zz"]"#),
+            "hardware_addrs[1]",
+            code::INVALID_MAC,
+        );
+        check_err::<Machine>(
+            &machine(r#", "hardware_addrs": ["52:54:00:aa:bb:01", "52:54:00:aa:bb:01:02"]"#),
+            "hardware_addrs[1]",
+            code::INVALID_MAC,
+        );
+        check_err::<Machine>(
+            &machine(r#", "address": "10.0.0.256""#),
+            "address",
+            code::INVALID_VALUE,
+        );
+        check_err::<Machine>(
+            &machine(r#", "address": "0.0.0.0""#),
+            "address",
+            code::INVALID_ADDRESS,
+        );
+        check_err::<Machine>(
+            &machine(r#", "address": 167772165"#),
+            "address",
+            code::INVALID_TYPE,
+        );
+        check_err::<Machine>(
+            r#"{"uuid": "not-a-uuid", "name": "n"}"#,
+            "uuid",
+            code::INVALID_VALUE,
+        );
+        check_err::<Machine>(
+            &machine(r#", "arch": "sparc""#),
+            "arch",
+            code::INVALID_VALUE,
+        );
         check_err::<Machine>(&machine(r#", "macs": []"#), "macs", code::UNKNOWN_FIELD);
-        check_err::<Machine>(&machine(r#", "profiles": "base""#), "profiles", code::INVALID_TYPE);
-        check_err::<Machine>(&machine(r#", "profiles": ["a", "b", "a"]"#), "profiles[2]", code::DUPLICATE_PROFILE);
-        check_err::<Machine>(&machine(r#", "profiles": ["ok", "not ok"]"#), "profiles[1]", code::INVALID_NAME);
-        check_err::<Machine>(&machine(r#", "params": {"bad/name": 1}"#), "params.bad/name", code::INVALID_NAME);
-        check_err::<Machine>(&machine(r#", "meta": {"k": 1}"#), "meta.k", code::INVALID_TYPE);
-        check_err::<Machine>(&format!(r#"{{"uuid": "{UUID}", "name": "has space", "bootenv": "x"}}"#), "name", code::INVALID_NAME);
-        check_err::<Machine>(&format!(r#"{{"uuid": "{UUID}", "name": "n", "bootenv": ""}}"#), "bootenv", code::INVALID_NAME);
-        check_err::<Machine>(&format!(r#"{{"uuid": "{UUID}", "bootenv": "x"}}"#), "name", code::MISSING_FIELD);
-        let many: Vec<String> = (0..33).map(|i| format!("\"52:54:00:00:00:{i:02x}\"")).collect();
-        check_err::<Machine>(&machine(&format!(r#", "hardware_addrs": [{}]"#, many.join(","))), "hardware_addrs", code::TOO_MANY);
+        check_err::<Machine>(
+            &machine(r#", "profiles": "base""#),
+            "profiles",
+            code::INVALID_TYPE,
+        );
+        check_err::<Machine>(
+            &machine(r#", "profiles": ["a", "b", "a"]"#),
+            "profiles[2]",
+            code::DUPLICATE_PROFILE,
+        );
+        check_err::<Machine>(
+            &machine(r#", "profiles": ["ok", "not ok"]"#),
+            "profiles[1]",
+            code::INVALID_NAME,
+        );
+        check_err::<Machine>(
+            &machine(r#", "params": {"bad/name": 1}"#),
+            "params.bad/name",
+            code::INVALID_NAME,
+        );
+        check_err::<Machine>(
+            &machine(r#", "meta": {"k": 1}"#),
+            "meta.k",
+            code::INVALID_TYPE,
+        );
+        check_err::<Machine>(
+            &format!(r#"{{"uuid": "{UUID}", "name": "has space", "bootenv": "x"}}"#),
+            "name",
+            code::INVALID_NAME,
+        );
+        check_err::<Machine>(
+            &format!(r#"{{"uuid": "{UUID}", "name": "n", "bootenv": "a b"}}"#),
+            "bootenv",
+            code::INVALID_NAME,
+        );
+        check_err::<Machine>(
+            &format!(r#"{{"uuid": "{UUID}", "bootenv": "x"}}"#),
+            "name",
+            code::MISSING_FIELD,
+        );
+        let many: Vec<String> = (0..33)
+            .map(|i| format!("\"52:54:00:00:00:{i:02x}\""))
+            .collect();
+        check_err::<Machine>(
+            &machine(&format!(r#", "hardware_addrs": [{}]"#, many.join(","))),
+            "hardware_addrs",
+            code::TOO_MANY,
+        );
     }
 }

@@ -40,7 +40,7 @@ pub enum ObjectKind {
 }
 
 impl ObjectKind {
-    pub const ALL: [ObjectKind; 11] = [
+    pub const ALL: &'static [ObjectKind] = &[
         ObjectKind::Machines,
         ObjectKind::Profiles,
         ObjectKind::Params,
@@ -86,7 +86,8 @@ impl FromStr for ObjectKind {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         ObjectKind::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .find(|k| k.as_str() == s)
             .ok_or_else(|| UnknownKind(s.to_string()))
     }
@@ -138,7 +139,7 @@ mod tests {
 
     #[test]
     fn kinds_round_trip_through_str_and_serde() {
-        for kind in ObjectKind::ALL {
+        for &kind in ObjectKind::ALL {
             assert_eq!(kind.as_str().parse::<ObjectKind>(), Ok(kind));
             let json = serde_json::to_string(&kind).unwrap();
             assert_eq!(json, format!("\"{}\"", kind.as_str()));

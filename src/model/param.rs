@@ -81,9 +81,8 @@ impl Object for Param {
         check_description(&self.description)?;
         let validator = self.compile()?;
         if let Some(default) = &self.default {
-            check_compiled(self, &validator, default).map_err(|e| {
-                ValidationError::new("default", code::INVALID_DEFAULT, e.message)
-            })?;
+            check_compiled(self, &validator, default)
+                .map_err(|e| ValidationError::new("default", code::INVALID_DEFAULT, e.message))?;
         }
         Ok(())
     }
@@ -127,7 +126,10 @@ pub fn check_compiled(
             Err(ValidationError::new(
                 format!("params.{}", def.name),
                 code::INVALID_PARAM_VALUE,
-                format!("value{at} does not match the schema of {:?}: {what}", def.name),
+                format!(
+                    "value{at} does not match the schema of {:?}: {what}",
+                    def.name
+                ),
             ))
         }
     }
@@ -155,17 +157,41 @@ mod tests {
 
     #[test]
     fn bad_schemas_and_defaults_are_refused() {
-        check_err::<Param>(r#"{"name": "p", "schema": {"type": "integr"}}"#, "schema", code::INVALID_SCHEMA);
-        check_err::<Param>(r#"{"name": "p", "schema": {"minimum": "three"}}"#, "schema", code::INVALID_SCHEMA);
-        check_err::<Param>(r#"{"name": "p", "schema": 5}"#, "schema", code::INVALID_SCHEMA);
+        check_err::<Param>(
+            r#"{"name": "p", "schema": {"type": "integr"}}"#,
+            "schema",
+            code::INVALID_SCHEMA,
+        );
+        check_err::<Param>(
+            r#"{"name": "p", "schema": {"minimum": "three"}}"#,
+            "schema",
+            code::INVALID_SCHEMA,
+        );
+        check_err::<Param>(
+            r#"{"name": "p", "schema": 5}"#,
+            "schema",
+            code::INVALID_SCHEMA,
+        );
         check_err::<Param>(
             r#"{"name": "p", "schema": {"$ref": "https://example.com/s.json"}}"#,
             "schema",
             code::INVALID_SCHEMA,
         );
-        check_err::<Param>(r#"{"name": "p", "schema": {"type": "integer"}, "default": "x"}"#, "default", code::INVALID_DEFAULT);
-        check_err::<Param>(r#"{"name": "p", "secure": "yes"}"#, "secure", code::INVALID_TYPE);
-        check_err::<Param>(r#"{"name": "p", "schma": {}}"#, "schma", code::UNKNOWN_FIELD);
+        check_err::<Param>(
+            r#"{"name": "p", "schema": {"type": "integer"}, "default": "x"}"#,
+            "default",
+            code::INVALID_DEFAULT,
+        );
+        check_err::<Param>(
+            r#"{"name": "p", "secure": "yes"}"#,
+            "secure",
+            code::INVALID_TYPE,
+        );
+        check_err::<Param>(
+            r#"{"name": "p", "schma": {}}"#,
+            "schma",
+            code::UNKNOWN_FIELD,
+        );
     }
 
     /// One check for values against a definition: `None` for accepted, else the expected message

@@ -97,10 +97,30 @@ mod tests {
 
     #[test]
     fn bad_prefs_are_refused() {
-        check_err::<Prefs>(r#"{"unknown_token_ttl_secs": 0}"#, "unknown_token_ttl_secs", code::INVALID_TTL);
-        check_err::<Prefs>(r#"{"known_token_ttl_secs": 99999999999}"#, "known_token_ttl_secs", code::INVALID_TTL);
-        check_err::<Prefs>(r#"{"default_bootenv": ""}"#, "default_bootenv", code::INVALID_NAME);
-        check_err::<Prefs>(r#"{"default_boot_env": "x"}"#, "default_boot_env", code::UNKNOWN_FIELD);
-        check_err::<Prefs>(r#"{"unknown_token_ttl_secs": -5}"#, "unknown_token_ttl_secs", code::INVALID_VALUE);
+        check_err::<Prefs>(
+            r#"{"unknown_token_ttl_secs": 0}"#,
+            "unknown_token_ttl_secs",
+            code::INVALID_TTL,
+        );
+        check_err::<Prefs>(
+            r#"{"known_token_ttl_secs": 99999999999}"#,
+            "known_token_ttl_secs",
+            code::INVALID_TTL,
+        );
+        check_err::<Prefs>(
+            r#"{"default_bootenv": ""}"#,
+            "default_bootenv",
+            code::INVALID_NAME,
+        );
+        check_err::<Prefs>(
+            r#"{"default_boot_env": "x"}"#,
+            "default_boot_env",
+            code::UNKNOWN_FIELD,
+        );
+        check_err::<Prefs>(
+            r#"{"unknown_token_ttl_secs": -5}"#,
+            "unknown_token_ttl_secs",
+            code::INVALID_VALUE,
+        );
     }
 }

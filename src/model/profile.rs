@@ -84,11 +84,31 @@ mod tests {
 
     #[test]
     fn bad_profiles_are_refused() {
-        check_err::<Profile>(r#"{"name": "a", "profiles": ["a"]}"#, "profiles[0]", code::SELF_REFERENCE);
-        check_err::<Profile>(r#"{"name": "a", "profiles": ["b", "b"]}"#, "profiles[1]", code::DUPLICATE_PROFILE);
+        check_err::<Profile>(
+            r#"{"name": "a", "profiles": ["a"]}"#,
+            "profiles[0]",
+            code::SELF_REFERENCE,
+        );
+        check_err::<Profile>(
+            r#"{"name": "a", "profiles": ["b", "b"]}"#,
+            "profiles[1]",
+            code::DUPLICATE_PROFILE,
+        );
         check_err::<Profile>(r#"{"name": "a b"}"#, "name", code::INVALID_NAME);
-        check_err::<Profile>(r#"{"name": "a", "params": []}"#, "params", code::INVALID_TYPE);
-        check_err::<Profile>(r#"{"name": "a", "parms": {}}"#, "parms", code::UNKNOWN_FIELD);
-        check_err::<Profile>(r#"{"name": "a", "params": {"": 1}}"#, "params.", code::INVALID_NAME);
+        check_err::<Profile>(
+            r#"{"name": "a", "params": []}"#,
+            "params",
+            code::INVALID_TYPE,
+        );
+        check_err::<Profile>(
+            r#"{"name": "a", "parms": {}}"#,
+            "parms",
+            code::UNKNOWN_FIELD,
+        );
+        check_err::<Profile>(
+            r#"{"name": "a", "params": {"": 1}}"#,
+            "params.",
+            code::INVALID_NAME,
+        );
     }
 }

@@ -151,7 +151,9 @@ fn template_error(name: &str, body: &str, e: &tera::Error) -> TemplateError {
 }
 
 fn pest_position(message: &str) -> Option<(usize, usize)> {
-    let arrow = message.lines().find_map(|l| l.trim_start().strip_prefix("--> "))?;
+    let arrow = message
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("--> "))?;
     let (line, column) = arrow.trim().split_once(':')?;
     Some((line.parse().ok()?, column.parse().ok()?))
 }
@@ -192,7 +194,10 @@ mod tests {
 
     #[test]
     fn good_templates_parse() {
-        check("#!ipxe\nkernel {{ env.kernel }} {{ boot_params }}\nboot\n", Ok(()));
+        check(
+            "#!ipxe\nkernel {{ env.kernel }} {{ boot_params }}\nboot\n",
+            Ok(()),
+        );
         check(
             "{% for m in machine.hardware_addrs %}{{ m | upper }}{% endfor %}",
             Ok(()),
@@ -205,7 +210,10 @@ mod tests {
         // Resolving these is the store's and the renderer's job, not the syntax check's.
         check("{% include \"common-ipxe\" %}\nboot", Ok(()));
         check("{% include \"a\" ignore missing %}", Ok(()));
-        check("{% extends \"base\" %}{% block x %}y{% endblock x %}", Ok(()));
+        check(
+            "{% extends \"base\" %}{% block x %}y{% endblock x %}",
+            Ok(()),
+        );
         check("{% import \"macros\" as m %}{{ m::kernel() }}", Ok(()));
     }
 
@@ -213,9 +221,12 @@ mod tests {
     fn syntax_errors_report_line_and_column() {
         check(
             "#!ipxe\nkernel {{ a b }}\n",
-            Err((Some(2), Some(12), "expected")),
+            Err((Some(2), Some(13), "expected")),
         );
-        check("{% if x %}\nunterminated", Err((Some(2), Some(13), "expected")));
+        check(
+            "{% if x %}\nunterminated",
+            Err((Some(2), Some(13), "expected")),
+        );
         check(
             "a\nb\n  {% for x in y %}{% endif %}",
             Err((Some(3), Some(19), "endfor")),
@@ -233,7 +244,7 @@ mod tests {
 
     #[test]
     fn template_objects_round_trip_and_refuse_bad_bodies() {
-        let t: Template = check_ok(r#"{"id": "ipxe.tmpl", "body": "#!ipxe\nboot\n"}"#);
+        let t: Template = check_ok(r##"{"id": "ipxe.tmpl", "body": "#!ipxe\nboot\n"}"##);
         assert_eq!(t.key(), "ipxe.tmpl");
         let err = check_err::<Template>(
             r#"{"id": "t", "body": "line1\n{{ oops"}"#,

@@ -176,7 +176,11 @@ pub fn check_count(field: &str, count: usize, max: usize) -> Result<(), Validati
 
 pub fn check_required(field: &str, value: &str) -> Result<(), ValidationError> {
     if value.is_empty() {
-        return Err(ValidationError::new(field, code::REQUIRED, "must not be empty"));
+        return Err(ValidationError::new(
+            field,
+            code::REQUIRED,
+            "must not be empty",
+        ));
     }
     Ok(())
 }

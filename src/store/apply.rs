@@ -100,13 +100,13 @@ fn storage(e: impl std::fmt::Display) -> Rejection {
 impl Applier<'_, '_> {
     fn run(&mut self, command: Command) -> Reply {
         match command {
-            Command::Batch(commands) => Reply::Batch {
+            Command::Batch { commands } => Reply::Batch {
                 replies: commands
                     .into_iter()
                     // Nested batches are flattened by the proposer; refuse
                     // rather than recurse on a crafted payload.
                     .map(|c| match c {
-                        Command::Batch(_) => {
+                        Command::Batch { .. } => {
                             Reply::Rejected(Rejection::new("invalid_command", "nested batch"))
                         }
                         other => self.run_one(other),
@@ -138,7 +138,7 @@ impl Applier<'_, '_> {
                 key,
                 if_match,
             } => self.delete(kind, &key, if_match),
-            Command::Batch(_) => Err(Rejection::new("invalid_command", "nested batch")),
+            Command::Batch { .. } => Err(Rejection::new("invalid_command", "nested batch")),
         };
         outcome.unwrap_or_else(Reply::Rejected)
     }

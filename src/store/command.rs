@@ -42,7 +42,7 @@ pub enum Command {
     },
     /// Many independent commands in one log entry (group commit); each gets
     /// its own reply and revision, and one failing does not undo the others.
-    Batch(Vec<Command>),
+    Batch { commands: Vec<Command> },
 }
 
 /// The outcome of one command.
@@ -81,5 +81,62 @@ impl Rejection {
     pub fn at(mut self, field: impl Into<String>) -> Self {
         self.field = Some(field.into());
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_command_survives_the_log_encoding() {
+        let create = Command::Create {
+            kind: ObjectKind::Machines,
+            object: json!({"name": "m1"}),
+        };
+        let commands = vec![
+            create.clone(),
+            Command::Replace {
+                kind: ObjectKind::Profiles,
+                key: "p".into(),
+                object: json!({"name": "p"}),
+                if_match: Some(3),
+            },
+            Command::Patch {
+                kind: ObjectKind::Profiles,
+                key: "p".into(),
+                patch: serde_json::from_value(json!([{"op": "test", "path": "/name", "value": "p"}]))
+                    .unwrap(),
+                if_match: None,
+            },
+            Command::Delete {
+                kind: ObjectKind::Templates,
+                key: "t".into(),
+                if_match: None,
+            },
+            Command::Batch {
+                commands: vec![create.clone(), create],
+            },
+        ];
+        for command in commands {
+            let bytes = serde_json::to_vec(&command).unwrap();
+            assert_eq!(serde_json::from_slice::<Command>(&bytes).unwrap(), command);
+        }
+        let reply = Reply::Batch {
+            replies: vec![
+                Reply::Done { revision: 1, object: None },
+                Reply::Rejected(Rejection::new("not_found", "gone").at("name")),
+            ],
+        };
+        let bytes = serde_json::to_vec(&reply).unwrap();
+        assert_eq!(serde_json::from_slice::<Reply>(&bytes).unwrap(), reply);
+    }
+
+    #[test]
+    fn garbage_payloads_do_not_decode() {
+        for garbage in [&b""[..], b"{}", b"{\"op\":\"explode\"}", b"\xff", b"[1]"] {
+            assert!(serde_json::from_slice::<Command>(garbage).is_err());
+        }
     }
 }

@@ -192,13 +192,15 @@ impl Store {
     pub fn oldest_event(&self) -> Result<Option<u64>, StoreError> {
         let db = self.raft.db();
         let cf = cf(&db, CF_EVENTS)?;
-        match db.iterator_cf(cf, rocksdb::IteratorMode::Start).next() {
+        let mut events = db.iterator_cf(cf, rocksdb::IteratorMode::Start);
+        let first = match events.next() {
             Some(item) => {
                 let (key, _) = item.map_err(|e| StoreError::Internal(e.to_string()))?;
-                Ok(decode_u64(&key))
+                decode_u64(&key)
             }
-            None => Ok(None),
-        }
+            None => None,
+        };
+        Ok(first)
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
@@ -245,9 +247,12 @@ async fn propose(raft: &RaftNode, batch: Vec<Proposal>) {
     let (commands, waiters): (Vec<_>, Vec<_>) =
         batch.into_iter().map(|p| (p.command, p.reply)).unzip();
     let command = if commands.len() == 1 {
-        commands.into_iter().next().unwrap_or(Command::Batch(Vec::new()))
+        commands
+            .into_iter()
+            .next()
+            .unwrap_or(Command::Batch { commands: Vec::new() })
     } else {
-        Command::Batch(commands)
+        Command::Batch { commands }
     };
     let payload = match serde_json::to_vec(&command) {
         Ok(payload) => payload,

@@ -1,0 +1,314 @@
+//! In-process clusters over real gRPC on loopback: formation, forwarding,
+//! failover, restart catch-up (by log and by snapshot), bounded waits.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::node::{NodeConfig, NodeError, RaftNode, RaftRole, WriteError};
+use crate::test_support::{dump, get, KvApp, CF_COUNTERS};
+use crate::types::{NodeId, NodeInfo};
+
+/// Every wait in these tests is bounded by this.
+const WAIT: Duration = Duration::from_secs(10);
+
+struct TestNode {
+    id: NodeId,
+    node: RaftNode,
+    app: Arc<KvApp>,
+    info: NodeInfo,
+    dir: PathBuf,
+    stop_server: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<Result<(), NodeError>>>,
+}
+
+fn config(id: NodeId, dir: &Path, info: NodeInfo) -> NodeConfig {
+    let mut config = NodeConfig::new(id, dir, info);
+    config.forward_timeout_ms = 3_000;
+    config.no_leader_wait_ms = 5_000;
+    config.learner_catch_up_ms = 8_000;
+    config
+}
+
+/// Opens a node, retrying while a just-stopped predecessor on the same
+/// directory still holds the RocksDB lock (its tasks wind down async).
+async fn open_node(config: NodeConfig, app: Arc<KvApp>) -> RaftNode {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match RaftNode::open(config.clone(), app.clone()).await {
+            Ok(node) => return node,
+            Err(e) if Instant::now() < deadline && e.to_string().contains("lock") => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("opening node {}: {e}", config.node_id),
+        }
+    }
+}
+
+async fn start(
+    id: NodeId,
+    dir: &Path,
+    listener: TcpListener,
+    tune: &dyn Fn(&mut NodeConfig),
+) -> TestNode {
+    let addr = listener.local_addr().unwrap().to_string();
+    let info = NodeInfo {
+        rpc_addr: addr.clone(),
+        api_addr: format!("api-of-{id}"),
+    };
+    let mut cfg = config(id, dir, info.clone());
+    tune(&mut cfg);
+    let app = KvApp::new();
+    let node = open_node(cfg, app.clone()).await;
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let serving = node.clone();
+    let server = tokio::spawn(async move {
+        serving
+            .serve_rpc(listener, async move {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+    TestNode {
+        id,
+        node,
+        app,
+        info,
+        dir: dir.to_path_buf(),
+        stop_server: Some(stop_tx),
+        server: Some(server),
+    }
+}
+
+impl TestNode {
+    /// Stops the node the way a crash looks to its peers: Raft stops and its
+    /// port closes.
+    async fn stop(&mut self) {
+        self.node.shutdown().await.unwrap();
+        if let Some(tx) = self.stop_server.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            tokio::time::timeout(WAIT, server)
+                .await
+                .expect("rpc server stops")
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    /// Opens the node again on the same directory and address.
+    async fn restart(self, tune: &dyn Fn(&mut NodeConfig)) -> TestNode {
+        // Bind the handle so it drops here: fields left to `..` would live
+        // (and keep the database locked) until the end of this function.
+        let TestNode {
+            id, info, dir, node, ..
+        } = self;
+        drop(node);
+        let listener = bind_addr(&info.rpc_addr).await;
+        start(id, &dir, listener, tune).await
+    }
+}
+
+async fn bind() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.unwrap()
+}
+
+async fn bind_addr(addr: &str) -> TcpListener {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => panic!("rebinding {addr}: {e}"),
+        }
+    }
+}
+
+/// Polls `check` until it holds, failing the test after [`WAIT`].
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_leader(nodes: &[&TestNode]) -> NodeId {
+    let mut leader = None;
+    eventually("a leader that every live node agrees on", || {
+        let views: Vec<_> = nodes.iter().map(|n| n.node.status()).collect();
+        let found = views
+            .iter()
+            .find(|s| s.state == RaftRole::Leader)
+            .map(|s| s.node_id)
+            .filter(|id| views.iter().all(|s| s.current_leader == Some(*id)));
+        leader = found;
+        async move { found.is_some() }
+    })
+    .await;
+    leader.unwrap()
+}
+
+async fn write(node: &TestNode, cmd: &str) -> String {
+    let reply = node.node.write(cmd.as_bytes().to_vec()).await;
+    String::from_utf8(reply.unwrap_or_else(|e| panic!("write {cmd:?} via node {}: {e}", node.id))).unwrap()
+}
+
+/// Forms a cluster of `nodes` with the first as initial leader.
+async fn form(nodes: &[&TestNode]) {
+    let first = nodes[0];
+    first.node.initialize_single().await.unwrap();
+    // Idempotent, as the brief promises.
+    first.node.initialize_single().await.unwrap();
+    assert_eq!(wait_leader(&[first]).await, first.id);
+    for n in &nodes[1..] {
+        first.node.add_learner(n.id, n.info.clone()).await.unwrap();
+    }
+    let voters: BTreeSet<NodeId> = nodes.iter().map(|n| n.id).collect();
+    first.node.change_membership(voters.clone()).await.unwrap();
+    let status = first.node.status();
+    let got: BTreeSet<NodeId> = status.members.iter().filter(|m| m.voter).map(|m| m.id).collect();
+    assert_eq!(got, voters);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_forward_fail_over_and_catch_up() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let plain = |_: &mut NodeConfig| {};
+    let n1 = start(1, dirs[0].path(), bind().await, &plain).await;
+    let n2 = start(2, dirs[1].path(), bind().await, &plain).await;
+    let n3 = start(3, dirs[2].path(), bind().await, &plain).await;
+    assert!(!n2.node.is_initialized().await);
+    form(&[&n1, &n2, &n3]).await;
+    assert!(n2.node.is_initialized().await);
+
+    // Writes through the leader and through both followers (forwarded).
+    assert_eq!(write(&n1, "put greeting hello").await, "");
+    assert_eq!(write(&n2, "incr hits").await, "1");
+    assert_eq!(write(&n3, "incr hits").await, "2");
+    assert_eq!(write(&n3, "put greeting bye").await, "hello");
+    // Unknown commands get the application's error reply, not a failure.
+    assert_eq!(write(&n2, "frobnicate").await, "error");
+
+    // A linearizable read on a follower sees every acknowledged write.
+    n3.node.read_barrier().await.unwrap();
+    assert_eq!(get(&n3.node.db(), CF_COUNTERS, "hits").as_deref(), Some("2"));
+    n2.node.read_barrier().await.unwrap();
+    assert_eq!(get(&n2.node.db(), CF_COUNTERS, "hits").as_deref(), Some("2"));
+
+    // Membership changes forward from a follower too (a no-op change here).
+    n2.node.change_membership(BTreeSet::from([1, 2, 3])).await.unwrap();
+
+    let status = n1.node.status();
+    assert_eq!(status.state, RaftRole::Leader);
+    assert_eq!(status.members.len(), 3);
+    assert!(status.committed >= status.applied && status.applied.is_some());
+    assert!(
+        status.members.iter().all(|m| m.matched_index.is_some()),
+        "leader knows every member's progress: {status:?}"
+    );
+
+    // Kill the leader; the others elect a new one and writes continue.
+    let mut n1 = n1;
+    n1.stop().await;
+    let new_leader = wait_leader(&[&n2, &n3]).await;
+    assert_ne!(new_leader, 1);
+    let follower = if new_leader == 2 { &n3 } else { &n2 };
+    assert_eq!(write(follower, "incr hits").await, "3");
+    assert_eq!(write(&n2, "incr hits").await, "4");
+
+    // The old leader comes back as a follower and catches up.
+    let n1 = n1.restart(&plain).await;
+    let target = n2.node.status().applied.unwrap();
+    n1.node.wait_applied(target, WAIT).await.unwrap();
+    assert_eq!(get(&n1.node.db(), CF_COUNTERS, "hits").as_deref(), Some("4"));
+    assert_eq!(dump(&n1.node.db()), dump(&n2.node.db()));
+    assert_eq!(write(&n1, "incr hits").await, "5");
+
+    for mut n in [n1, n2, n3] {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_node_catches_up_by_snapshot_after_purge() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let small = |c: &mut NodeConfig| {
+        c.snapshot_every_entries = 20;
+        c.logs_kept_after_snapshot = 5;
+        // Several chunks per snapshot, to exercise chunked transfer.
+        c.snapshot_chunk_bytes = 512;
+    };
+    let n1 = start(1, dirs[0].path(), bind().await, &small).await;
+    let n2 = start(2, dirs[1].path(), bind().await, &small).await;
+    let mut n3 = start(3, dirs[2].path(), bind().await, &small).await;
+    form(&[&n1, &n2, &n3]).await;
+    assert_eq!(write(&n1, "put before down").await, "");
+    let n3_applied = n3.node.status().applied;
+    n3.stop().await;
+
+    // Enough writes for several snapshots and purges while node 3 is down.
+    for i in 0..120 {
+        write(&n1, &format!("incr k{}", i % 7)).await;
+        write(&n2, &format!("put key{i} value{i}")).await;
+    }
+    let leader_status = n1.node.status();
+    let snapshot_index = leader_status.snapshot.expect("leader built a snapshot");
+    assert!(snapshot_index > 100, "{leader_status:?}");
+    // The leader purges only while no replication to node 3 is in flight,
+    // which with writes flowing is rare; once they stop it purges.
+    let needed = n3_applied.unwrap_or(0);
+    eventually("the leader to purge the log node 3 needs", || {
+        let purged = n1.node.status().purged;
+        async move { purged.is_some_and(|p| p > needed) }
+    })
+    .await;
+
+    let n3 = n3.restart(&small).await;
+    let target = n1.node.status().applied.unwrap();
+    n3.node.wait_applied(target, WAIT).await.unwrap();
+    assert!(n3.app.installed() >= 1, "node 3 caught up by installing a snapshot");
+    eventually("node 3's state to match the leader's", || {
+        let same = dump(&n3.node.db()) == dump(&n1.node.db());
+        async move { same }
+    })
+    .await;
+    assert_eq!(get(&n3.node.db(), CF_COUNTERS, "k0").as_deref(), Some("18"));
+    // And it takes part in the cluster afterwards.
+    assert_eq!(write(&n3, "put after up").await, "");
+
+    for mut n in [n1, n2, n3] {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_a_leader_fail_within_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = |c: &mut NodeConfig| c.no_leader_wait_ms = 300;
+    let mut n = start(7, dir.path(), bind().await, &short).await;
+    let started = Instant::now();
+    assert_eq!(n.node.write(b"incr x".to_vec()).await, Err(WriteError::NoLeader));
+    assert_eq!(n.node.read_barrier().await, Err(WriteError::NoLeader));
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(matches!(
+        n.node.wait_applied(5, Duration::from_millis(100)).await,
+        Err(WriteError::Timeout(_))
+    ));
+    n.stop().await;
+    // After shutdown, requests fail instead of hanging.
+    assert!(n.node.write(b"incr x".to_vec()).await.is_err());
+}
+

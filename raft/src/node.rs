@@ -1,0 +1,675 @@
+//! [`RaftNode`]: the handle the application holds. It opens the database,
+//! starts openraft over the log store, state machine and network, serves
+//! peer RPC, and turns client writes, linearizable reads and membership
+//! changes into leader operations, forwarding them when this node is not
+//! the leader. No openraft type crosses this module's public API.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::metrics::WaitError;
+use openraft::{Config, Raft, RaftMetrics, ServerState, SnapshotPolicy};
+use rocksdb::DB;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Server, ServerTlsConfig};
+
+use crate::log_store::{CommittedIndex, LogStore};
+use crate::network::{
+    CallError, ForwardFailure, ForwardReply, ForwardRequest, NetworkFactory, PeerService, PeerTls,
+    Peers, MAX_MESSAGE_BYTES,
+};
+use crate::proto::raft_peer_server::RaftPeerServer;
+use crate::state_machine::StateMachine;
+use crate::store::{open_db, StateMachineApp, StoreError};
+use crate::types::{NodeId, NodeInfo, Payload, TypeConfig};
+
+/// How a node runs. Build with [`NodeConfig::new`] and adjust fields.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's Raft id: unique in the cluster, never reused.
+    pub node_id: NodeId,
+    /// Holds `db/` (RocksDB) and `snapshots/`.
+    pub data_dir: PathBuf,
+    /// How other members reach this node.
+    pub info: NodeInfo,
+    /// Leader heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// A follower that hears no leader for a random time in
+    /// `[election_min_ms, election_max_ms)` starts an election.
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// Build a snapshot after this many entries since the last one.
+    pub snapshot_every_entries: u64,
+    /// Log entries kept after they are in a snapshot, so a follower a
+    /// little behind catches up from the log instead of a full snapshot.
+    pub logs_kept_after_snapshot: u64,
+    /// Size of one snapshot chunk on the wire.
+    pub snapshot_chunk_bytes: u64,
+    /// Bound on sending one snapshot chunk, and on the receiver installing
+    /// the last one (which includes loading the whole snapshot).
+    pub snapshot_timeout_ms: u64,
+    /// Bound on one leader operation (commit of a write, a read index, a
+    /// membership change), locally or forwarded.
+    pub forward_timeout_ms: u64,
+    /// How long a request waits for a leader to exist (or to become
+    /// reachable) before failing with [`WriteError::NoLeader`].
+    pub no_leader_wait_ms: u64,
+    /// How long [`RaftNode::add_learner`] waits for the learner to catch up.
+    pub learner_catch_up_ms: u64,
+    /// Mutual TLS for peer RPC; plain HTTP/2 when `None`.
+    pub peer_tls: Option<PeerTls>,
+}
+
+impl NodeConfig {
+    /// Production defaults for a node on a LAN.
+    pub fn new(node_id: NodeId, data_dir: impl Into<PathBuf>, info: NodeInfo) -> Self {
+        NodeConfig {
+            node_id,
+            data_dir: data_dir.into(),
+            info,
+            heartbeat_ms: 100,
+            election_min_ms: 300,
+            election_max_ms: 600,
+            snapshot_every_entries: 20_000,
+            logs_kept_after_snapshot: 10_000,
+            snapshot_chunk_bytes: 1 << 20,
+            snapshot_timeout_ms: 60_000,
+            forward_timeout_ms: 5_000,
+            no_leader_wait_ms: 5_000,
+            learner_catch_up_ms: 60_000,
+            peer_tls: None,
+        }
+    }
+
+    fn raft_config(&self) -> Result<Config, NodeError> {
+        if self.snapshot_every_entries == 0 {
+            return Err(NodeError::Config(
+                "snapshot_every_entries must be positive".into(),
+            ));
+        }
+        // Leave room for the chunk header and gRPC framing.
+        if self.snapshot_chunk_bytes == 0
+            || self.snapshot_chunk_bytes > (MAX_MESSAGE_BYTES / 2) as u64
+        {
+            return Err(NodeError::Config(format!(
+                "snapshot_chunk_bytes must be in 1..={}",
+                MAX_MESSAGE_BYTES / 2
+            )));
+        }
+        let config = Config {
+            cluster_name: "cradle".to_string(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_min_ms,
+            election_timeout_max: self.election_max_ms,
+            // Over TLS and with a large state, sending and installing takes
+            // far longer than openraft's defaults allow.
+            // Also bounds each non-last chunk (send_snapshot_timeout is
+            // deprecated and left at 0).
+            install_snapshot_timeout: self.snapshot_timeout_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot,
+            snapshot_max_chunk_size: self.snapshot_chunk_bytes,
+            replication_lag_threshold: self.snapshot_every_entries.saturating_mul(2),
+            // Each purge is a synced write; do it in batches.
+            purge_batch_size: (self.snapshot_every_entries / 4).clamp(1, 256),
+            ..Config::default()
+        };
+        config
+            .validate()
+            .map_err(|e| NodeError::Config(e.to_string()))
+    }
+}
+
+/// Failures opening, initializing, serving or stopping a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("peer rpc server: {0}")]
+    Rpc(String),
+}
+
+/// Why a write, read barrier, membership change or wait failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// No leader was known (or reachable) within the wait bound. Nothing
+    /// was proposed.
+    #[error("no raft leader within the wait bound")]
+    NoLeader,
+    /// The leader is known but could not be reached. Nothing was proposed.
+    #[error("leader unreachable: {0}")]
+    Unreachable(String),
+    /// The leader cannot hear from a quorum of voters. Nothing was proposed.
+    #[error("leader has no quorum: {0}")]
+    NoQuorum(String),
+    /// The request was proposed or sent, but its outcome is unknown (no
+    /// answer in time, connection lost mid-call): it may or may not apply.
+    #[error("outcome unknown: {0}")]
+    Indeterminate(String),
+    /// A bounded wait ran out (e.g. for the local state to catch up).
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The cluster refused the request (membership change in progress,
+    /// unknown learner, empty voter set, ...).
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// Raft has stopped on this node or the leader (shut down or a storage
+    /// failure).
+    #[error("raft stopped: {0}")]
+    Fatal(String),
+}
+
+impl From<ForwardFailure> for WriteError {
+    fn from(failure: ForwardFailure) -> Self {
+        match failure {
+            ForwardFailure::NotLeader { .. } => WriteError::NoLeader,
+            ForwardFailure::NoQuorum(s) => WriteError::NoQuorum(s),
+            ForwardFailure::Indeterminate(s) => WriteError::Indeterminate(s),
+            ForwardFailure::Timeout(s) => WriteError::Timeout(s),
+            ForwardFailure::Rejected(s) => WriteError::Rejected(s),
+            ForwardFailure::Fatal(s) => WriteError::Fatal(s),
+        }
+    }
+}
+
+/// A node's role in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RaftRole {
+    Leader,
+    Follower,
+    Candidate,
+    Learner,
+    Shutdown,
+}
+
+/// One member of the current membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    pub info: NodeInfo,
+    pub voter: bool,
+    /// Last log index known replicated to this member; only the leader
+    /// knows (None elsewhere, and for members not yet replicated to).
+    pub matched_index: Option<u64>,
+}
+
+/// A snapshot of this node's view of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftStatus {
+    pub node_id: NodeId,
+    pub state: RaftRole,
+    pub current_leader: Option<NodeId>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub committed: Option<u64>,
+    pub applied: Option<u64>,
+    /// Last log index covered by the current snapshot.
+    pub snapshot: Option<u64>,
+    /// Last log index removed from the log (it is in the snapshot).
+    pub purged: Option<u64>,
+    /// On the leader: milliseconds since a quorum last acknowledged it.
+    /// A growing value means the leader is cut off.
+    pub quorum_ack_age_ms: Option<u64>,
+    pub members: Vec<MemberStatus>,
+}
+
+/// Shared state behind [`RaftNode`] and the peer RPC service.
+pub(crate) struct Inner {
+    pub(crate) id: NodeId,
+    info: NodeInfo,
+    pub(crate) raft: Raft<TypeConfig>,
+    db: Arc<DB>,
+    peers: Arc<Peers>,
+    committed: Arc<CommittedIndex>,
+    forward_timeout: Duration,
+    no_leader_wait: Duration,
+    learner_catch_up: Duration,
+    server_tls: Option<ServerTlsConfig>,
+    /// Set once by shutdown; stops the peer RPC server.
+    stop: watch::Sender<bool>,
+}
+
+/// Margin a forwarding node gives the leader beyond the leader's own bound,
+/// so the leader's answer (even a timeout) arrives before the caller gives up.
+const FORWARD_MARGIN: Duration = Duration::from_millis(1_000);
+/// Polling bounds while waiting for a leader to appear or change.
+const POLL_MIN: Duration = Duration::from_millis(10);
+const POLL_MAX: Duration = Duration::from_millis(200);
+
+fn write_failure(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> ForwardFailure {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ForwardFailure::NotLeader {
+            leader_id: f.leader_id,
+            leader: f.leader_node,
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            ForwardFailure::Rejected(e.to_string())
+        }
+        RaftError::Fatal(f) => ForwardFailure::Fatal(f.to_string()),
+    }
+}
+
+impl Inner {
+    /// Runs `req` on this node as leader; refuses with NotLeader when it is
+    /// not. Every wait is bounded.
+    pub(crate) async fn execute_as_leader(
+        &self,
+        req: ForwardRequest,
+    ) -> Result<ForwardReply, ForwardFailure> {
+        let bound = self.forward_timeout;
+        match req {
+            ForwardRequest::Write(payload) => {
+                match tokio::time::timeout(bound, self.raft.client_write(payload)).await {
+                    Err(_) => Err(ForwardFailure::Indeterminate(format!(
+                        "not committed within {bound:?}"
+                    ))),
+                    Ok(Ok(resp)) => Ok(ForwardReply::Written(resp.data)),
+                    Ok(Err(e)) => Err(write_failure(e)),
+                }
+            }
+            ForwardRequest::ReadIndex => {
+                match tokio::time::timeout(bound, self.raft.get_read_log_id()).await {
+                    Err(_) => Err(ForwardFailure::NoQuorum(format!(
+                        "leadership not confirmed within {bound:?}"
+                    ))),
+                    Ok(Ok((read_log_id, _applied))) => {
+                        Ok(ForwardReply::ReadIndex(read_log_id.map(|l| l.index)))
+                    }
+                    Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                        Err(ForwardFailure::NotLeader {
+                            leader_id: f.leader_id,
+                            leader: f.leader_node,
+                        })
+                    }
+                    Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => {
+                        Err(ForwardFailure::NoQuorum(q.to_string()))
+                    }
+                    Ok(Err(RaftError::Fatal(f))) => Err(ForwardFailure::Fatal(f.to_string())),
+                }
+            }
+            ForwardRequest::AddLearner { id, info } => {
+                let added =
+                    tokio::time::timeout(bound, self.raft.add_learner(id, info, false)).await;
+                let resp = match added {
+                    Err(_) => {
+                        return Err(ForwardFailure::Indeterminate(format!(
+                            "learner not added within {bound:?}"
+                        )))
+                    }
+                    Ok(result) => result.map_err(write_failure)?,
+                };
+                // Wait for the learner to hold everything up to its own
+                // membership entry, so a promotion right after does not
+                // leave the cluster waiting on a voter that is far behind.
+                let target = resp.log_id.index;
+                let mut metrics = self.raft.metrics();
+                let caught_up = async move {
+                    metrics
+                        .wait_for(|m| matched_index(m, id).is_some_and(|i| i >= target))
+                        .await
+                        .map(|_| ())
+                };
+                match tokio::time::timeout(self.learner_catch_up, caught_up).await {
+                    Ok(Ok(_)) => Ok(ForwardReply::MembershipChanged),
+                    Ok(Err(_)) => Err(ForwardFailure::Fatal("raft stopped".into())),
+                    Err(_) => Err(ForwardFailure::Timeout(format!(
+                        "learner {id} added but not caught up to {target} within {:?}",
+                        self.learner_catch_up
+                    ))),
+                }
+            }
+            ForwardRequest::ChangeMembership { voters } => {
+                match tokio::time::timeout(bound, self.raft.change_membership(voters, false)).await
+                {
+                    Err(_) => Err(ForwardFailure::Indeterminate(format!(
+                        "membership change not committed within {bound:?}"
+                    ))),
+                    Ok(Ok(_)) => Ok(ForwardReply::MembershipChanged),
+                    Ok(Err(e)) => Err(write_failure(e)),
+                }
+            }
+        }
+    }
+
+    /// The leader this node currently knows of, with its address.
+    fn leader(&self) -> Option<(NodeId, NodeInfo)> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let id = m.current_leader?;
+        let info = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, info))
+    }
+
+    /// How long a forwarding node waits for the leader's answer to `req`.
+    fn forward_bound(&self, req: &ForwardRequest) -> Duration {
+        match req {
+            ForwardRequest::AddLearner { .. } => {
+                self.forward_timeout + self.learner_catch_up + FORWARD_MARGIN
+            }
+            _ => self.forward_timeout + FORWARD_MARGIN,
+        }
+    }
+
+    /// Runs `req` on the leader, here or forwarded, waiting up to
+    /// `no_leader_wait` for a reachable leader. Retries only when the
+    /// request certainly was not proposed.
+    async fn call_leader(&self, req: ForwardRequest) -> Result<ForwardReply, WriteError> {
+        // A read index proposes nothing, so losing its answer is harmless.
+        let retry_lost = matches!(req, ForwardRequest::ReadIndex);
+        let deadline = Instant::now() + self.no_leader_wait;
+        let mut hint: Option<(NodeId, NodeInfo)> = None;
+        let mut unreachable: Option<String> = None;
+        let mut poll = POLL_MIN;
+        loop {
+            let target = hint.take().or_else(|| self.leader());
+            let result = match &target {
+                None => None,
+                Some((id, _)) if *id == self.id => Some(
+                    self.execute_as_leader(req.clone())
+                        .await
+                        .map_err(CallError::Remote),
+                ),
+                Some((id, info)) => Some(
+                    self.peers
+                        .forward(*id, &info.rpc_addr, &req, self.forward_bound(&req))
+                        .await,
+                ),
+            };
+            let mut follow_hint = false;
+            match result {
+                Some(Ok(reply)) => return Ok(reply),
+                None => {}
+                Some(Err(CallError::Remote(ForwardFailure::NotLeader { leader_id, leader }))) => {
+                    // The node we asked knows a different leader: ask it
+                    // next without waiting.
+                    if let (Some(id), Some(info)) = (leader_id, leader) {
+                        if target.as_ref().map(|t| t.0) != Some(id) {
+                            hint = Some((id, info));
+                            follow_hint = true;
+                        }
+                    }
+                }
+                Some(Err(CallError::NotSent(e))) => unreachable = Some(e),
+                Some(Err(CallError::Lost(e))) if retry_lost => unreachable = Some(e),
+                Some(Err(CallError::Lost(e))) => return Err(WriteError::Indeterminate(e)),
+                Some(Err(CallError::Remote(failure))) => return Err(failure.into()),
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(unreachable.map_or(WriteError::NoLeader, WriteError::Unreachable));
+            }
+            if !follow_hint {
+                tokio::time::sleep(poll.min(deadline - now)).await;
+                poll = (poll * 2).min(POLL_MAX);
+            }
+        }
+    }
+}
+
+/// Last index the leader knows replicated to `id`.
+fn matched_index(m: &RaftMetrics<NodeId, NodeInfo>, id: NodeId) -> Option<u64> {
+    m.replication
+        .as_ref()
+        .and_then(|r| r.get(&id).copied().flatten())
+        .map(|l| l.index)
+}
+
+/// The handle the application uses. Cheap to clone.
+#[derive(Clone)]
+pub struct RaftNode {
+    inner: Arc<Inner>,
+}
+
+impl RaftNode {
+    /// Opens (or creates) the node's storage under `config.data_dir` and
+    /// starts Raft. Peers reach it once [`RaftNode::serve_rpc`] runs.
+    pub async fn open(
+        config: NodeConfig,
+        app: Arc<dyn StateMachineApp>,
+    ) -> Result<RaftNode, NodeError> {
+        let raft_config = Arc::new(config.raft_config()?);
+        tokio::fs::create_dir_all(&config.data_dir)
+            .await
+            .map_err(StoreError::from)?;
+        let db_path = config.data_dir.join("db");
+        let cfs = app.column_families();
+        let db = tokio::task::spawn_blocking(move || open_db(&db_path, cfs))
+            .await
+            .map_err(|e| NodeError::Raft(format!("opening database: {e}")))??;
+        let db = Arc::new(db);
+
+        let committed = Arc::new(CommittedIndex::default());
+        let log_store = LogStore::new(db.clone(), committed.clone())
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let state_machine =
+            StateMachine::open(db.clone(), app, config.data_dir.join("snapshots")).await?;
+        let peers = Arc::new(Peers::new(
+            config.peer_tls.as_ref().map(PeerTls::client_config),
+        ));
+        let network = NetworkFactory {
+            local_id: config.node_id,
+            peers: peers.clone(),
+        };
+        let raft = Raft::new(
+            config.node_id,
+            raft_config,
+            network,
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let (stop, _) = watch::channel(false);
+        tracing::info!(node_id = config.node_id, data_dir = %config.data_dir.display(), "raft node open");
+        Ok(RaftNode {
+            inner: Arc::new(Inner {
+                id: config.node_id,
+                info: config.info.clone(),
+                raft,
+                db,
+                peers,
+                committed,
+                forward_timeout: Duration::from_millis(config.forward_timeout_ms),
+                no_leader_wait: Duration::from_millis(config.no_leader_wait_ms),
+                learner_catch_up: Duration::from_millis(config.learner_catch_up_ms),
+                server_tls: config.peer_tls.as_ref().map(PeerTls::server_config),
+                stop,
+            }),
+        })
+    }
+
+    /// The database, for the application's reads of committed state.
+    pub fn db(&self) -> Arc<DB> {
+        self.inner.db.clone()
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// Serves peer RPC on `listener` until `shutdown` completes or the node
+    /// shuts down.
+    pub async fn serve_rpc(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), NodeError> {
+        let service = RaftPeerServer::new(PeerService {
+            node: self.inner.clone(),
+        })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let mut builder = Server::builder();
+        if let Some(tls) = &self.inner.server_tls {
+            builder = builder
+                .tls_config(tls.clone())
+                .map_err(|e| NodeError::Rpc(format!("TLS config: {e}")))?;
+        }
+        let mut stopped = self.inner.stop.subscribe();
+        let stop = async move {
+            tokio::select! {
+                () = shutdown => {}
+                // An error means the node is gone: stop as well.
+                _ = stopped.wait_for(|s| *s) => {}
+            }
+        };
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        builder
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, stop)
+            .await
+            .map_err(|e| NodeError::Rpc(e.to_string()))
+    }
+
+    /// Whether this node has a membership (was initialized or joined).
+    pub async fn is_initialized(&self) -> bool {
+        match self.inner.raft.is_initialized().await {
+            Ok(initialized) => initialized,
+            // Stopped: answer from the last metrics.
+            Err(_) => {
+                let metrics = self.inner.raft.metrics();
+                let m = metrics.borrow();
+                let has_members = m.membership_config.membership().nodes().next().is_some();
+                has_members
+            }
+        }
+    }
+
+    /// Makes this node a one-voter cluster of itself. Ok if the node is
+    /// already initialized.
+    pub async fn initialize_single(&self) -> Result<(), NodeError> {
+        let members = BTreeMap::from([(self.inner.id, self.inner.info.clone())]);
+        match self.inner.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(NodeError::Raft(e.to_string())),
+        }
+    }
+
+    /// Proposes `payload` and returns the application's reply once it is
+    /// committed and applied on the leader. Followers forward to the leader.
+    pub async fn write(&self, payload: Vec<u8>) -> Result<Vec<u8>, WriteError> {
+        match self
+            .inner
+            .call_leader(ForwardRequest::Write(Payload(payload)))
+            .await?
+        {
+            ForwardReply::Written(reply) => Ok(reply.0),
+            other => Err(WriteError::Fatal(format!(
+                "unexpected reply to a write: {other:?}"
+            ))),
+        }
+    }
+
+    /// Returns once this node's state machine has applied everything that
+    /// was committed when the call started: a read from [`RaftNode::db`]
+    /// afterwards is linearizable.
+    pub async fn read_barrier(&self) -> Result<(), WriteError> {
+        let index = match self.inner.call_leader(ForwardRequest::ReadIndex).await? {
+            ForwardReply::ReadIndex(index) => index,
+            other => {
+                return Err(WriteError::Fatal(format!(
+                    "unexpected reply to a read index: {other:?}"
+                )))
+            }
+        };
+        match index {
+            Some(index) => self.wait_applied(index, self.inner.forward_timeout).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Adds `id` as a learner and waits (up to `learner_catch_up_ms`) for it
+    /// to catch up. On [`WriteError::Timeout`] the learner is added and
+    /// still catching up.
+    pub async fn add_learner(&self, id: NodeId, info: NodeInfo) -> Result<(), WriteError> {
+        self.inner
+            .call_leader(ForwardRequest::AddLearner { id, info })
+            .await
+            .map(|_| ())
+    }
+
+    /// Makes `voters` the voter set (through joint consensus). Voters not
+    /// listed leave the cluster; learners not listed stay learners.
+    pub async fn change_membership(&self, voters: BTreeSet<NodeId>) -> Result<(), WriteError> {
+        self.inner
+            .call_leader(ForwardRequest::ChangeMembership { voters })
+            .await
+            .map(|_| ())
+    }
+
+    /// This node's view of the cluster, from the latest metrics.
+    pub fn status(&self) -> RaftStatus {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, info)| MemberStatus {
+                id: *id,
+                info: info.clone(),
+                voter: voters.contains(id),
+                matched_index: matched_index(&m, *id),
+            })
+            .collect();
+        RaftStatus {
+            node_id: m.id,
+            state: match m.state {
+                ServerState::Leader => RaftRole::Leader,
+                ServerState::Follower => RaftRole::Follower,
+                ServerState::Candidate => RaftRole::Candidate,
+                ServerState::Learner => RaftRole::Learner,
+                ServerState::Shutdown => RaftRole::Shutdown,
+            },
+            current_leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            committed: self.inner.committed.get(),
+            applied: m.last_applied.map(|l| l.index),
+            snapshot: m.snapshot.map(|l| l.index),
+            purged: m.purged.map(|l| l.index),
+            quorum_ack_age_ms: m.millis_since_quorum_ack,
+            members,
+        }
+    }
+
+    /// Waits until this node has applied `index`, up to `timeout`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), WriteError> {
+        self.inner
+            .raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "wait_applied")
+            .await
+            .map(|_| ())
+            .map_err(|e| match e {
+                WaitError::Timeout(..) => {
+                    WriteError::Timeout(format!("index {index} not applied within {timeout:?}"))
+                }
+                WaitError::ShuttingDown => WriteError::Fatal("raft stopped".into()),
+            })
+    }
+
+    /// Stops Raft and the peer RPC server. The database closes when the
+    /// last handle to it (this node and any [`RaftNode::db`] clone) drops.
+    pub async fn shutdown(&self) -> Result<(), NodeError> {
+        self.inner.stop.send_replace(true);
+        self.inner
+            .raft
+            .shutdown()
+            .await
+            .map_err(|e| NodeError::Raft(format!("shutdown: {e}")))
+    }
+}

@@ -1,0 +1,50 @@
+//! `GET /api/v1/status`: this node's view of the cluster.
+
+use axum::extract::State;
+use axum::Json;
+use cradle_raft::RaftRole;
+use serde_json::{json, Value};
+
+use super::{ApiResult, AppState};
+
+pub async fn status(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let raft = state.store.raft().status();
+    let role = match raft.state {
+        RaftRole::Leader => "leader",
+        RaftRole::Follower => "follower",
+        RaftRole::Candidate => "candidate",
+        RaftRole::Learner => "learner",
+        RaftRole::Shutdown => "shutdown",
+    };
+    let members: Vec<Value> = raft
+        .members
+        .iter()
+        .map(|m| {
+            json!({
+                "id": m.id,
+                "api_addr": m.info.api_addr,
+                "rpc_addr": m.info.rpc_addr,
+                "voter": m.voter,
+                "matched_index": m.matched_index,
+                "lag": match (raft.last_log_index, m.matched_index) {
+                    (Some(last), Some(matched)) => Some(last.saturating_sub(matched)),
+                    _ => None,
+                },
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "node_id": raft.node_id,
+        "role": role,
+        "leader": raft.current_leader,
+        "term": raft.term,
+        "last_log_index": raft.last_log_index,
+        "commit_index": raft.committed,
+        "applied_index": raft.applied,
+        "snapshot_index": raft.snapshot,
+        "quorum_ack_age_ms": raft.quorum_ack_age_ms,
+        "revision": state.store.revision()?,
+        "members": members,
+        "version": env!("CARGO_PKG_VERSION"),
+    })))
+}

@@ -1,0 +1,143 @@
+//! The data model: every kind of object Cradle stores, as typed, validated Rust values.
+//!
+//! This module owns
+//! - the object kinds and their fields ([`Machine`], [`Profile`], [`Param`], [`BootEnv`],
+//!   [`Template`], [`Subnet`], [`Reservation`], [`Lease`], [`User`], [`TokenInfo`], [`Prefs`]),
+//!   their JSON form (snake_case, unknown fields refused) and their OpenAPI schemas;
+//! - the [`Object`] trait the store, the state machine and the API program against: key,
+//!   revision, normalization + validation, and the terms the store indexes and keeps unique;
+//! - decoding JSON into objects with errors that name the field ([`decode`]);
+//! - the validation rules and their stable error codes ([`ValidationError`], [`code`]);
+//! - tera syntax checking for every template string ([`check_template`]);
+//! - param resolution, machine → profiles → global → default ([`effective_params`]).
+//!
+//! It does not own storage, revisions (the server sets them from the replicated log), rendering,
+//! or any check that needs *other* objects (does a named bootenv exist, does a param value match
+//! its definition, do two subnets overlap): those belong to the store, which has them all.
+//! Everything here is deterministic, so the state machine can validate inside apply and reach the
+//! same answer on every replica.
+//!
+//! Layout: one file per kind (`machine.rs`, `profile.rs`, `param.rs`, `bootenv.rs`,
+//! `template.rs`, `subnet.rs`, `reservation.rs`, `lease.rs`, `user.rs`, `token.rs`, `prefs.rs`),
+//! plus `object.rs` (kinds and the trait), `validate.rs` (shared rules), `decode.rs` (JSON in)
+//! and `params.rs` (resolution).
+
+mod bootenv;
+mod decode;
+mod lease;
+mod machine;
+mod object;
+mod param;
+mod params;
+mod prefs;
+mod profile;
+mod reservation;
+mod subnet;
+mod template;
+mod token;
+mod user;
+pub mod validate;
+
+pub use bootenv::{ArchBoot, BootEnv, TemplateRef};
+pub use decode::{decode, decode_value, MAX_DOCUMENT_LEN};
+pub use lease::{Lease, LeaseState};
+pub use machine::{Arch, Machine};
+pub use object::{Object, ObjectKind, UnknownKind};
+pub use param::{check_compiled, check_param_value, Param};
+pub use params::{effective_params, lookup_param, EffectiveParam, ParamSource, MAX_PROFILE_DEPTH};
+pub use prefs::{Prefs, MAX_TOKEN_TTL_SECS, PREFS_KEY};
+pub use profile::{Profile, GLOBAL_PROFILE};
+pub use reservation::Reservation;
+pub use subnet::{DhcpOption, Picker, PoolRange, Subnet, SubnetMode};
+pub use template::{check_template, Template, TemplateError};
+pub use token::{Scope, ScopeLevel, TokenInfo};
+pub use user::{User, UserView};
+pub use validate::{code, normalize_mac, parse_mac, ValidationError};
+
+/// Decodes and validates in one step: what the API does with a request body.
+pub fn decode_valid<T: Object>(text: &str) -> Result<T, ValidationError> {
+    let mut object: T = decode(text)?;
+    object.validate()?;
+    Ok(object)
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use super::*;
+
+    /// Accepts `input`, and checks that the validated object survives a JSON round trip unchanged
+    /// and that validation is idempotent (normalizing twice changes nothing).
+    pub(crate) fn check_ok<T: Object>(input: &str) -> T {
+        let object: T = match decode_valid(input) {
+            Ok(o) => o,
+            Err(e) => panic!("{input} refused: {e}"),
+        };
+        let json = serde_json::to_string(&object).unwrap();
+        let mut again: T = decode(&json).unwrap();
+        assert_eq!(again, object, "JSON round trip changed the object");
+        again.validate().unwrap();
+        assert_eq!(again, object, "validation is not idempotent");
+        object
+    }
+
+    /// Refuses `input` with `code` at `field`; returns the error for further checks.
+    pub(crate) fn check_err<T: Object>(input: &str, field: &str, code: &str) -> ValidationError {
+        match decode_valid::<T>(input) {
+            Ok(o) => panic!("{input} accepted as {o:?}"),
+            Err(e) => {
+                assert_eq!(
+                    (e.field.as_str(), e.code),
+                    (field, code),
+                    "input {input}: {e}"
+                );
+                e
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kind's OpenAPI schema generates (a missing `value_type` would fail to compile, but a
+    /// wrong one only shows here) and marks `revision` read-only.
+    #[test]
+    fn schemas_generate() {
+        use utoipa::openapi::RefOr;
+        use utoipa::PartialSchema;
+        fn check<T: PartialSchema>() {
+            let schema = T::schema();
+            let json = serde_json::to_value(&schema).unwrap();
+            if let RefOr::T(_) = schema {
+                assert!(json.is_object());
+            }
+            let text = json.to_string();
+            if text.contains("\"revision\"") {
+                assert!(text.contains("readOnly"), "{text}");
+            }
+        }
+        check::<Machine>();
+        check::<Profile>();
+        check::<Param>();
+        check::<BootEnv>();
+        check::<Template>();
+        check::<Subnet>();
+        check::<Reservation>();
+        check::<Lease>();
+        check::<UserView>();
+        check::<TokenInfo>();
+        check::<Prefs>();
+        check::<EffectiveParam>();
+        check::<ObjectKind>();
+    }
+
+    #[test]
+    fn revision_is_accepted_on_input_and_overwritable() {
+        let mut p: Profile = decode_valid(r#"{"name": "p", "revision": 99}"#).unwrap();
+        assert_eq!(p.revision(), 99);
+        p.set_revision(7);
+        assert_eq!(p.revision, 7);
+        assert_eq!(<Profile as Object>::KIND, ObjectKind::Profiles);
+    }
+}

@@ -1,0 +1,328 @@
+//! Test harness: Cradle nodes in-process or as child processes on loopback,
+//! and an HTTPS client that pins the node's CA.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser as _;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+pub const ADMIN_PASSWORD: &str = "test-admin-password";
+
+/// Settings for a node on loopback with the given data dir and ports
+/// (0 = any free port).
+pub fn settings(data_dir: &Path, api_port: u16, rpc_port: u16) -> cradle::config::ServerSettings {
+    #[derive(clap::Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        settings: cradle::config::ServerSettings,
+    }
+    let data = data_dir.display().to_string();
+    let api = format!("127.0.0.1:{api_port}");
+    let rpc = format!("127.0.0.1:{rpc_port}");
+    Wrapper::parse_from([
+        "test",
+        "--data-dir",
+        &data,
+        "--api-listen",
+        &api,
+        "--rpc-listen",
+        &rpc,
+        "--admin-password",
+        ADMIN_PASSWORD,
+        "--election-min-ms",
+        "150",
+        "--election-max-ms",
+        "300",
+        "--heartbeat-ms",
+        "50",
+    ])
+    .settings
+}
+
+/// A node running inside the test process.
+pub struct InProcess {
+    pub running: cradle::server::Running,
+    pub client: Client,
+    pub dir: tempfile::TempDir,
+}
+
+impl InProcess {
+    pub async fn start() -> InProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let running = cradle::server::start(settings(dir.path(), 0, 0))
+            .await
+            .expect("node starts");
+        let client = Client::for_node(running.api_addr, dir.path())
+            .login("admin", ADMIN_PASSWORD)
+            .await;
+        InProcess {
+            running,
+            client,
+            dir,
+        }
+    }
+}
+
+/// A node running as a child process of the `cradle` binary.
+pub struct ChildNode {
+    pub child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub api_addr: SocketAddr,
+    pub rpc_port: u16,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl ChildNode {
+    pub fn spawn(data_dir: &Path) -> ChildNode {
+        let api_port = free_port();
+        let rpc_port = free_port();
+        let mut node = ChildNode {
+            child: None,
+            data_dir: data_dir.to_path_buf(),
+            api_addr: SocketAddr::from(([127, 0, 0, 1], api_port)),
+            rpc_port,
+        };
+        node.start();
+        node
+    }
+
+    pub fn start(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_cradle"))
+            .arg("server")
+            .env("CRADLE_DATA_DIR", &self.data_dir)
+            .env("CRADLE_API_LISTEN", self.api_addr.to_string())
+            .env("CRADLE_RPC_LISTEN", format!("127.0.0.1:{}", self.rpc_port))
+            .env("CRADLE_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("CRADLE_LOG", "error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn cradle server");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits until the API answers, returning how long it took.
+    pub async fn wait_ready(&self, limit: Duration) -> Duration {
+        let started = Instant::now();
+        let client = Client::for_node(self.api_addr, &self.data_dir);
+        while started.elapsed() < limit {
+            if let Ok(response) = client
+                .http
+                .get(client.url("/api/v1/ca"))
+                .timeout(Duration::from_millis(500))
+                .send()
+                .await
+            {
+                if response.status().is_success() {
+                    return started.elapsed();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("node at {} not ready within {limit:?}", self.api_addr);
+    }
+}
+
+impl Drop for ChildNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An HTTPS client for one node, trusting only that node's CA.
+#[derive(Clone)]
+pub struct Client {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub token: Option<String>,
+}
+
+/// A response reduced to what tests look at.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn etag(&self) -> Option<u64> {
+        self.headers
+            .get("etag")?
+            .to_str()
+            .ok()?
+            .trim_matches('"')
+            .parse()
+            .ok()
+    }
+
+    pub fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or("")
+    }
+
+    #[track_caller]
+    pub fn expect(self, status: u16) -> Self {
+        assert_eq!(self.status.as_u16(), status, "unexpected reply: {:?}", self.body);
+        self
+    }
+
+    #[track_caller]
+    pub fn expect_error(self, status: u16, code: &str) -> Self {
+        assert_eq!(self.status.as_u16(), status, "unexpected reply: {:?}", self.body);
+        assert_eq!(self.code(), code, "unexpected error body: {:?}", self.body);
+        assert!(self.body["message"].as_str().is_some_and(|m| !m.is_empty()));
+        self
+    }
+}
+
+impl Client {
+    pub fn for_node(api_addr: SocketAddr, data_dir: &Path) -> Client {
+        cradle::tls::install_crypto_provider();
+        let ca_pem = std::fs::read_to_string(data_dir.join("ca.pem"))
+            .or_else(|_| {
+                // The child may not have written it yet.
+                std::thread::sleep(Duration::from_millis(500));
+                std::fs::read_to_string(data_dir.join("ca.pem"))
+            })
+            .unwrap_or_default();
+        let config = if ca_pem.is_empty() {
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        } else {
+            cradle::tls::client_config_for_ca(&ca_pem).expect("CA config")
+        };
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(config)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client");
+        Client {
+            http,
+            base: format!("https://{api_addr}"),
+            token: None,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn login(mut self, user: &str, password: &str) -> Client {
+        let reply = self
+            .http
+            .post(self.url("/api/v1/auth/token"))
+            .basic_auth(user, Some(password))
+            .send()
+            .await
+            .expect("token request");
+        assert!(reply.status().is_success(), "login failed: {}", reply.status());
+        let grant: Value = reply.json().await.expect("grant");
+        self.token = Some(grant["token"].as_str().expect("token").to_string());
+        self
+    }
+
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
+        self.call_with(method, path, body, &[]).await
+    }
+
+    pub async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, String)],
+    ) -> Reply {
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request sent");
+        Self::reduce(response).await
+    }
+
+    pub async fn raw(&self, method: Method, path: &str, body: Vec<u8>) -> Reply {
+        let mut request = self.http.request(method, self.url(path)).body(body);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .header("content-type", "application/json")
+            .send()
+            .await
+            .expect("request sent");
+        Self::reduce(response).await
+    }
+
+    async fn reduce(response: reqwest::Response) -> Reply {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.expect("body");
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.call(Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> Reply {
+        self.call(Method::PUT, path, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> Reply {
+        self.call(Method::PATCH, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.call(Method::DELETE, path, None).await
+    }
+}
+
+/// A machine body with a distinct MAC for `n`.
+pub fn machine(n: u32) -> Value {
+    json!({
+        "name": format!("m{n}"),
+        "hardware_addrs": [format!("52:54:00:{:02x}:{:02x}:{:02x}", (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff)],
+    })
+}

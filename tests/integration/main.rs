@@ -1,0 +1,9 @@
+//! Integration tests: nodes on loopback, driven through the HTTPS API and the
+//! CLI. One test binary, so the crate is linked once.
+
+mod common;
+
+mod api;
+mod bad_input;
+mod events;
+mod restart;
