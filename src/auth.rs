@@ -5,7 +5,9 @@
 //! verify any token; its id is also recorded as a `TokenInfo` object so it
 //! can be listed and revoked.
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::Argon2;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -88,7 +90,12 @@ pub fn random_secret(bytes: usize) -> String {
 }
 
 /// Does `scope` allow an operation needing `level` on `kind`/`object`?
-pub fn allows(scope: &Scope, level: ScopeLevel, kind: Option<ObjectKind>, object: Option<&str>) -> bool {
+pub fn allows(
+    scope: &Scope,
+    level: ScopeLevel,
+    kind: Option<ObjectKind>,
+    object: Option<&str>,
+) -> bool {
     if scope.level < level {
         return false;
     }
@@ -136,24 +143,53 @@ mod tests {
     fn token_signature_and_expiry() {
         let token = sign(&claims(200), b"key").unwrap();
         assert_eq!(verify(&token, b"key", 150).unwrap(), claims(200));
-        assert!(matches!(verify(&token, b"key", 200), Err(AuthError::Expired)));
-        assert!(matches!(verify(&token, b"other", 150), Err(AuthError::BadToken)));
-        assert!(matches!(verify("a.b.c", b"key", 150), Err(AuthError::BadToken)));
+        assert!(matches!(
+            verify(&token, b"key", 200),
+            Err(AuthError::Expired)
+        ));
+        assert!(matches!(
+            verify(&token, b"other", 150),
+            Err(AuthError::BadToken)
+        ));
+        assert!(matches!(
+            verify("a.b.c", b"key", 150),
+            Err(AuthError::BadToken)
+        ));
         assert!(matches!(verify("", b"key", 150), Err(AuthError::BadToken)));
     }
 
     #[test]
     fn scope_levels_and_limits() {
         let write = claims(1).scope;
-        assert!(allows(&write, ScopeLevel::Read, Some(ObjectKind::Machines), None));
+        assert!(allows(
+            &write,
+            ScopeLevel::Read,
+            Some(ObjectKind::Machines),
+            None
+        ));
         assert!(!allows(&write, ScopeLevel::Admin, None, None));
         let limited = Scope {
             level: ScopeLevel::Write,
             kind: Some(ObjectKind::Machines),
             object: Some("m1".into()),
         };
-        assert!(allows(&limited, ScopeLevel::Write, Some(ObjectKind::Machines), Some("m1")));
-        assert!(!allows(&limited, ScopeLevel::Write, Some(ObjectKind::Machines), Some("m2")));
-        assert!(!allows(&limited, ScopeLevel::Read, Some(ObjectKind::Profiles), None));
+        assert!(allows(
+            &limited,
+            ScopeLevel::Write,
+            Some(ObjectKind::Machines),
+            Some("m1")
+        ));
+        assert!(!allows(
+            &limited,
+            ScopeLevel::Write,
+            Some(ObjectKind::Machines),
+            Some("m2")
+        ));
+        assert!(!allows(
+            &limited,
+            ScopeLevel::Read,
+            Some(ObjectKind::Profiles),
+            None
+        ));
     }
 }

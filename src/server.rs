@@ -178,7 +178,8 @@ async fn bootstrap(store: &Store, settings: &ServerSettings) -> anyhow::Result<O
             (p.clone(), Some(p))
         }
     };
-    let password_hash = tokio::task::spawn_blocking(move || auth::hash_password(&password)).await??;
+    let password_hash =
+        tokio::task::spawn_blocking(move || auth::hash_password(&password)).await??;
     let admin = User {
         name: "admin".into(),
         description: "Created on first start".into(),

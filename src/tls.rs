@@ -320,6 +320,9 @@ mod tests {
             fingerprint_pem("not a pem"),
             Err(TlsError::NoPem { .. })
         ));
-        assert!(client_config_for_ca("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").is_err());
+        assert!(client_config_for_ca(
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+        )
+        .is_err());
     }
 }

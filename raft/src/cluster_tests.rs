@@ -109,7 +109,11 @@ impl TestNode {
         // Bind the handle so it drops here: fields left to `..` would live
         // (and keep the database locked) until the end of this function.
         let TestNode {
-            id, info, dir, node, ..
+            id,
+            info,
+            dir,
+            node,
+            ..
         } = self;
         drop(node);
         let listener = bind_addr(&info.rpc_addr).await;
@@ -126,7 +130,9 @@ async fn bind_addr(addr: &str) -> TcpListener {
     loop {
         match TcpListener::bind(addr).await {
             Ok(l) => return l,
-            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
             Err(e) => panic!("rebinding {addr}: {e}"),
         }
     }
@@ -163,7 +169,8 @@ async fn wait_leader(nodes: &[&TestNode]) -> NodeId {
 
 async fn write(node: &TestNode, cmd: &str) -> String {
     let reply = node.node.write(cmd.as_bytes().to_vec()).await;
-    String::from_utf8(reply.unwrap_or_else(|e| panic!("write {cmd:?} via node {}: {e}", node.id))).unwrap()
+    String::from_utf8(reply.unwrap_or_else(|e| panic!("write {cmd:?} via node {}: {e}", node.id)))
+        .unwrap()
 }
 
 /// Forms a cluster of `nodes` with the first as initial leader.
@@ -179,7 +186,12 @@ async fn form(nodes: &[&TestNode]) {
     let voters: BTreeSet<NodeId> = nodes.iter().map(|n| n.id).collect();
     first.node.change_membership(voters.clone()).await.unwrap();
     let status = first.node.status();
-    let got: BTreeSet<NodeId> = status.members.iter().filter(|m| m.voter).map(|m| m.id).collect();
+    let got: BTreeSet<NodeId> = status
+        .members
+        .iter()
+        .filter(|m| m.voter)
+        .map(|m| m.id)
+        .collect();
     assert_eq!(got, voters);
 }
 
@@ -204,12 +216,21 @@ async fn three_nodes_forward_fail_over_and_catch_up() {
 
     // A linearizable read on a follower sees every acknowledged write.
     n3.node.read_barrier().await.unwrap();
-    assert_eq!(get(&n3.node.db(), CF_COUNTERS, "hits").as_deref(), Some("2"));
+    assert_eq!(
+        get(&n3.node.db(), CF_COUNTERS, "hits").as_deref(),
+        Some("2")
+    );
     n2.node.read_barrier().await.unwrap();
-    assert_eq!(get(&n2.node.db(), CF_COUNTERS, "hits").as_deref(), Some("2"));
+    assert_eq!(
+        get(&n2.node.db(), CF_COUNTERS, "hits").as_deref(),
+        Some("2")
+    );
 
     // Membership changes forward from a follower too (a no-op change here).
-    n2.node.change_membership(BTreeSet::from([1, 2, 3])).await.unwrap();
+    n2.node
+        .change_membership(BTreeSet::from([1, 2, 3]))
+        .await
+        .unwrap();
 
     let status = n1.node.status();
     assert_eq!(status.state, RaftRole::Leader);
@@ -220,20 +241,30 @@ async fn three_nodes_forward_fail_over_and_catch_up() {
         "leader knows every member's progress: {status:?}"
     );
 
-    // Kill the leader; the others elect a new one and writes continue.
+    // Kill the leader. A write right away still succeeds: it waits (bounded)
+    // while the dead leader refuses connections and a new one is elected.
     let mut n1 = n1;
     n1.stop().await;
+    let started = Instant::now();
+    assert_eq!(write(&n2, "incr hits").await, "3");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     let new_leader = wait_leader(&[&n2, &n3]).await;
     assert_ne!(new_leader, 1);
     let follower = if new_leader == 2 { &n3 } else { &n2 };
-    assert_eq!(write(follower, "incr hits").await, "3");
-    assert_eq!(write(&n2, "incr hits").await, "4");
+    assert_eq!(write(follower, "incr hits").await, "4");
 
     // The old leader comes back as a follower and catches up.
     let n1 = n1.restart(&plain).await;
     let target = n2.node.status().applied.unwrap();
     n1.node.wait_applied(target, WAIT).await.unwrap();
-    assert_eq!(get(&n1.node.db(), CF_COUNTERS, "hits").as_deref(), Some("4"));
+    assert_eq!(
+        get(&n1.node.db(), CF_COUNTERS, "hits").as_deref(),
+        Some("4")
+    );
     assert_eq!(dump(&n1.node.db()), dump(&n2.node.db()));
     assert_eq!(write(&n1, "incr hits").await, "5");
 
@@ -279,7 +310,10 @@ async fn restarted_node_catches_up_by_snapshot_after_purge() {
     let n3 = n3.restart(&small).await;
     let target = n1.node.status().applied.unwrap();
     n3.node.wait_applied(target, WAIT).await.unwrap();
-    assert!(n3.app.installed() >= 1, "node 3 caught up by installing a snapshot");
+    assert!(
+        n3.app.installed() >= 1,
+        "node 3 caught up by installing a snapshot"
+    );
     eventually("node 3's state to match the leader's", || {
         let same = dump(&n3.node.db()) == dump(&n1.node.db());
         async move { same }
@@ -300,9 +334,16 @@ async fn requests_without_a_leader_fail_within_the_bound() {
     let short = |c: &mut NodeConfig| c.no_leader_wait_ms = 300;
     let mut n = start(7, dir.path(), bind().await, &short).await;
     let started = Instant::now();
-    assert_eq!(n.node.write(b"incr x".to_vec()).await, Err(WriteError::NoLeader));
+    assert_eq!(
+        n.node.write(b"incr x".to_vec()).await,
+        Err(WriteError::NoLeader)
+    );
     assert_eq!(n.node.read_barrier().await, Err(WriteError::NoLeader));
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(matches!(
         n.node.wait_applied(5, Duration::from_millis(100)).await,
         Err(WriteError::Timeout(_))
@@ -312,3 +353,103 @@ async fn requests_without_a_leader_fail_within_the_bound() {
     assert!(n.node.write(b"incr x".to_vec()).await.is_err());
 }
 
+/// A throwaway CA and helpers to issue node certificates from it.
+struct TestCa {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl TestCa {
+    fn new() -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        TestCa { cert, key }
+    }
+
+    fn issue(&self, server_name: Option<&str>) -> crate::network::PeerTls {
+        let params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "cradle-peer".to_string()])
+                .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        crate::network::PeerTls {
+            ca_pem: self.cert.pem().into_bytes(),
+            cert_pem: cert.pem().into_bytes(),
+            key_pem: key.serialize_pem().into_bytes(),
+            server_name: server_name.map(str::to_string),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_talk_over_mutual_tls_and_reject_strangers() {
+    let ca = TestCa::new();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let tls1 = ca.issue(None);
+    let tls2 = ca.issue(Some("cradle-peer"));
+    let with1 = move |c: &mut NodeConfig| c.peer_tls = Some(tls1.clone());
+    let with2 = move |c: &mut NodeConfig| c.peer_tls = Some(tls2.clone());
+    let n1 = start(1, dirs[0].path(), bind().await, &with1).await;
+    let n2 = start(2, dirs[1].path(), bind().await, &with2).await;
+    form(&[&n1, &n2]).await;
+    assert_eq!(write(&n2, "incr tls").await, "1");
+    n2.node.read_barrier().await.unwrap();
+    assert_eq!(get(&n2.node.db(), CF_COUNTERS, "tls").as_deref(), Some("1"));
+
+    // A client with a certificate from another CA is refused, as is one
+    // speaking plain HTTP/2.
+    let leader = wait_leader(&[&n1, &n2]).await;
+    let leader_addr = if leader == 1 {
+        &n1.info.rpc_addr
+    } else {
+        &n2.info.rpc_addr
+    };
+    let req = crate::network::ForwardRequest::Write(crate::types::Payload(b"incr tls".to_vec()));
+    let stranger = crate::network::Peers::new(Some(TestCa::new().issue(None).client_config()));
+    let result = stranger
+        .forward(leader, leader_addr, &req, Duration::from_secs(3))
+        .await;
+    assert!(result.is_err(), "stranger was served: {result:?}");
+    let plain = crate::network::Peers::new(None);
+    let result = plain
+        .forward(leader, leader_addr, &req, Duration::from_secs(3))
+        .await;
+    assert!(result.is_err(), "plain client was served: {result:?}");
+    assert_eq!(write(&n1, "incr tls").await, "2");
+
+    for mut n in [n1, n2] {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tmp_throughput() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let plain = |_: &mut NodeConfig| {};
+    let n1 = start(1, dirs[0].path(), bind().await, &plain).await;
+    let n2 = start(2, dirs[1].path(), bind().await, &plain).await;
+    let n3 = start(3, dirs[2].path(), bind().await, &plain).await;
+    form(&[&n1, &n2, &n3]).await;
+    let started = Instant::now();
+    for i in 0..200 {
+        write(&n1, &format!("incr s{}", i % 5)).await;
+    }
+    eprintln!("sequential 200: {:?}", started.elapsed());
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..1000 {
+        let node = n1.node.clone();
+        tasks.push(tokio::spawn(async move {
+            node.write(format!("incr c{}", i % 5).into_bytes()).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    eprintln!("concurrent 1000: {:?}", started.elapsed());
+    for mut n in [n1, n2, n3] {
+        n.stop().await;
+    }
+}

@@ -376,7 +376,10 @@ mod tests {
             let got = log.try_get_log_entries(3..7).await.unwrap();
             assert_eq!(indices(&got), vec![3, 4, 5, 6]);
             assert_eq!(got[0].payload, entry(3).payload);
-            assert_eq!(indices(&log.try_get_log_entries(9..).await.unwrap()), vec![9, 10]);
+            assert_eq!(
+                indices(&log.try_get_log_entries(9..).await.unwrap()),
+                vec![9, 10]
+            );
 
             log.truncate(log_id(1, 1, 8)).await.unwrap();
             log.purge(log_id(1, 1, 2)).await.unwrap();
@@ -389,7 +392,10 @@ mod tests {
         let state = log.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id, Some(log_id(1, 1, 2)));
         assert_eq!(state.last_log_id, Some(log_id(1, 1, 7)));
-        assert_eq!(indices(&log.try_get_log_entries(0..100).await.unwrap()), vec![3, 4, 5, 6, 7]);
+        assert_eq!(
+            indices(&log.try_get_log_entries(0..100).await.unwrap()),
+            vec![3, 4, 5, 6, 7]
+        );
         assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(5, 2)));
         assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 1, 6)));
         assert_eq!(log.committed.get(), Some(6));
@@ -402,7 +408,10 @@ mod tests {
 
         // Appending continues after the purge point.
         log.blocking_append([entry(8)]).await.unwrap();
-        assert_eq!(indices(&log.try_get_log_entries(..).await.unwrap()), vec![8]);
+        assert_eq!(
+            indices(&log.try_get_log_entries(..).await.unwrap()),
+            vec![8]
+        );
     }
 
     #[tokio::test]

@@ -76,6 +76,13 @@ impl fmt::Debug for PeerTls {
 }
 
 impl PeerTls {
+    /// rustls 0.23 needs a process-wide crypto provider for the server
+    /// side; install ring unless the application already installed one.
+    pub(crate) fn install_crypto_provider() {
+        // An error only means a provider is already installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+
     pub(crate) fn server_config(&self) -> ServerTlsConfig {
         ServerTlsConfig::new()
             .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
@@ -566,5 +573,23 @@ mod tests {
         assert_eq!(back.data, data);
         assert!(decode_chunk(vec![0, 0, 0, 200, b'{']).is_err());
         assert!(decode_chunk(vec![1]).is_err());
+    }
+
+    #[tokio::test]
+    async fn refused_connection_counts_as_not_sent() {
+        // A port that was just free: nothing listens there.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let peers = Peers::new(None);
+        let req = ForwardRequest::Write(Payload(b"x".to_vec()));
+        let result = peers.forward(9, &addr, &req, Duration::from_secs(2)).await;
+        assert!(matches!(result, Err(CallError::NotSent(_))), "{result:?}");
+        // The channel is cached per peer and address.
+        let a = peers.channel(9, &addr).await.unwrap();
+        let b = peers.channel(9, &addr).await.unwrap();
+        drop((a, b));
+        assert_eq!(peers.channels.lock().await.len(), 1);
+        assert!(peers.channel(10, "not a valid address").await.is_err());
     }
 }

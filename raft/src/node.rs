@@ -439,6 +439,9 @@ impl RaftNode {
         app: Arc<dyn StateMachineApp>,
     ) -> Result<RaftNode, NodeError> {
         let raft_config = Arc::new(config.raft_config()?);
+        if config.peer_tls.is_some() {
+            PeerTls::install_crypto_provider();
+        }
         tokio::fs::create_dir_all(&config.data_dir)
             .await
             .map_err(StoreError::from)?;

@@ -332,7 +332,10 @@ mod tests {
         w.record(0, b"k1", b"v1").unwrap();
         w.record(1, b"", b"").unwrap();
         w.record(0, b"k2", &[7u8; 5000]).unwrap();
-        assert!(w.record(2, b"x", b"y").is_err(), "unknown column family index");
+        assert!(
+            w.record(2, b"x", b"y").is_err(),
+            "unknown column family index"
+        );
         assert_eq!(w.finish().unwrap(), 3);
     }
 
@@ -349,7 +352,11 @@ mod tests {
         }
         assert_eq!(
             got,
-            vec![(0, b"k1".to_vec(), 2), (1, Vec::new(), 0), (0, b"k2".to_vec(), 5000)]
+            vec![
+                (0, b"k1".to_vec(), 2),
+                (1, Vec::new(), 0),
+                (0, b"k2".to_vec(), 5000)
+            ]
         );
         assert!(r.next_record().unwrap().is_none());
     }

@@ -250,12 +250,20 @@ impl Shared {
     ) -> Result<(), StoreError> {
         let stem = self.file_stem(meta.last_log_id.as_ref());
         let tmp = self.dir.join(format!("{stem}.tmp"));
-        snapshot::copy_to(&mut received, &tmp)?;
+        let checked = snapshot::copy_to(&mut received, &tmp).and_then(|_| snapshot::verify(&tmp));
         drop(received);
-        let header = snapshot::verify(&tmp)?;
+        let header = match checked {
+            Ok(header) => header,
+            Err(e) => {
+                // A bad transfer leaves nothing behind; the leader retries.
+                snapshot::remove_if_exists(&tmp)?;
+                return Err(e);
+            }
+        };
         if header.meta.snapshot_id != meta.snapshot_id
             || header.meta.last_log_id != meta.last_log_id
         {
+            snapshot::remove_if_exists(&tmp)?;
             return Err(StoreError::Corrupt {
                 what: "snapshot file",
                 detail: format!(
@@ -646,7 +654,10 @@ mod tests {
         let (applied, members) = sm.applied_state().await.unwrap();
         assert_eq!(applied, Some(log_id(1, 1, 7)));
         assert_eq!(members.log_id(), &Some(log_id(1, 1, 1)));
-        assert_eq!(members.membership().voter_ids().collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            members.membership().voter_ids().collect::<Vec<_>>(),
+            vec![1, 2]
+        );
     }
 
     #[tokio::test]
@@ -663,7 +674,12 @@ mod tests {
             entries.push(normal(i, &cmd));
         }
         sm_a.apply(entries).await.unwrap();
-        let snapshot = sm_a.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let snapshot = sm_a
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
         assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, 1, 299)));
         let current = sm_a.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta, snapshot.meta);
@@ -671,14 +687,27 @@ mod tests {
         // The target has state of its own that the snapshot must replace.
         let app_b = KvApp::new();
         let (_log_b, mut sm_b, db_b) = open_stores(dir_b.path(), app_b.clone()).await;
-        sm_b.apply(vec![normal(1, "put stale yes"), normal(2, "put key5 old")])
-            .await
-            .unwrap();
+        // Stale keys first, last and in between in key order, in both
+        // column families.
+        sm_b.apply(vec![
+            normal(1, "put a-stale yes"),
+            normal(2, "put key5 old"),
+            normal(3, "put m-stale yes"),
+            normal(4, "put stale yes"),
+            normal(5, "incr zz-stale"),
+            normal(6, "incr a-stale"),
+            normal(7, "incr n5"),
+        ])
+        .await
+        .unwrap();
         transfer(snapshot, &mut sm_b, None).await.unwrap();
         assert_eq!(app_b.installed(), 1);
         assert_eq!(get(&db_b, CF_KV, "stale"), None);
         assert_eq!(dump(&db_b), dump(&db_a));
-        assert_eq!(sm_b.applied_state().await.unwrap(), sm_a.applied_state().await.unwrap());
+        assert_eq!(
+            sm_b.applied_state().await.unwrap(),
+            sm_a.applied_state().await.unwrap()
+        );
         let meta = sm_b.get_current_snapshot().await.unwrap().unwrap().meta;
         assert_eq!(meta, current.meta);
 
@@ -694,10 +723,18 @@ mod tests {
         let mut data = again.snapshot;
         data.read_to_end(&mut bytes).await.unwrap();
         assert!(bytes.starts_with(b"CRDLSNP1"));
-        assert_eq!(sm_b.applied_state().await.unwrap().0, Some(log_id(1, 1, 300)));
+        assert_eq!(
+            sm_b.applied_state().await.unwrap().0,
+            Some(log_id(1, 1, 300))
+        );
         assert_ne!(get(&db_b, CF_COUNTERS, "n0"), get(&db_a, CF_COUNTERS, "n0"));
         // Only the current snapshot file is kept.
-        assert_eq!(fs::read_dir(dir_b.path().join("snapshots")).unwrap().count(), 1);
+        assert_eq!(
+            fs::read_dir(dir_b.path().join("snapshots"))
+                .unwrap()
+                .count(),
+            1
+        );
     }
 
     #[tokio::test]
@@ -713,12 +750,23 @@ mod tests {
         let before = dump(&db_b);
         let applied_before = sm_b.applied_state().await.unwrap();
 
-        let snapshot = sm_a.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let snapshot = sm_a
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
         assert!(transfer(snapshot, &mut sm_b, Some(400)).await.is_err());
         assert_eq!(dump(&db_b), before);
         assert_eq!(sm_b.applied_state().await.unwrap(), applied_before);
         assert_eq!(app_b.installed(), 0);
         assert!(sm_b.get_current_snapshot().await.unwrap().is_none());
+        assert_eq!(
+            fs::read_dir(dir_b.path().join("snapshots"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 
     #[tokio::test]
@@ -728,7 +776,12 @@ mod tests {
         sm_a.apply((1..40).map(|i| normal(i, &format!("put k{i} v{i}"))))
             .await
             .unwrap();
-        let snapshot = sm_a.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let snapshot = sm_a
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
         {
             let (_log_b, mut sm_b, db_b) = open_stores(dir_b.path(), KvApp::new()).await;
             transfer(snapshot, &mut sm_b, None).await.unwrap();
@@ -737,9 +790,14 @@ mod tests {
             let current = sm_b.shared.current().unwrap().unwrap();
             let sm_cf = db_b.cf_handle(CF_SM_META).unwrap();
             let kv = db_b.cf_handle(CF_KV).unwrap();
-            db_b.put_cf(sm_cf, KEY_INSTALLING, current.file.as_bytes()).unwrap();
-            db_b.put_cf(sm_cf, KEY_LAST_APPLIED, json(&Some(log_id(1, 1, 3))).unwrap())
+            db_b.put_cf(sm_cf, KEY_INSTALLING, current.file.as_bytes())
                 .unwrap();
+            db_b.put_cf(
+                sm_cf,
+                KEY_LAST_APPLIED,
+                json(&Some(log_id(1, 1, 3))).unwrap(),
+            )
+            .unwrap();
             db_b.delete_cf(kv, b"k7").unwrap();
             db_b.put_cf(kv, b"leftover", b"x").unwrap();
         }
@@ -747,7 +805,10 @@ mod tests {
         let (_log_b, mut sm_b, db_b) = open_stores(dir_b.path(), app.clone()).await;
         assert_eq!(app.installed(), 1);
         assert_eq!(dump(&db_b), dump(&db_a));
-        assert_eq!(sm_b.applied_state().await.unwrap().0, Some(log_id(1, 1, 39)));
+        assert_eq!(
+            sm_b.applied_state().await.unwrap().0,
+            Some(log_id(1, 1, 39))
+        );
         let sm_cf = db_b.cf_handle(CF_SM_META).unwrap();
         assert_eq!(db_b.get_cf(sm_cf, KEY_INSTALLING).unwrap(), None);
     }

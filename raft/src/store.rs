@@ -212,3 +212,42 @@ impl<'a> Txn<'a> {
         cf_handle(self.db, name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn application_cannot_reach_raft_column_families() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            open_db(dir.path(), &["apps", CF_RAFT_LOG]),
+            Err(StoreError::ReservedColumnFamily(_))
+        ));
+        let db = open_db(dir.path(), &["apps"]).unwrap();
+        let mut txn = Txn::new(&db);
+        for cf in RESERVED_CFS {
+            assert!(txn.put(cf, b"k", b"v").is_err(), "{cf}");
+            assert!(txn.get(cf, b"k").is_err(), "{cf}");
+        }
+        txn.put("apps", b"a/1", b"one").unwrap();
+        txn.put("apps", b"a/2", b"two").unwrap();
+        txn.delete("apps", b"a/1").unwrap();
+        // Reads see the transaction's own writes before they are committed.
+        assert_eq!(txn.get("apps", b"a/2").unwrap(), Some(b"two".to_vec()));
+        assert_eq!(txn.get("apps", b"a/1").unwrap(), None);
+        assert_eq!(
+            txn.scan_prefix("apps", b"a/", 10).unwrap(),
+            vec![(b"a/2".to_vec(), b"two".to_vec())]
+        );
+        assert_eq!(
+            db.get_cf(db.cf_handle("apps").unwrap(), b"a/2").unwrap(),
+            None
+        );
+        db.write(txn.into_batch()).unwrap();
+        assert_eq!(
+            db.get_cf(db.cf_handle("apps").unwrap(), b"a/2").unwrap(),
+            Some(b"two".to_vec())
+        );
+    }
+}

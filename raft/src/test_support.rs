@@ -51,7 +51,11 @@ impl StateMachineApp for KvApp {
                 txn.put(CF_COUNTERS, key.as_bytes(), next.as_bytes())?;
                 // Also record which log index last touched it, so replicas
                 // can be compared byte for byte.
-                txn.put(CF_KV, format!("last-incr/{key}").as_bytes(), log_index.to_string().as_bytes())?;
+                txn.put(
+                    CF_KV,
+                    format!("last-incr/{key}").as_bytes(),
+                    log_index.to_string().as_bytes(),
+                )?;
                 Ok(next.into_bytes())
             }),
             _ => Ok(b"error".to_vec()),

@@ -218,11 +218,7 @@ fn authorize(state: &AppState, request: &Request) -> ApiResult<Principal> {
             ))
         }
     }
-    if state
-        .store
-        .get(ObjectKind::Users, &claims.sub)?
-        .is_none()
-    {
+    if state.store.get(ObjectKind::Users, &claims.sub)?.is_none() {
         return Err(ApiError::unauthorized("the token's user no longer exists"));
     }
     let (level, kind, object) = required_scope(request.method(), request.uri().path());
@@ -304,10 +300,17 @@ mod tests {
         );
         assert_eq!(
             check(Method::PATCH, "/api/v1/machines/abc"),
-            (ScopeLevel::Write, Some(ObjectKind::Machines), Some("abc".into()))
+            (
+                ScopeLevel::Write,
+                Some(ObjectKind::Machines),
+                Some("abc".into())
+            )
         );
         assert_eq!(check(Method::GET, "/api/v1/users").0, ScopeLevel::Admin);
-        assert_eq!(check(Method::GET, "/api/v1/events"), (ScopeLevel::Read, None, None));
+        assert_eq!(
+            check(Method::GET, "/api/v1/events"),
+            (ScopeLevel::Read, None, None)
+        );
     }
 
     #[test]
@@ -321,6 +324,9 @@ mod tests {
         headers.insert(header::AUTHORIZATION, "Basic bm9jb2xvbg==".parse().unwrap());
         assert!(basic_credentials(&headers).is_err());
         headers.insert(header::AUTHORIZATION, "Basic YTpiOmM=".parse().unwrap());
-        assert_eq!(basic_credentials(&headers).unwrap(), ("a".into(), "b:c".into()));
+        assert_eq!(
+            basic_credentials(&headers).unwrap(),
+            ("a".into(), "b:c".into())
+        );
     }
 }

@@ -68,9 +68,7 @@ pub fn router(state: AppState) -> Router {
         .route("/{kind}/{key}/params", get(params::list))
         .route(
             "/{kind}/{key}/params/{name}",
-            get(params::get_one)
-                .put(params::set)
-                .delete(params::remove),
+            get(params::get_one).put(params::set).delete(params::remove),
         )
         .route("/{kind}", get(objects::list).post(objects::create))
         .route(

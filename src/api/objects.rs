@@ -20,7 +20,11 @@ use crate::store::{Command, Done, ListQuery};
 /// Parses a request body as JSON with a clear error (line and column).
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     serde_json::from_slice(body).map_err(|e| {
-        let code = if e.is_data() { "invalid_body" } else { "malformed_json" };
+        let code = if e.is_data() {
+            "invalid_body"
+        } else {
+            "malformed_json"
+        };
         ApiError::bad_request(code, format!("request body: {e}"))
     })
 }
@@ -64,14 +68,17 @@ fn flag(value: &str, name: &str) -> ApiResult<bool> {
     match value {
         "" | "true" | "1" | "yes" => Ok(true),
         "false" | "0" | "no" => Ok(false),
-        _ => Err(ApiError::bad_request("invalid_query", format!("{name} must be true or false")).at(name)),
+        _ => Err(
+            ApiError::bad_request("invalid_query", format!("{name} must be true or false"))
+                .at(name),
+        ),
     }
 }
 
 fn number(value: &str, name: &str) -> ApiResult<usize> {
-    value
-        .parse()
-        .map_err(|_| ApiError::bad_request("invalid_query", format!("{name} must be a number")).at(name))
+    value.parse().map_err(|_| {
+        ApiError::bad_request("invalid_query", format!("{name} must be a number")).at(name)
+    })
 }
 
 /// Waits for a linearizable view when the query asks `consistent=true`.
@@ -192,7 +199,9 @@ async fn user_object(state: &AppState, body: &[u8], existing: Option<User>) -> A
         }
         (None, Some(existing)) => existing.password_hash,
         (None, None) => {
-            return Err(ApiError::bad_request("invalid_body", "a new user needs a password").at("password"))
+            return Err(
+                ApiError::bad_request("invalid_body", "a new user needs a password").at("password"),
+            )
         }
     };
     let user = User {
@@ -234,7 +243,10 @@ pub async fn create(
         _ => {
             let mut object: Value = parse_json(&body)?;
             if !object.is_object() {
-                return Err(ApiError::bad_request("invalid_body", "expected a JSON object"));
+                return Err(ApiError::bad_request(
+                    "invalid_body",
+                    "expected a JSON object",
+                ));
             }
             if kind == ObjectKind::Machines && object.get("uuid").is_none() {
                 if let Some(map) = object.as_object_mut() {
@@ -329,17 +341,26 @@ pub async fn delete(
     let if_match = if_match(&headers)?;
     let command = match kind {
         ObjectKind::Prefs => {
-            return Err(ApiError::bad_request("read_only", "prefs cannot be deleted"));
+            return Err(ApiError::bad_request(
+                "read_only",
+                "prefs cannot be deleted",
+            ));
         }
         // A revoked token stays listed until it expires, so operators see it.
         ObjectKind::Tokens => Command::Patch {
             kind,
             key,
-            patch: serde_json::from_value(json!([{"op": "replace", "path": "/revoked", "value": true}]))
-                .map_err(|e| ApiError::internal(e.to_string()))?,
+            patch: serde_json::from_value(
+                json!([{"op": "replace", "path": "/revoked", "value": true}]),
+            )
+            .map_err(|e| ApiError::internal(e.to_string()))?,
             if_match,
         },
-        _ => Command::Delete { kind, key, if_match },
+        _ => Command::Delete {
+            kind,
+            key,
+            if_match,
+        },
     };
     let done = state.store.submit(command).await?;
     Ok(with_etag(StatusCode::OK, kind, done))
@@ -349,6 +370,9 @@ fn read_only(kind: ObjectKind) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "read_only",
-        format!("{} cannot be changed; create a new one or revoke it", kind.as_str()),
+        format!(
+            "{} cannot be changed; create a new one or revoke it",
+            kind.as_str()
+        ),
     )
 }

@@ -126,28 +126,63 @@ fn build() -> OpenApi {
         } else {
             object.clone()
         };
-        let array = RefOr::T(Schema::Array(utoipa::openapi::schema::Array::new(object.clone())));
+        let array = RefOr::T(Schema::Array(utoipa::openapi::schema::Array::new(
+            object.clone(),
+        )));
         let mut list = operation(format!("list_{plural}"), format!("List {plural}"), plural)
-            .parameter(query_param("limit", "Page size (1..=10000, default 1000)", Type::Integer))
-            .parameter(query_param("offset", "Skip this many matches", Type::Integer))
-            .parameter(query_param("cursor", "Resume after a page's `X-Next-Cursor`", Type::String))
-            .parameter(query_param("sort", "Dotted field path to sort by", Type::String))
+            .parameter(query_param(
+                "limit",
+                "Page size (1..=10000, default 1000)",
+                Type::Integer,
+            ))
+            .parameter(query_param(
+                "offset",
+                "Skip this many matches",
+                Type::Integer,
+            ))
+            .parameter(query_param(
+                "cursor",
+                "Resume after a page's `X-Next-Cursor`",
+                Type::String,
+            ))
+            .parameter(query_param(
+                "sort",
+                "Dotted field path to sort by",
+                Type::String,
+            ))
             .parameter(query_param("desc", "Sort descending", Type::Boolean))
-            .parameter(query_param("consistent", "Linearizable read through the leader", Type::Boolean))
-            .response("200", ok_response("Matching objects; `X-Next-Cursor` when more remain", array));
+            .parameter(query_param(
+                "consistent",
+                "Linearizable read through the leader",
+                Type::Boolean,
+            ))
+            .response(
+                "200",
+                ok_response("Matching objects; `X-Next-Cursor` when more remain", array),
+            );
         list = list.description(Some(
             "Any other query parameter `field=value` filters: indexed fields use the index, \
              dotted paths (e.g. `params.rack`) scan.",
         ));
-        let create = operation(format!("create_{plural}"), format!("Create one of {plural}"), plural)
-            .request_body(Some(
-                RequestBodyBuilder::new()
-                    .required(Some(Required::True))
-                    .content("application/json", json_content(body_schema.clone()))
-                    .build(),
-            ))
-            .response("201", ok_response("Created; ETag is its revision", object.clone()))
-            .response("409", error_response("Already exists, duplicate, missing reference"));
+        let create = operation(
+            format!("create_{plural}"),
+            format!("Create one of {plural}"),
+            plural,
+        )
+        .request_body(Some(
+            RequestBodyBuilder::new()
+                .required(Some(Required::True))
+                .content("application/json", json_content(body_schema.clone()))
+                .build(),
+        ))
+        .response(
+            "201",
+            ok_response("Created; ETag is its revision", object.clone()),
+        )
+        .response(
+            "409",
+            error_response("Already exists, duplicate, missing reference"),
+        );
         paths = paths.path(
             format!("/api/v1/{plural}"),
             PathItemBuilder::new()
@@ -157,44 +192,87 @@ fn build() -> OpenApi {
         );
 
         let key = path_param("key", "The object's key");
-        let show = operation(format!("show_{plural}"), format!("Show one of {plural}"), plural)
-            .parameter(key.clone())
-            .parameter(query_param("consistent", "Linearizable read through the leader", Type::Boolean))
-            .response("200", ok_response("The object; ETag is its revision", object.clone()))
-            .response("404", error_response("No such object"));
-        let replace = operation(format!("replace_{plural}"), format!("Replace one of {plural}"), plural)
-            .parameter(key.clone())
-            .parameter(header_param("If-Match", "Only if the object is at this revision"))
-            .request_body(Some(
-                RequestBodyBuilder::new()
-                    .required(Some(Required::True))
-                    .content("application/json", json_content(body_schema))
-                    .build(),
-            ))
-            .response("200", ok_response("Replaced", object.clone()))
-            .response("412", error_response("Stale If-Match"));
-        let patch = operation(format!("patch_{plural}"), format!("JSON-Patch one of {plural}"), plural)
-            .parameter(key.clone())
-            .parameter(header_param("If-Match", "Only if the object is at this revision"))
-            .request_body(Some(
-                RequestBodyBuilder::new()
-                    .required(Some(Required::True))
-                    .content(
-                        "application/json-patch+json",
-                        json_content(RefOr::T(Schema::Array(utoipa::openapi::schema::Array::new(
+        let show = operation(
+            format!("show_{plural}"),
+            format!("Show one of {plural}"),
+            plural,
+        )
+        .parameter(key.clone())
+        .parameter(query_param(
+            "consistent",
+            "Linearizable read through the leader",
+            Type::Boolean,
+        ))
+        .response(
+            "200",
+            ok_response("The object; ETag is its revision", object.clone()),
+        )
+        .response("404", error_response("No such object"));
+        let replace = operation(
+            format!("replace_{plural}"),
+            format!("Replace one of {plural}"),
+            plural,
+        )
+        .parameter(key.clone())
+        .parameter(header_param(
+            "If-Match",
+            "Only if the object is at this revision",
+        ))
+        .request_body(Some(
+            RequestBodyBuilder::new()
+                .required(Some(Required::True))
+                .content("application/json", json_content(body_schema))
+                .build(),
+        ))
+        .response("200", ok_response("Replaced", object.clone()))
+        .response("412", error_response("Stale If-Match"));
+        let patch = operation(
+            format!("patch_{plural}"),
+            format!("JSON-Patch one of {plural}"),
+            plural,
+        )
+        .parameter(key.clone())
+        .parameter(header_param(
+            "If-Match",
+            "Only if the object is at this revision",
+        ))
+        .request_body(Some(
+            RequestBodyBuilder::new()
+                .required(Some(Required::True))
+                .content(
+                    "application/json-patch+json",
+                    json_content(RefOr::T(Schema::Array(
+                        utoipa::openapi::schema::Array::new(
                             ObjectBuilder::new().schema_type(Type::Object),
-                        )))),
-                    )
-                    .build(),
-            ))
-            .response("200", ok_response("Patched", object.clone()))
-            .response("409", error_response("A `test` operation failed (code `patch_test_failed`)"))
-            .response("412", error_response("Stale If-Match"));
-        let delete = operation(format!("delete_{plural}"), format!("Delete one of {plural}"), plural)
-            .parameter(key)
-            .parameter(header_param("If-Match", "Only if the object is at this revision"))
-            .response("200", ok_response("Deleted (tokens: revoked)", RefOr::T(ObjectBuilder::new().schema_type(Type::Object).into())))
-            .response("409", error_response("Still in use"));
+                        ),
+                    ))),
+                )
+                .build(),
+        ))
+        .response("200", ok_response("Patched", object.clone()))
+        .response(
+            "409",
+            error_response("A `test` operation failed (code `patch_test_failed`)"),
+        )
+        .response("412", error_response("Stale If-Match"));
+        let delete = operation(
+            format!("delete_{plural}"),
+            format!("Delete one of {plural}"),
+            plural,
+        )
+        .parameter(key)
+        .parameter(header_param(
+            "If-Match",
+            "Only if the object is at this revision",
+        ))
+        .response(
+            "200",
+            ok_response(
+                "Deleted (tokens: revoked)",
+                RefOr::T(ObjectBuilder::new().schema_type(Type::Object).into()),
+            ),
+        )
+        .response("409", error_response("Still in use"));
         paths = paths.path(
             format!("/api/v1/{plural}/{{key}}"),
             PathItemBuilder::new()
@@ -212,36 +290,55 @@ fn build() -> OpenApi {
             format!("/api/v1/{plural}/{{key}}/params"),
             PathItem::new(
                 HttpMethod::Get,
-                operation(format!("params_{plural}"), format!("The params set on one of {plural}"), plural)
-                    .parameter(path_param("key", "The object's key"))
-                    .response("200", ok_response("name → value", map.clone())),
+                operation(
+                    format!("params_{plural}"),
+                    format!("The params set on one of {plural}"),
+                    plural,
+                )
+                .parameter(path_param("key", "The object's key"))
+                .response("200", ok_response("name → value", map.clone())),
             ),
         );
         paths = paths.path(
             format!("/api/v1/{plural}/{{key}}/params/{{name}}"),
             PathItemBuilder::new()
-            .operation(
-                HttpMethod::Get,
-                operation(format!("param_get_{plural}"), "One param's value".into(), plural)
+                .operation(
+                    HttpMethod::Get,
+                    operation(
+                        format!("param_get_{plural}"),
+                        "One param's value".into(),
+                        plural,
+                    )
                     .parameter(path_param("key", "The object's key"))
                     .parameter(path_param("name", "The param"))
                     .response("200", ok_response("The value", map.clone())),
-            )
-            .operation(
-                HttpMethod::Put,
-                operation(format!("param_set_{plural}"), "Set one param (body: the JSON value)".into(), plural)
+                )
+                .operation(
+                    HttpMethod::Put,
+                    operation(
+                        format!("param_set_{plural}"),
+                        "Set one param (body: the JSON value)".into(),
+                        plural,
+                    )
                     .parameter(path_param("key", "The object's key"))
                     .parameter(path_param("name", "The param"))
-                    .response("200", ok_response("All params after the change", map.clone())),
-            )
-            .operation(
-                HttpMethod::Delete,
-                operation(format!("param_delete_{plural}"), "Unset one param".into(), plural)
+                    .response(
+                        "200",
+                        ok_response("All params after the change", map.clone()),
+                    ),
+                )
+                .operation(
+                    HttpMethod::Delete,
+                    operation(
+                        format!("param_delete_{plural}"),
+                        "Unset one param".into(),
+                        plural,
+                    )
                     .parameter(path_param("key", "The object's key"))
                     .parameter(path_param("name", "The param"))
                     .response("200", ok_response("All params after the change", map)),
-            )
-            .build(),
+                )
+                .build(),
         );
     }
     paths = paths
@@ -249,15 +346,19 @@ fn build() -> OpenApi {
             "/api/v1/machines/{key}/effective-params",
             PathItem::new(
                 HttpMethod::Get,
-                operation("effective_params".into(), "Resolved params and where each came from".into(), "machines")
-                    .parameter(path_param("key", "The machine's UUID"))
-                    .response(
-                        "200",
-                        ok_response(
-                            "name → {value, source}",
-                            RefOr::T(ObjectBuilder::new().schema_type(Type::Object).into()),
-                        ),
+                operation(
+                    "effective_params".into(),
+                    "Resolved params and where each came from".into(),
+                    "machines",
+                )
+                .parameter(path_param("key", "The machine's UUID"))
+                .response(
+                    "200",
+                    ok_response(
+                        "name → {value, source}",
+                        RefOr::T(ObjectBuilder::new().schema_type(Type::Object).into()),
                     ),
+                ),
             ),
         )
         .path(
@@ -282,8 +383,13 @@ fn build() -> OpenApi {
             "/api/v1/auth/whoami",
             PathItem::new(
                 HttpMethod::Get,
-                operation("whoami".into(), "The caller's token claims".into(), "auth")
-                    .response("200", ok_response("Claims", RefOr::T(ObjectBuilder::new().schema_type(Type::Object).into()))),
+                operation("whoami".into(), "The caller's token claims".into(), "auth").response(
+                    "200",
+                    ok_response(
+                        "Claims",
+                        RefOr::T(ObjectBuilder::new().schema_type(Type::Object).into()),
+                    ),
+                ),
             ),
         )
         .path(
@@ -301,26 +407,51 @@ fn build() -> OpenApi {
             "/api/v1/status",
             PathItem::new(
                 HttpMethod::Get,
-                operation("status".into(), "This node's view of the cluster".into(), "cluster")
-                    .response("200", ok_response("Status", RefOr::T(ObjectBuilder::new().schema_type(Type::Object).into()))),
+                operation(
+                    "status".into(),
+                    "This node's view of the cluster".into(),
+                    "cluster",
+                )
+                .response(
+                    "200",
+                    ok_response(
+                        "Status",
+                        RefOr::T(ObjectBuilder::new().schema_type(Type::Object).into()),
+                    ),
+                ),
             ),
         )
         .path(
             "/api/v1/events",
             PathItem::new(
                 HttpMethod::Get,
-                operation("events".into(), "Server-sent events of every change, in commit order".into(), "events")
-                    .parameter(query_param("since", "Resume after this revision", Type::Integer))
-                    .parameter(query_param("kind", "Only this kind (repeatable)", Type::String))
-                    .parameter(header_param("Last-Event-ID", "Resume after this revision"))
-                    .response(
-                        "200",
-                        ResponseBuilder::new()
-                            .description("`text/event-stream`; each `data:` is an Event")
-                            .content("text/event-stream", json_content(schema_ref("Event")))
-                            .build(),
-                    )
-                    .response("410", error_response("`since` is older than the kept events")),
+                operation(
+                    "events".into(),
+                    "Server-sent events of every change, in commit order".into(),
+                    "events",
+                )
+                .parameter(query_param(
+                    "since",
+                    "Resume after this revision",
+                    Type::Integer,
+                ))
+                .parameter(query_param(
+                    "kind",
+                    "Only this kind (repeatable)",
+                    Type::String,
+                ))
+                .parameter(header_param("Last-Event-ID", "Resume after this revision"))
+                .response(
+                    "200",
+                    ResponseBuilder::new()
+                        .description("`text/event-stream`; each `data:` is an Event")
+                        .content("text/event-stream", json_content(schema_ref("Event")))
+                        .build(),
+                )
+                .response(
+                    "410",
+                    error_response("`since` is older than the kept events"),
+                ),
             ),
         );
 
@@ -343,7 +474,12 @@ fn build() -> OpenApi {
         .schema_from::<TokenGrant>()
         .security_scheme(
             "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
         )
         .security_scheme(
             "basic",
@@ -356,11 +492,16 @@ fn build() -> OpenApi {
             InfoBuilder::new()
                 .title("Cradle API")
                 .version(env!("CARGO_PKG_VERSION"))
-                .description(Some("Fleet state of a Cradle network-boot cluster. Every member serves every call."))
+                .description(Some(
+                    "Fleet state of a Cradle network-boot cluster. Every member serves every call.",
+                ))
                 .build(),
         )
         .paths(paths.build())
         .components(Some(components))
-        .security(Some([SecurityRequirement::new("bearer", Vec::<String>::new())]))
+        .security(Some([SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]))
         .build()
 }

@@ -16,7 +16,10 @@ use crate::store::{Command, ListQuery};
 fn params_kind(kind: &str) -> ApiResult<ObjectKind> {
     match parse_kind(kind)? {
         k @ (ObjectKind::Machines | ObjectKind::Profiles) => Ok(k),
-        k => Err(ApiError::not_found(format!("{} have no params", k.as_str()))),
+        k => Err(ApiError::not_found(format!(
+            "{} have no params",
+            k.as_str()
+        ))),
     }
 }
 
@@ -40,7 +43,9 @@ pub async fn list(
     let kind = params_kind(&kind)?;
     maybe_consistent(&state, &query_pairs(raw.as_deref())?).await?;
     let object = object(&state, kind, &key)?;
-    Ok(Json(object.get("params").cloned().unwrap_or_else(|| json!({}))))
+    Ok(Json(
+        object.get("params").cloned().unwrap_or_else(|| json!({})),
+    ))
 }
 
 pub async fn get_one(
@@ -110,7 +115,9 @@ async fn submit_patch(
         .unwrap_or_else(|| json!({}));
     let mut response = axum::response::IntoResponse::into_response(Json(params));
     if let Ok(etag) = axum::http::HeaderValue::from_str(&format!("\"{}\"", done.revision)) {
-        response.headers_mut().insert(axum::http::header::ETAG, etag);
+        response
+            .headers_mut()
+            .insert(axum::http::header::ETAG, etag);
     }
     Ok(response)
 }

@@ -91,7 +91,9 @@ impl Drop for Server {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn dir_size(path: &Path) -> u64 {
@@ -119,7 +121,10 @@ fn client(data_dir: &Path) -> anyhow::Result<reqwest::Client> {
 }
 
 /// Waits until the API answers an authenticated list; returns the token.
-async fn wait_serving(server: &Server, limit: Duration) -> anyhow::Result<(reqwest::Client, String)> {
+async fn wait_serving(
+    server: &Server,
+    limit: Duration,
+) -> anyhow::Result<(reqwest::Client, String)> {
     let started = Instant::now();
     let base = format!("https://127.0.0.1:{}", server.api_port);
     loop {
@@ -165,12 +170,18 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     cradle::tls::install_crypto_provider();
     let temp = tempfile::tempdir()?;
-    let data_dir = args.data_dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| temp.path().to_path_buf());
     let mut server = Server::spawn(&data_dir, free_port()?, free_port()?)?;
     let (http, token) = wait_serving(&server, Duration::from_secs(60)).await?;
     let base = Arc::new(format!("https://127.0.0.1:{}", server.api_port));
 
-    println!("cradle-bench: {} machines, {} concurrent clients, one node", args.machines, args.clients);
+    println!(
+        "cradle-bench: {} machines, {} concurrent clients, one node",
+        args.machines, args.clients
+    );
     let next = Arc::new(AtomicU32::new(0));
     let started = Instant::now();
     let mut workers = Vec::new();
@@ -227,7 +238,10 @@ async fn main() -> anyhow::Result<()> {
         percentile(&latencies, 0.99).as_secs_f64() * 1e3,
     );
     println!("server RSS after load: {:.1} MiB", server.rss_mib());
-    println!("data dir size: {:.1} MiB", dir_size(&data_dir) as f64 / (1024.0 * 1024.0));
+    println!(
+        "data dir size: {:.1} MiB",
+        dir_size(&data_dir) as f64 / (1024.0 * 1024.0)
+    );
 
     let started = Instant::now();
     let mut seen = 0usize;

@@ -131,22 +131,38 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
-/// A transport failure, with a hint when it is the usual certificate problem.
+/// A transport failure, with a hint when it is a usual certificate problem.
 fn transport(url: &Url, error: &reqwest::Error) -> ClientError {
-    let mut detail = error_chain(error);
-    if detail.contains("UnknownIssuer") || detail.contains("BadSignature") {
+    ClientError::Transport {
+        url: without_query(url),
+        detail: with_certificate_hint(error_chain(error)),
+    }
+}
+
+/// Appends what to do about the certificate errors people run into.
+fn with_certificate_hint(mut detail: String) -> String {
+    let lower = detail.to_ascii_lowercase();
+    if [
+        "unknownissuer",
+        "unknown issuer",
+        "badsignature",
+        "bad signature",
+    ]
+    .iter()
+    .any(|p| lower.contains(p))
+    {
         detail.push_str(
             " (the server's certificate is not issued by the pinned cluster CA: another cluster, or a rebuilt one? Run `cradle login` again)",
         );
-    } else if detail.contains("NotValidForName") {
+    } else if ["notvalidforname", "not valid for name"]
+        .iter()
+        .any(|p| lower.contains(p))
+    {
         detail.push_str(
             " (the server's certificate does not name this host: connect by a name or address it lists, or add one with the server's --tls-san)",
         );
     }
-    ClientError::Transport {
-        url: without_query(url),
-        detail,
-    }
+    detail
 }
 
 fn without_query(url: &Url) -> String {
@@ -719,9 +735,9 @@ pub fn check_presented_chain(
         )
         .map(|_| ())
         .map_err(|e| {
-            ClientError::Chain(format!(
+            ClientError::Chain(with_certificate_hint(format!(
                 "the certificate it presented is not valid for {endpoint} under the CA it serves: {e}"
-            ))
+            )))
         })
 }
 
@@ -1091,7 +1107,10 @@ mod tests {
             "{error}"
         );
         let wrong_name = Endpoint::parse(&format!("https://127.0.0.2:{}", addr.port())).unwrap();
-        assert!(check_presented_chain(&wrong_name, &offered.presented, &offered.ca_pem).is_err());
+        let error = check_presented_chain(&wrong_name, &offered.presented, &offered.ca_pem)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("does not name this host"), "{error}");
 
         // Pinned: credentials, bearer tokens, paging and errors.
         let anonymous = Client::new(endpoint.clone(), &identity.ca_pem, None).unwrap();

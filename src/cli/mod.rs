@@ -90,9 +90,9 @@ pub struct ClientOptions {
     pub endpoint: Option<String>,
 
     /// Bearer token [default: the one `cradle login` saved]
+    // Not global: `cradle join --token` is the join token.
     #[arg(
         long,
-        global = true,
         env = "CRADLE_TOKEN",
         hide_env_values = true,
         value_name = "TOKEN"
@@ -800,7 +800,7 @@ fn read_ca_file(options: &ClientOptions) -> Result<Option<String>, CliError> {
     };
     let pem = Source::File(path.clone()).read()?;
     // Refuse a file that holds no certificate here, with its name.
-    tls::fingerprint_pem(&pem).map_err(|e| CliError::CaFile(format!("{}: {e}", path.display())))?;
+    tls::parse_certs(&pem, path).map_err(|e| CliError::CaFile(e.to_string()))?;
     Ok(Some(pem))
 }
 
@@ -1219,6 +1219,20 @@ mod tests {
     #[test]
     fn the_command_tree_is_well_formed() {
         Cli::command().debug_assert();
+        let kinds = [
+            Kind::Machines,
+            Kind::Profiles,
+            Kind::Params,
+            Kind::Bootenvs,
+            Kind::Templates,
+            Kind::Subnets,
+            Kind::Reservations,
+            Kind::Leases,
+            Kind::Users,
+            Kind::Tokens,
+            Kind::Prefs,
+        ];
+        assert_eq!(kinds.map(Kind::plural), KIND_NAMES);
     }
 
     #[test]

@@ -187,14 +187,23 @@ impl Applier<'_, '_> {
         self.store(None, object, Action::Created)
     }
 
-    fn replace(&mut self, kind: ObjectKind, key: &str, value: Value, if_match: Option<u64>) -> Outcome {
+    fn replace(
+        &mut self,
+        kind: ObjectKind,
+        key: &str,
+        value: Value,
+        if_match: Option<u64>,
+    ) -> Outcome {
         let existing = self.load_required(kind, key)?;
         check_if_match(&existing, if_match)?;
         let object = AnyObject::decode(kind, value)?;
         if object.key() != key {
             return Err(Rejection::new(
                 "key_mismatch",
-                format!("the body names {:?} but the path names {key:?}", object.key()),
+                format!(
+                    "the body names {:?} but the path names {key:?}",
+                    object.key()
+                ),
             ));
         }
         self.store(Some(existing), object, Action::Updated)
@@ -271,7 +280,12 @@ impl Applier<'_, '_> {
 
     /// Writes `object` (new, or replacing `previous`) after the checks every
     /// write shares: uniqueness, references, param values.
-    fn store(&mut self, previous: Option<AnyObject>, mut object: AnyObject, action: Action) -> Outcome {
+    fn store(
+        &mut self,
+        previous: Option<AnyObject>,
+        mut object: AnyObject,
+        action: Action,
+    ) -> Outcome {
         let kind = object.kind();
         let key = object.key();
         for (field, value) in object.unique_terms() {
@@ -378,7 +392,10 @@ impl Applier<'_, '_> {
 
     fn load_required(&self, kind: ObjectKind, key: &str) -> Result<AnyObject, Rejection> {
         self.load(kind, key)?.ok_or_else(|| {
-            Rejection::new("not_found", format!("{} {key:?} does not exist", kind.as_str()))
+            Rejection::new(
+                "not_found",
+                format!("{} {key:?} does not exist", kind.as_str()),
+            )
         })
     }
 
@@ -428,7 +445,6 @@ fn check_if_match(existing: &AnyObject, if_match: Option<u64>) -> Result<(), Rej
 }
 
 fn check_param(definition: &Param, name: &str, value: &Value) -> Result<(), Rejection> {
-    check_param_value(definition, value).map_err(|e| {
-        Rejection::new(e.code, e.message.clone()).at(format!("params.{name}"))
-    })
+    check_param_value(definition, value)
+        .map_err(|e| Rejection::new(e.code, e.message.clone()).at(format!("params.{name}")))
 }

@@ -16,7 +16,10 @@ use crate::model::{ObjectKind, User};
 pub enum Command {
     /// First start: the admin user and the token signing key. Applied once;
     /// later bootstraps are no-ops, so a retried first start is harmless.
-    Bootstrap { admin: User, signing_key: String },
+    Bootstrap {
+        admin: User,
+        signing_key: String,
+    },
     Create {
         kind: ObjectKind,
         object: Value,
@@ -42,7 +45,9 @@ pub enum Command {
     },
     /// Many independent commands in one log entry (group commit); each gets
     /// its own reply and revision, and one failing does not undo the others.
-    Batch { commands: Vec<Command> },
+    Batch {
+        commands: Vec<Command>,
+    },
 }
 
 /// The outcome of one command.
@@ -106,8 +111,10 @@ mod tests {
             Command::Patch {
                 kind: ObjectKind::Profiles,
                 key: "p".into(),
-                patch: serde_json::from_value(json!([{"op": "test", "path": "/name", "value": "p"}]))
-                    .unwrap(),
+                patch: serde_json::from_value(
+                    json!([{"op": "test", "path": "/name", "value": "p"}]),
+                )
+                .unwrap(),
                 if_match: None,
             },
             Command::Delete {
@@ -125,7 +132,10 @@ mod tests {
         }
         let reply = Reply::Batch {
             replies: vec![
-                Reply::Done { revision: 1, object: None },
+                Reply::Done {
+                    revision: 1,
+                    object: None,
+                },
                 Reply::Rejected(Rejection::new("not_found", "gone").at("name")),
             ],
         };

@@ -142,9 +142,9 @@ impl Store {
         key: &str,
     ) -> Result<Option<T>, StoreError> {
         match self.get(kind, key)? {
-            Some(value) => serde_json::from_value(value)
-                .map(Some)
-                .map_err(|e| StoreError::Internal(format!("corrupt {} {key:?}: {e}", kind.as_str()))),
+            Some(value) => serde_json::from_value(value).map(Some).map_err(|e| {
+                StoreError::Internal(format!("corrupt {} {key:?}: {e}", kind.as_str()))
+            }),
             None => Ok(None),
         }
     }
@@ -155,7 +155,10 @@ impl Store {
 
     /// The revision of the last applied change.
     pub fn revision(&self) -> Result<u64, StoreError> {
-        Ok(self.meta(META_REVISION)?.and_then(|b| decode_u64(&b)).unwrap_or(0))
+        Ok(self
+            .meta(META_REVISION)?
+            .and_then(|b| decode_u64(&b))
+            .unwrap_or(0))
     }
 
     /// The key bearer tokens are signed with; `None` before bootstrap.
@@ -247,10 +250,9 @@ async fn propose(raft: &RaftNode, batch: Vec<Proposal>) {
     let (commands, waiters): (Vec<_>, Vec<_>) =
         batch.into_iter().map(|p| (p.command, p.reply)).unzip();
     let command = if commands.len() == 1 {
-        commands
-            .into_iter()
-            .next()
-            .unwrap_or(Command::Batch { commands: Vec::new() })
+        commands.into_iter().next().unwrap_or(Command::Batch {
+            commands: Vec::new(),
+        })
     } else {
         Command::Batch { commands }
     };
@@ -268,7 +270,9 @@ async fn propose(raft: &RaftNode, batch: Vec<Proposal>) {
         Ok(bytes) => match serde_json::from_slice::<Reply>(&bytes) {
             Ok(Reply::Batch { replies }) if waiters.len() > 1 => Ok(replies),
             Ok(single) if waiters.len() == 1 => Ok(vec![single]),
-            Ok(_) => Err(StoreError::Internal("reply does not match the batch".into())),
+            Ok(_) => Err(StoreError::Internal(
+                "reply does not match the batch".into(),
+            )),
             Err(e) => Err(StoreError::Internal(format!("undecodable reply: {e}"))),
         },
         Err(e) => Err(e.into()),

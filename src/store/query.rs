@@ -194,7 +194,7 @@ fn field_matches(object: &Value, path: &str, wanted: &str) -> bool {
             Value::String(s) => s == wanted,
             Value::Array(items) => items.iter().any(|v| scalar_matches(v, wanted)),
             Value::Null => wanted == "null",
-            other => other.to_string() == wanted,
+            other => *wanted == other.to_string(),
         }
     }
     lookup(object, path).is_some_and(|v| scalar_matches(v, wanted))

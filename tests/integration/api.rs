@@ -9,7 +9,10 @@ use crate::common::{machine, Client, InProcess, ADMIN_PASSWORD};
 async fn tokens_are_required_and_scoped() {
     let node = InProcess::start().await;
     let anonymous = Client::for_node(node.running.api_addr, node.dir.path());
-    anonymous.get("/api/v1/machines").await.expect_error(401, "unauthorized");
+    anonymous
+        .get("/api/v1/machines")
+        .await
+        .expect_error(401, "unauthorized");
     // Public endpoints.
     anonymous.get("/api/v1/ca").await.expect(200);
     let doc = anonymous.get("/api/v1/openapi.json").await.expect(200);
@@ -30,29 +33,53 @@ async fn tokens_are_required_and_scoped() {
     // A read-only token can list but not write: 403.
     let admin = &node.client;
     let grant = admin
-        .post("/api/v1/tokens", json!({"user": "admin", "ttl_secs": 60, "scope": {"level": "read"}}))
+        .post(
+            "/api/v1/tokens",
+            json!({"user": "admin", "ttl_secs": 60, "scope": {"level": "read"}}),
+        )
         .await
         .expect(201);
     let mut reader = anonymous.clone();
     reader.token = Some(grant.body["token"].as_str().unwrap().to_string());
     reader.get("/api/v1/machines").await.expect(200);
-    reader.post("/api/v1/machines", machine(1)).await.expect_error(403, "forbidden");
-    reader.get("/api/v1/users").await.expect_error(403, "forbidden");
+    reader
+        .post("/api/v1/machines", machine(1))
+        .await
+        .expect_error(403, "forbidden");
+    reader
+        .get("/api/v1/users")
+        .await
+        .expect_error(403, "forbidden");
 
     // Revoked: 401 from then on.
     let id = grant.body["info"]["id"].as_str().unwrap();
-    admin.delete(&format!("/api/v1/tokens/{id}")).await.expect(200);
-    reader.get("/api/v1/machines").await.expect_error(401, "token_revoked");
+    admin
+        .delete(&format!("/api/v1/tokens/{id}"))
+        .await
+        .expect(200);
+    reader
+        .get("/api/v1/machines")
+        .await
+        .expect_error(401, "token_revoked");
 
     // A token limited to one kind.
     let grant = admin
-        .post("/api/v1/tokens", json!({"scope": {"level": "write", "kind": "profiles"}}))
+        .post(
+            "/api/v1/tokens",
+            json!({"scope": {"level": "write", "kind": "profiles"}}),
+        )
         .await
         .expect(201);
     let mut profiles_only = anonymous.clone();
     profiles_only.token = Some(grant.body["token"].as_str().unwrap().to_string());
-    profiles_only.post("/api/v1/profiles", json!({"name": "p1"})).await.expect(201);
-    profiles_only.get("/api/v1/machines").await.expect_error(403, "forbidden");
+    profiles_only
+        .post("/api/v1/profiles", json!({"name": "p1"}))
+        .await
+        .expect(201);
+    profiles_only
+        .get("/api/v1/machines")
+        .await
+        .expect_error(403, "forbidden");
 
     // Users never show their password hash.
     let users = admin.get("/api/v1/users").await.expect(200);
@@ -61,14 +88,19 @@ async fn tokens_are_required_and_scoped() {
 
     // A new user can log in with its password.
     admin
-        .post("/api/v1/users", json!({"name": "ops", "password": "ops-password-1"}))
+        .post(
+            "/api/v1/users",
+            json!({"name": "ops", "password": "ops-password-1"}),
+        )
         .await
         .expect(201);
     let ops = Client::for_node(node.running.api_addr, node.dir.path())
         .login("ops", "ops-password-1")
         .await;
     ops.post("/api/v1/machines", machine(2)).await.expect(201);
-    ops.get("/api/v1/users").await.expect_error(403, "forbidden");
+    ops.get("/api/v1/users")
+        .await
+        .expect_error(403, "forbidden");
     let _ = ADMIN_PASSWORD;
     node.running.shutdown().await;
 }
@@ -77,10 +109,15 @@ async fn tokens_are_required_and_scoped() {
 async fn crud_etags_and_patches() {
     let node = InProcess::start().await;
     let api = &node.client;
-    api.post("/api/v1/bootenvs", json!({"name": "discovery"})).await.expect(201);
-    api.post("/api/v1/profiles", json!({"name": "rack1", "params": {"rack": "r1"}}))
+    api.post("/api/v1/bootenvs", json!({"name": "discovery"}))
         .await
         .expect(201);
+    api.post(
+        "/api/v1/profiles",
+        json!({"name": "rack1", "params": {"rack": "r1"}}),
+    )
+    .await
+    .expect(201);
     let created = api
         .post(
             "/api/v1/machines",
@@ -91,9 +128,15 @@ async fn crud_etags_and_patches() {
     let uuid = created.body["uuid"].as_str().unwrap().to_string();
     let revision = created.etag().unwrap();
     assert_eq!(created.body["revision"].as_u64(), Some(revision));
-    assert_eq!(created.body["hardware_addrs"][0], "52:54:00:aa:bb:01", "MACs are normalized");
+    assert_eq!(
+        created.body["hardware_addrs"][0], "52:54:00:aa:bb:01",
+        "MACs are normalized"
+    );
 
-    let shown = api.get(&format!("/api/v1/machines/{uuid}")).await.expect(200);
+    let shown = api
+        .get(&format!("/api/v1/machines/{uuid}"))
+        .await
+        .expect(200);
     assert_eq!(shown.etag(), Some(revision));
     assert_eq!(shown.body["name"], "web1");
 
@@ -118,41 +161,79 @@ async fn crud_etags_and_patches() {
     // The old revision is now stale, for PUT and DELETE alike.
     let mut body = patched.body.clone();
     body["description"] = json!("stale write");
-    api.call_with(Method::PUT, &path, Some(body.clone()), &[("if-match", revision.to_string())])
-        .await
-        .expect_error(412, "precondition_failed");
-    api.call_with(Method::DELETE, &path, None, &[("if-match", revision.to_string())])
-        .await
-        .expect_error(412, "precondition_failed");
+    api.call_with(
+        Method::PUT,
+        &path,
+        Some(body.clone()),
+        &[("if-match", revision.to_string())],
+    )
+    .await
+    .expect_error(412, "precondition_failed");
+    api.call_with(
+        Method::DELETE,
+        &path,
+        None,
+        &[("if-match", revision.to_string())],
+    )
+    .await
+    .expect_error(412, "precondition_failed");
     let put = api
-        .call_with(Method::PUT, &path, Some(body), &[("if-match", new_revision.to_string())])
+        .call_with(
+            Method::PUT,
+            &path,
+            Some(body),
+            &[("if-match", new_revision.to_string())],
+        )
         .await
         .expect(200);
     assert_eq!(put.body["description"], "stale write");
 
     // Params and where effective values come from.
-    api.put("/api/v1/profiles/global/params/ntp", json!("pool.ntp.org")).await.expect(200);
+    api.put("/api/v1/profiles/global/params/ntp", json!("pool.ntp.org"))
+        .await
+        .expect(200);
     api.post(
         "/api/v1/params",
         json!({"name": "console", "schema": {"type": "string"}, "default": "ttyS0"}),
     )
     .await
     .expect(201);
-    api.put(&format!("{path}/params/hostname"), json!("web1.example")).await.expect(200);
-    let effective = api.get(&format!("{path}/effective-params")).await.expect(200);
+    api.put(&format!("{path}/params/hostname"), json!("web1.example"))
+        .await
+        .expect(200);
+    let effective = api
+        .get(&format!("{path}/effective-params"))
+        .await
+        .expect(200);
     assert_eq!(effective.body["hostname"]["value"], "web1.example");
     assert_eq!(effective.body["rack"]["value"], "r1");
     assert_eq!(effective.body["ntp"]["value"], "pool.ntp.org");
     assert_eq!(effective.body["console"]["value"], "ttyS0");
     // A value that breaks its param's schema is refused.
-    api.put(&format!("{path}/params/console"), json!(42)).await.expect(400);
-    assert_eq!(api.get(&format!("{path}/params/hostname")).await.expect(200).body, "web1.example");
-    api.delete(&format!("{path}/params/hostname")).await.expect(200);
-    api.get(&format!("{path}/params/hostname")).await.expect_error(404, "not_found");
+    api.put(&format!("{path}/params/console"), json!(42))
+        .await
+        .expect(400);
+    assert_eq!(
+        api.get(&format!("{path}/params/hostname"))
+            .await
+            .expect(200)
+            .body,
+        "web1.example"
+    );
+    api.delete(&format!("{path}/params/hostname"))
+        .await
+        .expect(200);
+    api.get(&format!("{path}/params/hostname"))
+        .await
+        .expect_error(404, "not_found");
 
     // In use: the bootenv and profile cannot go while the machine names them.
-    api.delete("/api/v1/bootenvs/discovery").await.expect_error(409, "in_use");
-    api.delete("/api/v1/profiles/rack1").await.expect_error(409, "in_use");
+    api.delete("/api/v1/bootenvs/discovery")
+        .await
+        .expect_error(409, "in_use");
+    api.delete("/api/v1/profiles/rack1")
+        .await
+        .expect_error(409, "in_use");
     api.delete(&path).await.expect(200);
     api.get(&path).await.expect_error(404, "not_found");
     api.delete("/api/v1/profiles/rack1").await.expect(200);
@@ -163,7 +244,9 @@ async fn crud_etags_and_patches() {
 async fn lists_filter_sort_and_page() {
     let node = InProcess::start().await;
     let api = &node.client;
-    api.post("/api/v1/bootenvs", json!({"name": "flatcar"})).await.expect(201);
+    api.post("/api/v1/bootenvs", json!({"name": "flatcar"}))
+        .await
+        .expect(201);
     for n in 0..25u32 {
         let mut body = machine(n);
         body["params"] = json!({"rack": format!("r{}", n % 3)});
@@ -175,21 +258,42 @@ async fn lists_filter_sort_and_page() {
     // Indexed filters.
     let by_name = api.get("/api/v1/machines?name=m7").await.expect(200);
     assert_eq!(by_name.body.as_array().unwrap().len(), 1);
-    let by_mac = api.get("/api/v1/machines?mac=52:54:00:00:00:07").await.expect(200);
+    let by_mac = api
+        .get("/api/v1/machines?mac=52:54:00:00:00:07")
+        .await
+        .expect(200);
     assert_eq!(by_mac.body[0]["name"], "m7");
-    let by_bootenv = api.get("/api/v1/machines?bootenv=flatcar").await.expect(200);
+    let by_bootenv = api
+        .get("/api/v1/machines?bootenv=flatcar")
+        .await
+        .expect(200);
     assert_eq!(by_bootenv.body.as_array().unwrap().len(), 5);
     // A param value filter, combined with an indexed one.
     let rack0 = api.get("/api/v1/machines?params.rack=r0").await.expect(200);
     assert_eq!(rack0.body.as_array().unwrap().len(), 9);
-    let both = api.get("/api/v1/machines?params.rack=r0&bootenv=flatcar").await.expect(200);
+    let both = api
+        .get("/api/v1/machines?params.rack=r0&bootenv=flatcar")
+        .await
+        .expect(200);
     assert_eq!(both.body.as_array().unwrap().len(), 2, "m0 and m15");
     // Sorting.
-    let sorted = api.get("/api/v1/machines?sort=name&desc=true&limit=3").await.expect(200);
-    let names: Vec<_> = sorted.body.as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap().to_string()).collect();
+    let sorted = api
+        .get("/api/v1/machines?sort=name&desc=true&limit=3")
+        .await
+        .expect(200);
+    let names: Vec<_> = sorted
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(names, ["m9", "m8", "m7"]);
     // Offset paging.
-    let page = api.get("/api/v1/machines?sort=name&limit=10&offset=20").await.expect(200);
+    let page = api
+        .get("/api/v1/machines?sort=name&limit=10&offset=20")
+        .await
+        .expect(200);
     assert_eq!(page.body.as_array().unwrap().len(), 5);
     // Cursor paging visits every machine exactly once.
     let mut seen = std::collections::BTreeSet::new();
@@ -200,12 +304,19 @@ async fn lists_filter_sort_and_page() {
             assert!(seen.insert(m["uuid"].as_str().unwrap().to_string()));
         }
         match page.headers.get("x-next-cursor") {
-            Some(cursor) => path = format!("/api/v1/machines?limit=7&cursor={}", cursor.to_str().unwrap()),
+            Some(cursor) => {
+                path = format!(
+                    "/api/v1/machines?limit=7&cursor={}",
+                    cursor.to_str().unwrap()
+                )
+            }
             None => break,
         }
     }
     assert_eq!(seen.len(), 25);
     // Linearizable read.
-    api.get("/api/v1/machines?consistent=true&limit=1").await.expect(200);
+    api.get("/api/v1/machines?consistent=true&limit=1")
+        .await
+        .expect(200);
     node.running.shutdown().await;
 }

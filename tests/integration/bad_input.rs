@@ -9,8 +9,19 @@ use crate::common::{machine, InProcess};
 /// Every object of every kind the tests touch, to compare before and after.
 async fn snapshot(api: &crate::common::Client) -> Value {
     let mut all = serde_json::Map::new();
-    for kind in ["machines", "profiles", "params", "bootenvs", "templates", "subnets", "reservations"] {
-        all.insert(kind.into(), api.get(&format!("/api/v1/{kind}")).await.expect(200).body);
+    for kind in [
+        "machines",
+        "profiles",
+        "params",
+        "bootenvs",
+        "templates",
+        "subnets",
+        "reservations",
+    ] {
+        all.insert(
+            kind.into(),
+            api.get(&format!("/api/v1/{kind}")).await.expect(200).body,
+        );
     }
     Value::Object(all)
 }
@@ -22,9 +33,12 @@ async fn garbage_is_refused_and_changes_nothing() {
     api.post("/api/v1/subnets", json!({"name": "lan", "cidr": "198.18.0.0/24", "pools": [{"start": "198.18.0.10", "end": "198.18.0.99"}]}))
         .await
         .expect(201);
-    api.post("/api/v1/templates", json!({"id": "ok", "body": "hello {{ machine.name }}"}))
-        .await
-        .expect(201);
+    api.post(
+        "/api/v1/templates",
+        json!({"id": "ok", "body": "hello {{ machine.name }}"}),
+    )
+    .await
+    .expect(201);
     let existing = api.post("/api/v1/machines", machine(1)).await.expect(201);
     let uuid = existing.body["uuid"].as_str().unwrap().to_string();
     let before = snapshot(api).await;
@@ -68,15 +82,24 @@ async fn garbage_is_refused_and_changes_nothing() {
             String::from_utf8_lossy(&body),
             reply.body
         );
-        assert!(reply.body["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(reply.body["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
     }
 
     // The template error names the template, line and column.
     let reply = api
-        .raw(Method::POST, "/api/v1/templates", b"{\"id\":\"broken\",\"body\":\"line one\\n{{ machine.name \"}".to_vec())
+        .raw(
+            Method::POST,
+            "/api/v1/templates",
+            b"{\"id\":\"broken\",\"body\":\"line one\\n{{ machine.name \"}".to_vec(),
+        )
         .await;
     let message = reply.body["message"].as_str().unwrap();
-    assert!(message.contains("broken") && message.contains("line 2"), "{message}");
+    assert!(
+        message.contains("broken") && message.contains("line 2"),
+        "{message}"
+    );
 
     // A PATCH whose test fails, a stale If-Match, a malformed patch, a patch
     // that would break validation.
@@ -84,28 +107,53 @@ async fn garbage_is_refused_and_changes_nothing() {
     api.patch(&path, json!([{"op": "test", "path": "/name", "value": "wrong"}, {"op": "replace", "path": "/name", "value": "renamed"}]))
         .await
         .expect_error(409, "patch_test_failed");
-    api.call_with(Method::PATCH, &path, Some(json!([{"op": "replace", "path": "/name", "value": "renamed"}])), &[("if-match", "1".into())])
+    api.call_with(
+        Method::PATCH,
+        &path,
+        Some(json!([{"op": "replace", "path": "/name", "value": "renamed"}])),
+        &[("if-match", "1".into())],
+    )
+    .await
+    .expect_error(412, "precondition_failed");
+    api.call_with(
+        Method::PATCH,
+        &path,
+        Some(json!([])),
+        &[("if-match", "W/\"abc\"".into())],
+    )
+    .await
+    .expect_error(400, "invalid_if_match");
+    api.patch(&path, json!({"op": "replace"}))
         .await
-        .expect_error(412, "precondition_failed");
-    api.call_with(Method::PATCH, &path, Some(json!([])), &[("if-match", "W/\"abc\"".into())])
+        .expect_error(400, "invalid_body");
+    api.patch(
+        &path,
+        json!([{"op": "replace", "path": "/hardware_addrs/0", "value": "nonsense"}]),
+    )
+    .await
+    .expect_error(400, "invalid_mac");
+    api.patch(&path, json!([{"op": "remove", "path": "/no/such/path"}]))
         .await
-        .expect_error(400, "invalid_if_match");
-    api.patch(&path, json!({"op": "replace"})).await.expect_error(400, "invalid_body");
-    api.patch(&path, json!([{"op": "replace", "path": "/hardware_addrs/0", "value": "nonsense"}]))
-        .await
-        .expect_error(400, "invalid_mac");
-    api.patch(&path, json!([{"op": "remove", "path": "/no/such/path"}])).await.expect_error(400, "invalid_patch");
+        .expect_error(400, "invalid_patch");
     // Changing the key through PUT.
     let mut body = existing.body.clone();
     body["uuid"] = json!("00000000-0000-4000-8000-000000000001");
     api.put(&path, body).await.expect_error(409, "key_mismatch");
     // Bad query parameters.
-    api.get("/api/v1/machines?limit=0").await.expect_error(400, "invalid_query");
-    api.get("/api/v1/machines?limit=abc").await.expect_error(400, "invalid_query");
-    api.get("/api/v1/machines?cursor=%21%21").await.expect_error(400, "invalid_query");
+    api.get("/api/v1/machines?limit=0")
+        .await
+        .expect_error(400, "invalid_query");
+    api.get("/api/v1/machines?limit=abc")
+        .await
+        .expect_error(400, "invalid_query");
+    api.get("/api/v1/machines?cursor=%21%21")
+        .await
+        .expect_error(400, "invalid_query");
     // A body over the size limit.
     let huge = format!("{{\"id\":\"big\",\"body\":\"{}\"}}", "x".repeat(2 << 20));
-    let reply = api.raw(Method::POST, "/api/v1/templates", huge.into_bytes()).await;
+    let reply = api
+        .raw(Method::POST, "/api/v1/templates", huge.into_bytes())
+        .await;
     assert_eq!(reply.status.as_u16(), 413, "{:?}", reply.body);
     assert_eq!(reply.code(), "body_too_large");
 

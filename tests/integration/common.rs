@@ -183,13 +183,23 @@ impl Reply {
 
     #[track_caller]
     pub fn expect(self, status: u16) -> Self {
-        assert_eq!(self.status.as_u16(), status, "unexpected reply: {:?}", self.body);
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected reply: {:?}",
+            self.body
+        );
         self
     }
 
     #[track_caller]
     pub fn expect_error(self, status: u16, code: &str) -> Self {
-        assert_eq!(self.status.as_u16(), status, "unexpected reply: {:?}", self.body);
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected reply: {:?}",
+            self.body
+        );
         assert_eq!(self.code(), code, "unexpected error body: {:?}", self.body);
         assert!(self.body["message"].as_str().is_some_and(|m| !m.is_empty()));
         self
@@ -237,7 +247,11 @@ impl Client {
             .send()
             .await
             .expect("token request");
-        assert!(reply.status().is_success(), "login failed: {}", reply.status());
+        assert!(
+            reply.status().is_success(),
+            "login failed: {}",
+            reply.status()
+        );
         let grant: Value = reply.json().await.expect("grant");
         self.token = Some(grant["token"].as_str().expect("token").to_string());
         self

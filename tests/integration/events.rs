@@ -42,7 +42,9 @@ async fn read_events(api: &Client, path: &str, count: usize) -> Vec<Value> {
 async fn events_stream_in_commit_order_and_resume() {
     let node = InProcess::start().await;
     let api = node.client.clone();
-    let start = api.get("/api/v1/status").await.expect(200).body["revision"].as_u64().unwrap();
+    let start = api.get("/api/v1/status").await.expect(200).body["revision"]
+        .as_u64()
+        .unwrap();
 
     let live = {
         let api = api.clone();
@@ -55,13 +57,19 @@ async fn events_stream_in_commit_order_and_resume() {
         revisions.push(created.etag().unwrap());
         let uuid = created.body["uuid"].as_str().unwrap().to_string();
         let patched = api
-            .patch(&format!("/api/v1/machines/{uuid}"), json!([{"op": "add", "path": "/description", "value": "x"}]))
+            .patch(
+                &format!("/api/v1/machines/{uuid}"),
+                json!([{"op": "add", "path": "/description", "value": "x"}]),
+            )
             .await
             .expect(200);
         revisions.push(patched.etag().unwrap());
     }
     let seen = live.await.unwrap();
-    let seen_revisions: Vec<u64> = seen.iter().map(|e| e["revision"].as_u64().unwrap()).collect();
+    let seen_revisions: Vec<u64> = seen
+        .iter()
+        .map(|e| e["revision"].as_u64().unwrap())
+        .collect();
     assert_eq!(seen_revisions, revisions, "live events in commit order");
     assert_eq!(seen[0]["action"], "created");
     assert_eq!(seen[1]["action"], "updated");
@@ -69,12 +77,22 @@ async fn events_stream_in_commit_order_and_resume() {
 
     // Resume from a revision: everything after it, then live.
     let resumed = read_events(&api, &format!("/api/v1/events?since={}", revisions[2]), 3).await;
-    let resumed_revisions: Vec<u64> = resumed.iter().map(|e| e["revision"].as_u64().unwrap()).collect();
+    let resumed_revisions: Vec<u64> = resumed
+        .iter()
+        .map(|e| e["revision"].as_u64().unwrap())
+        .collect();
     assert_eq!(resumed_revisions, revisions[3..].to_vec());
     // From before everything, filtered to one kind.
-    let all = read_events(&api, &format!("/api/v1/events?since={start}&kind=machines"), 6).await;
+    let all = read_events(
+        &api,
+        &format!("/api/v1/events?since={start}&kind=machines"),
+        6,
+    )
+    .await;
     assert_eq!(all.len(), 6);
     // Bad resume points.
-    api.get("/api/v1/events?since=abc").await.expect_error(400, "invalid_query");
+    api.get("/api/v1/events?since=abc")
+        .await
+        .expect_error(400, "invalid_query");
     node.running.shutdown().await;
 }

@@ -5,5 +5,6 @@ mod common;
 
 mod api;
 mod bad_input;
+mod cli;
 mod events;
 mod restart;

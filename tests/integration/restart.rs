@@ -14,7 +14,9 @@ async fn sigkill_during_writes_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = ChildNode::spawn(dir.path());
     node.wait_ready(Duration::from_secs(30)).await;
-    let api = Client::for_node(node.api_addr, dir.path()).login("admin", ADMIN_PASSWORD).await;
+    let api = Client::for_node(node.api_addr, dir.path())
+        .login("admin", ADMIN_PASSWORD)
+        .await;
 
     // uuid -> revision for every create that got a 2xx.
     let acknowledged: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
@@ -54,11 +56,17 @@ async fn sigkill_during_writes_loses_no_acknowledged_write() {
     }
     let acknowledged = acknowledged.lock().await.clone();
     eprintln!("{} writes acknowledged before SIGKILL", acknowledged.len());
-    assert!(acknowledged.len() > 100, "only {} writes before the kill", acknowledged.len());
+    assert!(
+        acknowledged.len() > 100,
+        "only {} writes before the kill",
+        acknowledged.len()
+    );
 
     node.start();
     node.wait_ready(Duration::from_secs(30)).await;
-    let api = Client::for_node(node.api_addr, dir.path()).login("admin", ADMIN_PASSWORD).await;
+    let api = Client::for_node(node.api_addr, dir.path())
+        .login("admin", ADMIN_PASSWORD)
+        .await;
     let mut missing = 0;
     for (uuid, revision) in &acknowledged {
         let reply = api.get(&format!("/api/v1/machines/{uuid}")).await;
@@ -66,7 +74,16 @@ async fn sigkill_during_writes_loses_no_acknowledged_write() {
             missing += 1;
             continue;
         }
-        assert_eq!(reply.body["revision"].as_u64(), Some(*revision), "revision of {uuid} changed");
+        assert_eq!(
+            reply.body["revision"].as_u64(),
+            Some(*revision),
+            "revision of {uuid} changed"
+        );
     }
-    assert_eq!(missing, 0, "{missing} of {} acknowledged writes lost", acknowledged.len());
+    assert_eq!(
+        missing,
+        0,
+        "{missing} of {} acknowledged writes lost",
+        acknowledged.len()
+    );
 }
