@@ -186,15 +186,17 @@ fn lookup<'v>(value: &'v Value, path: &str) -> Option<&'v Value> {
         .try_fold(value, |current, segment| current.get(segment))
 }
 
-/// Strings compare as themselves, other values by their JSON text; an array
-/// matches if any element does.
+/// Strings compare as themselves, numbers and booleans by their JSON text;
+/// an array matches if any element does; objects never match.
 fn field_matches(object: &Value, path: &str, wanted: &str) -> bool {
     fn scalar_matches(value: &Value, wanted: &str) -> bool {
         match value {
             Value::String(s) => s == wanted,
             Value::Array(items) => items.iter().any(|v| scalar_matches(v, wanted)),
             Value::Null => wanted == "null",
-            other => *wanted == other.to_string(),
+            Value::Bool(b) => wanted == if *b { "true" } else { "false" },
+            Value::Number(n) => wanted.parse::<serde_json::Number>().is_ok_and(|w| &w == n),
+            Value::Object(_) => false,
         }
     }
     lookup(object, path).is_some_and(|v| scalar_matches(v, wanted))
