@@ -16,12 +16,17 @@
 //! - `state_machine`: openraft's `RaftStateMachine`; applies entries through
 //!   the [`StateMachineApp`], builds and installs snapshots.
 //! - `network`: the tonic client (one cached channel per peer) and the gRPC
-//!   service for AppendEntries, Vote, chunked InstallSnapshot and write
-//!   forwarding. Messages travel serde-encoded inside `proto/raft.proto`'s
-//!   `Payload`.
+//!   service for AppendEntries, Vote, chunked InstallSnapshot and forwarding
+//!   (writes, read-index requests and membership changes a follower hands to
+//!   the leader). Messages travel serde-encoded inside `proto/raft.proto`'s
+//!   `Payload`; [`PeerTls`] configures mutual TLS.
 //! - `snapshot`: the snapshot file format (header, length-prefixed records,
 //!   SHA-256 trailer), shared by building, sending and installing.
-//! - `node`: [`RaftNode`], the handle the application uses.
+//! - `node`: [`RaftNode`], the handle the application uses, its
+//!   [`NodeConfig`], status report and errors.
+//!
+//! On disk, `<data_dir>/db` is the RocksDB database and `<data_dir>/snapshots`
+//! holds the current snapshot file.
 
 #![forbid(unsafe_code)]
 

@@ -309,7 +309,8 @@ fn client(channel: Channel) -> RaftPeerClient<Channel> {
 }
 
 /// Whether the failure happened before the request could reach the peer:
-/// only a failed connect proves that.
+/// only a failed connect (TCP refused or timed out, TLS handshake refused)
+/// proves that. tonic marks those with its (private) `ConnectError`.
 fn not_sent(status: &Status) -> bool {
     if status.code() != Code::Unavailable {
         return false;
@@ -327,13 +328,12 @@ fn not_sent(status: &Status) -> bool {
                 return true;
             }
         }
-        let text = err.to_string();
-        if text.contains("tcp connect error") || text.contains("error trying to connect") {
+        if format!("{err:?}").contains("ConnectError") {
             return true;
         }
         source = err.source();
     }
-    status.message().contains("tcp connect error")
+    false
 }
 
 /// Builds openraft connections over the cached channels.

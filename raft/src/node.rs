@@ -365,6 +365,10 @@ impl Inner {
     /// `no_leader_wait` for a reachable leader. Retries only when the
     /// request certainly was not proposed.
     async fn call_leader(&self, req: ForwardRequest) -> Result<ForwardReply, WriteError> {
+        // A stopped node's view of the leader is frozen; do not act on it.
+        if *self.stop.borrow() {
+            return Err(WriteError::Fatal("this node is shut down".into()));
+        }
         // A read index proposes nothing, so losing its answer is harmless.
         let retry_lost = matches!(req, ForwardRequest::ReadIndex);
         let deadline = Instant::now() + self.no_leader_wait;
@@ -429,6 +433,15 @@ fn matched_index(m: &RaftMetrics<NodeId, NodeInfo>, id: NodeId) -> Option<u64> {
 #[derive(Clone)]
 pub struct RaftNode {
     inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RaftNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftNode")
+            .field("id", &self.inner.id)
+            .field("info", &self.inner.info)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RaftNode {
@@ -674,5 +687,53 @@ impl RaftNode {
             .shutdown()
             .await
             .map_err(|e| NodeError::Raft(format!("shutdown: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_send<T: Send>(_: &T) {}
+    fn is_send_sync<T: Send + Sync>() {}
+
+    /// The application awaits these inside spawned tasks and axum handlers;
+    /// this fails to compile if one stops being `Send`.
+    #[allow(dead_code)]
+    fn handle_and_futures_are_send(node: RaftNode, listener: TcpListener) {
+        is_send_sync::<RaftNode>();
+        is_send(&node.write(Vec::new()));
+        is_send(&node.read_barrier());
+        is_send(&node.add_learner(2, NodeInfo::default()));
+        is_send(&node.change_membership(BTreeSet::new()));
+        is_send(&node.wait_applied(1, Duration::from_secs(1)));
+        is_send(&node.serve_rpc(listener, async {}));
+        is_send(&node.initialize_single());
+        is_send(&node.is_initialized());
+        is_send(&node.shutdown());
+        is_send(&RaftNode::open(
+            NodeConfig::new(1, "/nonexistent", NodeInfo::default()),
+            unreachable_app(),
+        ));
+    }
+
+    #[allow(dead_code)]
+    fn unreachable_app() -> Arc<dyn StateMachineApp> {
+        crate::test_support::KvApp::new()
+    }
+
+    #[test]
+    fn config_is_validated() {
+        let base = NodeConfig::new(1, "/tmp/x", NodeInfo::default());
+        assert!(base.raft_config().is_ok());
+        let mut bad = base.clone();
+        bad.election_min_ms = 50;
+        assert!(matches!(bad.raft_config(), Err(NodeError::Config(_))));
+        let mut bad = base.clone();
+        bad.snapshot_every_entries = 0;
+        assert!(matches!(bad.raft_config(), Err(NodeError::Config(_))));
+        let mut bad = base;
+        bad.snapshot_chunk_bytes = MAX_MESSAGE_BYTES as u64;
+        assert!(matches!(bad.raft_config(), Err(NodeError::Config(_))));
     }
 }

@@ -78,6 +78,23 @@ impl Server {
             .unwrap_or(f64::NAN)
     }
 
+    /// CPU seconds (user + system) the server has used.
+    fn cpu_secs(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the parenthesised command name; utime and stime are
+        // the 12th and 13th of those, in clock ticks (100 per second here).
+        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(f64::NAN)
+        };
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -183,6 +200,7 @@ async fn main() -> anyhow::Result<()> {
         args.machines, args.clients
     );
     let next = Arc::new(AtomicU32::new(0));
+    let cpu_before = server.cpu_secs();
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..args.clients {
@@ -236,6 +254,13 @@ async fn main() -> anyhow::Result<()> {
         created as f64 / elapsed.as_secs_f64(),
         percentile(&latencies, 0.50).as_secs_f64() * 1e3,
         percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+    );
+    let server_cpu = server.cpu_secs() - cpu_before;
+    println!(
+        "server CPU: {:.1} s for the creates = {:.0} us per create ({:.0}% of one core; the load generator shares the machine)",
+        server_cpu,
+        server_cpu * 1e6 / f64::from(created.max(1)),
+        server_cpu * 100.0 / elapsed.as_secs_f64(),
     );
     println!("server RSS after load: {:.1} MiB", server.rss_mib());
     println!(

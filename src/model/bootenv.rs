@@ -10,12 +10,15 @@ use super::object::{Object, ObjectKind};
 use super::template::check_template_field;
 use super::validate::{
     check_boot_path, check_count, check_description, check_name, check_names, check_required, code,
-    ValidationError,
+    ValidationError, MAX_TEMPLATE_LEN,
 };
 
 const MAX_INITRDS: usize = 16;
 const MAX_TEMPLATES: usize = 64;
 const MAX_BOOTENV_PARAMS: usize = 256;
+/// All template text in one bootenv (boot params, paths, inline contents) together: bigger files
+/// belong in stored templates named by `template_id`. Bounds the parse time of one write.
+const MAX_BOOTENV_TEMPLATE_TEXT: usize = MAX_TEMPLATE_LEN;
 
 /// How one architecture boots this environment.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -95,6 +98,27 @@ impl Object for BootEnv {
     fn validate(&mut self) -> Result<(), ValidationError> {
         check_name("name", &self.name)?;
         check_description(&self.description)?;
+
+        let text: usize = self
+            .arches
+            .values()
+            .map(|a| a.boot_params.len())
+            .sum::<usize>()
+            + self
+                .templates
+                .iter()
+                .map(|t| t.path.len() + t.contents.as_ref().map_or(0, String::len))
+                .sum::<usize>();
+        if text > MAX_BOOTENV_TEMPLATE_TEXT {
+            return Err(ValidationError::new(
+                "templates",
+                code::TOO_LONG,
+                format!(
+                    "{text} bytes of template text; at most {MAX_BOOTENV_TEMPLATE_TEXT} per \
+                     bootenv (move large files into stored templates)"
+                ),
+            ));
+        }
 
         for (arch, boot) in &self.arches {
             let f = format!("arches.{}", arch.as_str());
@@ -289,6 +313,11 @@ mod tests {
             code::INVALID_TEMPLATE,
         );
         assert!(err.message.contains("fcos-39/t"), "{err}");
+        let big = "x".repeat(MAX_TEMPLATE_LEN / 2);
+        let too_much = json!({"templates": [
+            {"name": "a", "path": "a", "contents": big},
+            {"name": "b", "path": "b", "contents": big}]});
+        check_err::<BootEnv>(&with(too_much), "templates", code::TOO_LONG);
         let no_path = json!({"templates": [{"name": "t", "contents": "x"}]});
         check_err::<BootEnv>(&with(no_path), "templates[0].path", code::MISSING_FIELD);
     }

@@ -15,12 +15,15 @@
 //! or any check that needs *other* objects (does a named bootenv exist, does a param value match
 //! its definition, do two subnets overlap): those belong to the store, which has them all.
 //! Everything here is deterministic, so the state machine can validate inside apply and reach the
-//! same answer on every replica.
+//! same answer on every replica. Validation is cheap except for template parsing, which is bounded
+//! (see `template_limits.rs`) but can take a good fraction of a second for the largest bodies
+//! allowed: check once at the API, not again on every load.
 //!
 //! Layout: one file per kind (`machine.rs`, `profile.rs`, `param.rs`, `bootenv.rs`,
 //! `template.rs`, `subnet.rs`, `reservation.rs`, `lease.rs`, `user.rs`, `token.rs`, `prefs.rs`),
-//! plus `object.rs` (kinds and the trait), `validate.rs` (shared rules), `decode.rs` (JSON in)
-//! and `params.rs` (resolution).
+//! plus `object.rs` (kinds and the trait), `validate.rs` (shared rules), `decode.rs` (JSON in),
+//! `template_limits.rs` (bounds that keep tera's parser fast and off the stack's edge) and
+//! `params.rs` (resolution).
 
 mod bootenv;
 mod decode;
@@ -34,6 +37,7 @@ mod profile;
 mod reservation;
 mod subnet;
 mod template;
+mod template_limits;
 mod token;
 mod user;
 pub mod validate;
@@ -50,6 +54,9 @@ pub use profile::{Profile, GLOBAL_PROFILE};
 pub use reservation::Reservation;
 pub use subnet::{DhcpOption, Picker, PoolRange, Subnet, SubnetMode};
 pub use template::{check_template, Template, TemplateError};
+pub use template_limits::{
+    MAX_BLOCK_NESTING, MAX_BRACKET_NESTING, MAX_CALL_NESTING, MAX_TAG_LEN, MAX_TAG_OPERATORS,
+};
 pub use token::{Scope, ScopeLevel, TokenInfo};
 pub use user::{User, UserView};
 pub use validate::{code, normalize_mac, parse_mac, ValidationError};

@@ -8,10 +8,13 @@ use serde::{Deserialize, Serialize};
 
 use super::object::{Object, ObjectKind};
 use super::template::check_template_field;
-use super::validate::{check_count, check_name, code, ValidationError};
+use super::validate::{check_count, check_len, check_name, code, ValidationError};
 
 const MAX_POOLS: usize = 64;
 const MAX_OPTIONS: usize = 64;
+/// A DHCP option carries at most 255 bytes (more only by RFC 3396 concatenation); 1 KiB of
+/// template leaves room for template syntax and bounds parse time.
+const MAX_OPTION_VALUE_LEN: usize = 1024;
 
 /// A DHCP option Cradle adds to replies. `value` is a tera template rendered per client (so an
 /// option can carry, say, the machine's name), then encoded for `code` by the DHCP server.
@@ -161,6 +164,11 @@ pub(crate) fn check_options(
                 format!("option {} is set twice", o.code),
             ));
         }
+        check_len(
+            &format!("options[{i}].value"),
+            &o.value,
+            MAX_OPTION_VALUE_LEN,
+        )?;
         check_template_field(
             &format!("options[{i}].value"),
             &format!("{owner}/option-{}", o.code),
@@ -460,6 +468,11 @@ mod tests {
             "options[0].value",
             code::INVALID_TEMPLATE,
         );
+        let long = format!(
+            r#", "options": [{{"code": 43, "value": "{}"}}]"#,
+            "a".repeat(1025)
+        );
+        check_err::<Subnet>(&subnet("", &long), "options[0].value", code::TOO_LONG);
         check_err::<Subnet>(
             &subnet("", r#", "mode": "off""#),
             "mode",

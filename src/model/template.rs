@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::object::{Object, ObjectKind};
+use super::template_limits::check_limits;
 use super::validate::{
     check_description, check_len, check_name, code, ValidationError, MAX_TEMPLATE_LEN,
 };
@@ -85,7 +86,32 @@ impl TemplateError {
 /// the store's concern, and a template that extends or imports one must not fail a syntax check.
 /// (`{% include %}` is only resolved at render time in tera 1, so either way it passes; unknown
 /// filters and functions are also only found at render time.)
+///
+/// Before tera sees the body, it must fit the bounds in `template_limits` (tag length, nesting,
+/// operators) and [`MAX_TEMPLATE_LEN`]: tera's parser can overflow the stack or take seconds on
+/// inputs beyond them, so this function is safe to call on anything a client sends.
 pub fn check_template(name: &str, body: &str) -> Result<(), TemplateError> {
+    if body.len() > MAX_TEMPLATE_LEN {
+        return Err(TemplateError {
+            name: name.to_string(),
+            line: None,
+            column: None,
+            message: format!("longer than {MAX_TEMPLATE_LEN} bytes"),
+        });
+    }
+    // Plain text cannot fail to parse, and most option values and paths are plain text.
+    if !body.contains('{') {
+        return Ok(());
+    }
+    if let Err(e) = check_limits(body) {
+        let (line, column) = line_column(body, e.offset);
+        return Err(TemplateError {
+            name: name.to_string(),
+            line: Some(line),
+            column: Some(column),
+            message: e.message,
+        });
+    }
     match tera::Template::new(name, None, body) {
         Ok(_) => Ok(()),
         Err(e) => Err(template_error(name, body, &e)),
@@ -165,11 +191,16 @@ fn literal_position(body: &str, message: &str) -> Option<(usize, usize)> {
         .strip_prefix("Integer out of bounds: `")
         .or_else(|| message.strip_prefix("Float out of bounds: `"))?
         .strip_suffix('`')?;
-    let offset = body.find(literal)?;
-    let before = &body[..offset];
+    Some(line_column(body, body.find(literal)?))
+}
+
+/// 1-based line and column (in characters, as pest counts) of byte `offset` in `body`.
+fn line_column(body: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(body.len());
+    let before = body.get(..offset).unwrap_or(body);
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    Some((line, body[line_start..offset].chars().count() + 1))
+    (line, before[line_start..].chars().count() + 1)
 }
 
 #[cfg(test)]
@@ -240,6 +271,26 @@ mod tests {
             "{% block a %}{% endblock a %}{% block a %}{% endblock a %}",
             Err((None, None, "duplicated")),
         );
+    }
+
+    /// Each of these overflowed the stack (aborting the process) or parsed for minutes in tera
+    /// 1.20 before the limits; now each is refused with a position, without reaching tera.
+    #[test]
+    fn hostile_bodies_are_refused_quickly() {
+        let ifs = format!(
+            "{}{}",
+            "{% if a %}".repeat(1000),
+            "{% endif %}".repeat(1000)
+        );
+        check(&ifs, Err((Some(1), Some(161), "blocks nested")));
+        let calls = format!("{{{{ {}1{} }}}}", "f(a=".repeat(10), ")".repeat(10));
+        check(&calls, Err((Some(1), Some(13), "calls and array literals")));
+        let chain = format!("x\n{{{{ a{} }}}}", " ~ a".repeat(10_000));
+        check(&chain, Err((Some(2), Some(1), "longer than")));
+        let parens = format!("{{{{ {}a{} }}}}", "(".repeat(1000), ")".repeat(1000));
+        check(&parens, Err((Some(1), Some(20), "brackets nested")));
+        let huge = "x".repeat(MAX_TEMPLATE_LEN + 1);
+        check(&huge, Err((None, None, "longer than")));
     }
 
     #[test]

@@ -385,9 +385,7 @@ impl Applier<'_, '_> {
             return Ok(None);
         };
         let value: Value = serde_json::from_slice(&bytes).map_err(storage)?;
-        // Stored objects were validated when written; decoding them again
-        // keeps one code path for every rule.
-        AnyObject::decode(kind, value).map(Some)
+        AnyObject::decode_stored(kind, value).map(Some)
     }
 
     fn load_required(&self, kind: ObjectKind, key: &str) -> Result<AnyObject, Rejection> {

@@ -4,11 +4,15 @@
 use serde_json::Value;
 
 use crate::model::{
-    BootEnv, Lease, Machine, Object, ObjectKind, Param, Prefs, Profile, Reservation, Subnet,
-    Template, TokenInfo, User,
+    decode_value, BootEnv, Lease, Machine, Object, ObjectKind, Param, Prefs, Profile, Reservation,
+    Subnet, Template, TokenInfo, User, ValidationError,
 };
 
 use super::command::Rejection;
+
+fn rejection(e: ValidationError) -> Rejection {
+    Rejection::new(e.code, e.message.clone()).at(e.field.clone())
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum AnyObject {
@@ -55,12 +59,31 @@ impl AnyObject {
     /// types, then normalizes and validates it.
     pub fn decode(kind: ObjectKind, value: Value) -> Result<Self, Rejection> {
         fn typed<T: Object>(value: Value) -> Result<T, Rejection> {
-            let mut object: T = serde_json::from_value(value)
-                .map_err(|e| Rejection::new("invalid_body", e.to_string()))?;
-            object
-                .validate()
-                .map_err(|e| Rejection::new(e.code, e.message.clone()).at(e.field.clone()))?;
+            let mut object: T = decode_value(&value).map_err(rejection)?;
+            object.validate().map_err(rejection)?;
             Ok(object)
+        }
+        Ok(match kind {
+            ObjectKind::Machines => AnyObject::Machine(typed(value)?),
+            ObjectKind::Profiles => AnyObject::Profile(typed(value)?),
+            ObjectKind::Params => AnyObject::Param(typed(value)?),
+            ObjectKind::Bootenvs => AnyObject::BootEnv(typed(value)?),
+            ObjectKind::Templates => AnyObject::Template(typed(value)?),
+            ObjectKind::Subnets => AnyObject::Subnet(typed(value)?),
+            ObjectKind::Reservations => AnyObject::Reservation(typed(value)?),
+            ObjectKind::Leases => AnyObject::Lease(typed(value)?),
+            ObjectKind::Users => AnyObject::User(typed(value)?),
+            ObjectKind::Tokens => AnyObject::Token(typed(value)?),
+            ObjectKind::Prefs => AnyObject::Prefs(typed(value)?),
+        })
+    }
+
+    /// Decodes an object this store wrote itself: it was validated then, so
+    /// it is not validated again (template checks are not free).
+    pub fn decode_stored(kind: ObjectKind, value: Value) -> Result<Self, Rejection> {
+        fn typed<T: Object>(value: Value) -> Result<T, Rejection> {
+            serde_json::from_value(value)
+                .map_err(|e| Rejection::new("internal", format!("corrupt stored object: {e}")))
         }
         Ok(match kind {
             ObjectKind::Machines => AnyObject::Machine(typed(value)?),
@@ -113,47 +136,7 @@ impl AnyObject {
     /// Indexed fields: list filters use them, and deletes use them to find
     /// who still refers to an object.
     pub fn index_terms(&self) -> Vec<(&'static str, String)> {
-        let mut terms = Vec::new();
-        match self {
-            AnyObject::Machine(m) => {
-                terms.push(("name", m.name.clone()));
-                terms.extend(m.hardware_addrs.iter().map(|mac| ("mac", mac.clone())));
-                if let Some(address) = m.address {
-                    terms.push(("address", address.to_string()));
-                }
-                if !m.bootenv.is_empty() {
-                    terms.push(("bootenv", m.bootenv.clone()));
-                }
-                terms.extend(m.profiles.iter().map(|p| ("profile", p.clone())));
-            }
-            AnyObject::Profile(p) => {
-                terms.push(("name", p.name.clone()));
-                terms.extend(p.profiles.iter().map(|n| ("profile", n.clone())));
-            }
-            AnyObject::BootEnv(b) => {
-                terms.push(("name", b.name.clone()));
-                terms.extend(
-                    b.templates
-                        .iter()
-                        .filter_map(|t| t.template_id.clone())
-                        .map(|id| ("template", id)),
-                );
-            }
-            AnyObject::Reservation(r) => {
-                terms.push(("address", r.address.to_string()));
-                terms.push(("mac", r.hardware_addr.clone()));
-                terms.push(("subnet", r.subnet.clone()));
-            }
-            AnyObject::Lease(l) => {
-                terms.push(("address", l.address.to_string()));
-                terms.push(("mac", l.hardware_addr.clone()));
-            }
-            AnyObject::Token(t) => terms.push(("user", t.user.clone())),
-            AnyObject::Param(p) => terms.push(("name", p.name.clone())),
-            AnyObject::Subnet(s) => terms.push(("name", s.name.clone())),
-            AnyObject::User(u) => terms.push(("name", u.name.clone())),
-            AnyObject::Template(_) | AnyObject::Prefs(_) => {}
-        }
+        let mut terms = each!(self, o => o.index_terms());
         terms.sort();
         terms.dedup();
         terms
@@ -161,18 +144,7 @@ impl AnyObject {
 
     /// Fields no two objects of the kind may share (besides the key).
     pub fn unique_terms(&self) -> Vec<(&'static str, String)> {
-        match self {
-            AnyObject::Machine(m) => {
-                let mut terms = vec![("name", m.name.clone())];
-                terms.extend(m.hardware_addrs.iter().map(|mac| ("mac", mac.clone())));
-                if let Some(address) = m.address {
-                    terms.push(("address", address.to_string()));
-                }
-                terms
-            }
-            AnyObject::Reservation(r) => vec![("mac", r.hardware_addr.clone())],
-            _ => Vec::new(),
-        }
+        each!(self, o => o.unique_terms())
     }
 
     /// Objects this one names, which must exist.
@@ -242,13 +214,97 @@ pub fn referrers(kind: ObjectKind) -> &'static [(ObjectKind, &'static str)] {
 /// the index instead of a scan.
 pub fn indexed_fields(kind: ObjectKind) -> &'static [&'static str] {
     match kind {
-        ObjectKind::Machines => &["name", "mac", "address", "bootenv", "profile"],
+        ObjectKind::Machines => &["name", "arch", "mac", "address", "bootenv", "profile"],
         ObjectKind::Profiles => &["name", "profile"],
-        ObjectKind::Bootenvs => &["name", "template"],
+        ObjectKind::Params => &["name", "secure"],
+        ObjectKind::Bootenvs => &["name", "only_unknown", "template"],
+        ObjectKind::Templates => &["id"],
+        ObjectKind::Subnets => &["name", "cidr", "enabled"],
         ObjectKind::Reservations => &["address", "mac", "subnet"],
-        ObjectKind::Leases => &["address", "mac"],
-        ObjectKind::Tokens => &["user"],
-        ObjectKind::Params | ObjectKind::Subnets | ObjectKind::Users => &["name"],
-        ObjectKind::Templates | ObjectKind::Prefs => &[],
+        ObjectKind::Leases => &["address", "client_id", "state", "mac", "node"],
+        ObjectKind::Users => &["name", "admin"],
+        ObjectKind::Tokens => &["user", "revoked"],
+        ObjectKind::Prefs => &[],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A filter on a field listed as indexed but not actually indexed would
+    /// silently match nothing, so the two lists must agree exactly.
+    #[test]
+    fn indexed_fields_match_the_model_index_terms() {
+        let samples = [
+            (
+                ObjectKind::Machines,
+                json!({"uuid": "6f1c1f5e-8d7a-4c1e-9a53-1d2b3c4d5e6f", "name": "m1",
+                "hardware_addrs": ["52:54:00:00:00:01"], "address": "198.18.0.5", "bootenv": "b", "profiles": ["p"]}),
+            ),
+            (
+                ObjectKind::Profiles,
+                json!({"name": "p", "profiles": ["q"]}),
+            ),
+            (
+                ObjectKind::Params,
+                json!({"name": "x", "schema": {"type": "string"}}),
+            ),
+            (
+                ObjectKind::Bootenvs,
+                json!({"name": "b", "templates": [{"name": "t", "path": "x", "template_id": "t"}]}),
+            ),
+            (ObjectKind::Templates, json!({"id": "t", "body": "x"})),
+            (
+                ObjectKind::Subnets,
+                json!({"name": "s", "cidr": "198.18.0.0/24"}),
+            ),
+            (
+                ObjectKind::Reservations,
+                json!({"address": "198.18.0.9", "hardware_addr": "52:54:00:00:00:02", "subnet": "s"}),
+            ),
+            (
+                ObjectKind::Leases,
+                json!({"address": "198.18.0.9", "client_id": "01525400000002",
+                "hardware_addr": "52:54:00:00:00:02", "state": "bound", "expires_at_unix": 10, "node": 1}),
+            ),
+            (
+                ObjectKind::Users,
+                json!({"name": "u", "password_hash": "$argon2id$x"}),
+            ),
+            (
+                ObjectKind::Tokens,
+                json!({"id": "abc", "user": "u", "scope": {"level": "read"},
+                "created_at_unix": 1, "expires_at_unix": 2}),
+            ),
+        ];
+        for (kind, value) in samples {
+            let object = AnyObject::decode(kind, value).unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+            let mut produced: Vec<&str> = object.index_terms().iter().map(|(f, _)| *f).collect();
+            produced.sort();
+            produced.dedup();
+            let mut listed = indexed_fields(kind).to_vec();
+            listed.sort();
+            assert_eq!(produced, listed, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn decoding_names_the_field_at_fault() {
+        let e = AnyObject::decode(
+            ObjectKind::Subnets,
+            json!({"name": "s", "cidr": "198.18.0.0/24",
+            "pools": [{"start": "198.18.0.10", "end": "198.18.1.10"}]}),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, "pool_outside_subnet");
+        assert!(
+            e.field.as_deref().is_some_and(|f| f.starts_with("pools")),
+            "{e:?}"
+        );
+        let e =
+            AnyObject::decode(ObjectKind::Profiles, json!({"name": "p", "colour": 1})).unwrap_err();
+        assert_eq!(e.code, "unknown_field");
     }
 }

@@ -50,13 +50,13 @@ async fn garbage_is_refused_and_changes_nothing() {
         // Not an object.
         (Method::POST, "/api/v1/machines", b"[1,2]".to_vec(), 400, "invalid_body"),
         // Unknown field.
-        (Method::POST, "/api/v1/machines", br#"{"name":"x","hardware_addrs":[],"colour":"red"}"#.to_vec(), 400, "invalid_body"),
+        (Method::POST, "/api/v1/machines", br#"{"name":"x","hardware_addrs":[],"colour":"red"}"#.to_vec(), 400, "unknown_field"),
         // Wrong type.
-        (Method::POST, "/api/v1/machines", br#"{"name": 5}"#.to_vec(), 400, "invalid_body"),
+        (Method::POST, "/api/v1/machines", br#"{"name": 5}"#.to_vec(), 400, "invalid_type"),
         // Invalid MAC, IP, UUID.
         (Method::POST, "/api/v1/machines", br#"{"name":"x","hardware_addrs":["52:54:zz:00:00:01"]}"#.to_vec(), 400, "invalid_mac"),
-        (Method::POST, "/api/v1/machines", br#"{"name":"x","address":"198.18.0.300"}"#.to_vec(), 400, "invalid_body"),
-        (Method::POST, "/api/v1/machines", br#"{"name":"x","uuid":"not-a-uuid"}"#.to_vec(), 400, "invalid_body"),
+        (Method::POST, "/api/v1/machines", br#"{"name":"x","address":"198.18.0.300"}"#.to_vec(), 400, "invalid_value"),
+        (Method::POST, "/api/v1/machines", br#"{"name":"x","uuid":"not-a-uuid"}"#.to_vec(), 400, "invalid_value"),
         // Duplicate name and MAC across machines.
         (Method::POST, "/api/v1/machines", br#"{"name":"m1"}"#.to_vec(), 409, "duplicate"),
         (Method::POST, "/api/v1/machines", br#"{"name":"other","hardware_addrs":["52:54:00:00:00:01"]}"#.to_vec(), 409, "duplicate"),
@@ -64,7 +64,7 @@ async fn garbage_is_refused_and_changes_nothing() {
         (Method::POST, "/api/v1/machines", br#"{"name":"x","profiles":["nope"]}"#.to_vec(), 400, "missing_reference"),
         (Method::POST, "/api/v1/machines", br#"{"name":"x","bootenv":"nope"}"#.to_vec(), 400, "missing_reference"),
         // Invalid CIDR; pool outside its subnet.
-        (Method::POST, "/api/v1/subnets", br#"{"name":"bad","cidr":"198.18.0.0/33"}"#.to_vec(), 400, "invalid_body"),
+        (Method::POST, "/api/v1/subnets", br#"{"name":"bad","cidr":"198.18.0.0/33"}"#.to_vec(), 400, "invalid_value"),
         (Method::POST, "/api/v1/subnets", br#"{"name":"bad","cidr":"198.18.1.0/24","pools":[{"start":"198.18.2.1","end":"198.18.2.9"}]}"#.to_vec(), 400, "pool_outside_subnet"),
         // A template that does not parse.
         (Method::POST, "/api/v1/templates", b"{\"id\":\"broken\",\"body\":\"line one\\n{{ machine.name \"}".to_vec(), 400, "invalid_template"),
