@@ -12,6 +12,8 @@
 //! - [`tls`]: the CA, server certificates, rustls configurations.
 //! - [`api`]: the HTTPS REST API, the only module that knows HTTP.
 //! - [`cli`]: the `cradle` client verbs.
+//! - [`cluster`]: membership: node identity, join tokens and the join
+//!   protocol, peer admission, the leader's membership reconciler.
 //! - [`server`]: wiring a node together and shutting it down.
 //!
 //! Consensus lives in the separate `cradle-raft` crate (`raft/`), the only
@@ -21,6 +23,7 @@
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod model;
 pub mod server;

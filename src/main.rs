@@ -19,7 +19,19 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Server(settings) => serve(settings).await,
+            Command::Server(settings) | Command::Init(settings) => serve(settings).await,
+            Command::Join(args) => {
+                init_logging(args.settings.log_format);
+                cradle::tls::install_crypto_provider();
+                cradle::cluster::join::join(
+                    &args.settings,
+                    &args.join_token,
+                    &args.ca_hash,
+                    &args.url,
+                )
+                .await?;
+                serve_logged(args.settings).await
+            }
             other => cradle::cli::run(other, cli.client).await,
         }
     });
@@ -34,6 +46,10 @@ fn main() -> std::process::ExitCode {
 
 async fn serve(settings: ServerSettings) -> anyhow::Result<()> {
     init_logging(settings.log_format);
+    serve_logged(settings).await
+}
+
+async fn serve_logged(settings: ServerSettings) -> anyhow::Result<()> {
     let running = cradle::server::start(settings).await?;
     if let Some(password) = &running.generated_admin_password {
         // Printed once, on the first start only; it is not stored in clear.
@@ -72,8 +88,9 @@ fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    // A second call (join, then serve) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
 }

@@ -9,11 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use cradle_raft::{NodeConfig, NodeInfo, RaftNode};
+use std::sync::OnceLock;
+
+use cradle_raft::{NodeConfig, NodeInfo, PeerTls, RaftNode};
 use tokio::sync::{broadcast, watch};
 
 use crate::api::{self, AppState};
 use crate::auth;
+use crate::cluster::{self, state::node_common_name, state::ClusterNode, Identity};
 use crate::config::ServerSettings;
 use crate::model::User;
 use crate::store::{apply::CradleApp, Command, Store};
@@ -57,15 +60,36 @@ pub async fn start(settings: ServerSettings) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
 
-    let identity = match (&settings.tls_cert, &settings.tls_key) {
-        (Some(cert), Some(key)) => tls::load_files(cert, key, None)?,
-        _ => {
-            let mut sans = settings.tls_san.clone();
-            sans.push(settings.advertised_host());
-            tls::load_or_create(&settings.data_dir, &sans)?
-        }
+    let identity = match Identity::load(&settings.data_dir)? {
+        Some(identity) => identity,
+        // An empty data dir and no join: this node founds a new cluster.
+        None => Identity {
+            node_id: settings.node_id,
+            founder: true,
+        },
     };
-    let ca_fingerprint = identity.ca_fingerprint()?;
+    let mut sans = settings.tls_san.clone();
+    sans.push(settings.advertised_host());
+    // The cluster CA and this node's certificate: peer mutual TLS always
+    // uses them; the API uses them unless the operator brings their own.
+    let node_tls = tls::load_or_create(
+        &settings.data_dir,
+        &node_common_name(identity.node_id),
+        &sans,
+    )?;
+    identity.save(&settings.data_dir)?;
+    let api_tls = match (&settings.tls_cert, &settings.tls_key) {
+        (Some(cert), Some(key)) => tls::load_files(cert, key, None)?,
+        _ => node_tls.clone(),
+    };
+    let ca_fingerprint = api_tls.ca_fingerprint()?;
+    let read = |name: &str| std::fs::read(settings.data_dir.join(name));
+    let peer_tls = PeerTls {
+        ca_pem: node_tls.ca_pem.clone().into_bytes(),
+        cert_pem: read(tls::SERVER_CERT_FILE)?,
+        key_pem: read(tls::SERVER_KEY_FILE)?,
+        server_name: None,
+    };
 
     let rpc_listener = tokio::net::TcpListener::bind(settings.rpc_listen)
         .await
@@ -79,19 +103,23 @@ pub async fn start(settings: ServerSettings) -> anyhow::Result<Running> {
 
     let (events, _) = broadcast::channel(EVENT_CHANNEL);
     let app = Arc::new(CradleApp::new(events.clone(), settings.event_retention));
+    let store_slot: Arc<OnceLock<Store>> = Arc::default();
+    let node_info = NodeInfo {
+        rpc_addr: format!("{host}:{}", rpc_addr.port()),
+        api_addr: format!("{host}:{}", api_addr.port()),
+    };
     let mut node_config = NodeConfig::new(
-        settings.node_id,
+        identity.node_id,
         settings.data_dir.join("raft"),
-        NodeInfo {
-            rpc_addr: format!("{host}:{}", rpc_addr.port()),
-            api_addr: format!("{host}:{}", api_addr.port()),
-        },
+        node_info.clone(),
     );
     node_config.heartbeat_ms = settings.heartbeat_ms;
     node_config.election_min_ms = settings.election_min_ms;
     node_config.election_max_ms = settings.election_max_ms;
     node_config.snapshot_every_entries = settings.snapshot_every;
     node_config.no_leader_wait_ms = settings.no_leader_wait_ms;
+    node_config.peer_tls = Some(peer_tls);
+    node_config.peer_admission = Some(cluster::peer_admission(store_slot.clone()));
     let raft = Arc::new(
         RaftNode::open(node_config, app)
             .await
@@ -113,19 +141,28 @@ pub async fn start(settings: ServerSettings) -> anyhow::Result<Running> {
         }));
     }
 
-    if !raft.is_initialized().await {
+    if identity.founder && !raft.is_initialized().await {
         tracing::info!("empty data dir: initializing a one-voter cluster");
         raft.initialize_single()
             .await
             .context("initializing the cluster")?;
     }
     let store = Store::new(raft.clone(), events);
-    let generated_admin_password = bootstrap(&store, &settings).await?;
+    let _ = store_slot.set(store.clone());
+    let generated_admin_password = if identity.founder {
+        bootstrap(&store, &settings, identity.node_id, node_info).await?
+    } else {
+        None
+    };
+    tasks.push(tokio::spawn(cluster::reconcile_forever(
+        store.clone(),
+        stopped.clone(),
+    )));
 
-    let state = AppState::new(store.clone(), settings.clone(), identity.ca_pem.clone());
+    let state = AppState::new(store.clone(), settings.clone(), api_tls.ca_pem.clone());
     let router = api::router(state);
     let rustls_config =
-        axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(identity.server_config()?));
+        axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(api_tls.server_config()?));
     let handle = axum_server::Handle::new();
     {
         let handle = handle.clone();
@@ -155,7 +192,12 @@ pub async fn start(settings: ServerSettings) -> anyhow::Result<Running> {
 
 /// On a cluster's first start, creates the admin user and the token signing
 /// key through the log. Returns the admin password if it was generated.
-async fn bootstrap(store: &Store, settings: &ServerSettings) -> anyhow::Result<Option<String>> {
+async fn bootstrap(
+    store: &Store,
+    settings: &ServerSettings,
+    node_id: u64,
+    info: NodeInfo,
+) -> anyhow::Result<Option<String>> {
     let deadline = tokio::time::Instant::now() + FIRST_LEADER_WAIT;
     loop {
         if store.is_bootstrapped()? {
@@ -163,7 +205,7 @@ async fn bootstrap(store: &Store, settings: &ServerSettings) -> anyhow::Result<O
         }
         // Only the node that created the cluster proposes; a joining node
         // receives the bootstrap through the log.
-        if store.raft().status().current_leader == Some(settings.node_id) {
+        if store.raft().status().current_leader == Some(node_id) {
             break;
         }
         if tokio::time::Instant::now() > deadline {
@@ -187,10 +229,22 @@ async fn bootstrap(store: &Store, settings: &ServerSettings) -> anyhow::Result<O
         admin: true,
         revision: 0,
     };
+    let read = |name: &str| std::fs::read_to_string(settings.data_dir.join(name));
+    let founder = ClusterNode {
+        id: node_id,
+        rpc_addr: info.rpc_addr,
+        api_addr: info.api_addr,
+        joined_at_unix: crate::api::unix_now(),
+        removed: false,
+    };
     store
         .submit(Command::Bootstrap {
             admin,
             signing_key: auth::random_secret(32),
+            ca_cert_pem: read(tls::CA_CERT_FILE)?,
+            ca_key_pem: read(tls::CA_KEY_FILE)
+                .context("the founding node's CA key is missing from the data dir")?,
+            founder,
         })
         .await
         .context("bootstrapping the cluster")?;

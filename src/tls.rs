@@ -78,7 +78,11 @@ impl ServerIdentity {
 /// Loads the node's CA and server certificate from `dir`, creating them on
 /// first start. `extra_sans` are added to a newly created server certificate
 /// (host names and addresses clients will use).
-pub fn load_or_create(dir: &Path, extra_sans: &[String]) -> Result<ServerIdentity, TlsError> {
+pub fn load_or_create(
+    dir: &Path,
+    common_name: &str,
+    extra_sans: &[String],
+) -> Result<ServerIdentity, TlsError> {
     let ca_cert_path = dir.join(CA_CERT_FILE);
     let ca_key_path = dir.join(CA_KEY_FILE);
     if !ca_cert_path.exists() {
@@ -91,7 +95,10 @@ pub fn load_or_create(dir: &Path, extra_sans: &[String]) -> Result<ServerIdentit
     if !server_cert_path.exists() {
         let ca_pem = read(&ca_cert_path)?;
         let ca_key_pem = read(&ca_key_path)?;
-        let (cert_pem, key_pem) = issue_server_cert(&ca_pem, &ca_key_pem, extra_sans)?;
+        let key = KeyPair::generate()?;
+        let params = server_cert_params(common_name, extra_sans)?;
+        let cert_pem = sign_with_ca(&ca_pem, &ca_key_pem, params, &key)?;
+        let key_pem = key.serialize_pem();
         write_private(&server_key_path, &key_pem)?;
         write_file(&server_cert_path, &cert_pem)?;
     }
@@ -159,16 +166,13 @@ pub fn generate_ca(common_name: &str) -> Result<(String, String), TlsError> {
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-/// Issues a server (and client, for peer mTLS) certificate signed by the CA.
-pub fn issue_server_cert(
-    ca_pem: &str,
-    ca_key_pem: &str,
+/// What a node certificate says: `common_name` (`cradle-node-<id>`), the
+/// local names and `extra_sans`, and that it serves both as a TLS server (API,
+/// peer RPC) and as a client (peer RPC, mutual TLS).
+pub fn server_cert_params(
+    common_name: &str,
     extra_sans: &[String],
-) -> Result<(String, String), TlsError> {
-    let ca_key = KeyPair::from_pem(ca_key_pem)?;
-    let ca_params = CertificateParams::from_ca_cert_pem(ca_pem)?;
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-
+) -> Result<CertificateParams, TlsError> {
     let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
     if let Ok(host) = std::fs::read_to_string("/etc/hostname") {
         let host = host.trim();
@@ -192,9 +196,16 @@ pub fn issue_server_cert(
         };
         params.subject_alt_names.push(san);
     }
+    set_node_identity(&mut params, common_name);
+    Ok(params)
+}
+
+/// The parts of a node certificate the CA decides, whatever a CSR asked.
+pub fn set_node_identity(params: &mut CertificateParams, common_name: &str) {
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "cradle node");
+    dn.push(DnType::CommonName, common_name);
     params.distinguished_name = dn;
+    params.is_ca = IsCa::NoCa;
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
@@ -205,9 +216,50 @@ pub fn issue_server_cert(
     ];
     params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
     params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(825);
+}
+
+/// Signs `params` for the holder of `key` with the CA. Returns the PEM.
+pub fn sign_with_ca(
+    ca_pem: &str,
+    ca_key_pem: &str,
+    params: CertificateParams,
+    key: &impl rcgen::PublicKeyData,
+) -> Result<String, TlsError> {
+    let ca_key = KeyPair::from_pem(ca_key_pem)?;
+    let ca_params = CertificateParams::from_ca_cert_pem(ca_pem)?;
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    Ok(params.signed_by(key, &ca_cert, &ca_key)?.pem())
+}
+
+/// Signs a joining node's CSR: its key and names, but the CA decides its
+/// common name (its node id), usages and lifetime.
+pub fn sign_csr(
+    ca_pem: &str,
+    ca_key_pem: &str,
+    csr_pem: &str,
+    common_name: &str,
+) -> Result<String, TlsError> {
+    let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+    set_node_identity(&mut csr.params, common_name);
+    let ca_key = KeyPair::from_pem(ca_key_pem)?;
+    let ca_params = CertificateParams::from_ca_cert_pem(ca_pem)?;
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    Ok(csr.signed_by(&ca_cert, &ca_key)?.pem())
+}
+
+/// A new key and a CSR for `names`. Returns (CSR PEM, key PEM).
+pub fn new_csr(names: &[String]) -> Result<(String, String), TlsError> {
     let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &ca_cert, &ca_key)?;
-    Ok((cert.pem(), key.serialize_pem()))
+    let params = server_cert_params("cradle-node-pending", names)?;
+    let csr = params.serialize_request(&key)?;
+    Ok((csr.pem()?, key.serialize_pem()))
+}
+
+/// The subject common name of a DER certificate.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
 }
 
 /// `sha256:<hex>` of the first certificate in `pem`.
@@ -304,14 +356,29 @@ mod tests {
     fn creates_once_and_reloads_the_same_ca() {
         install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
-        let first = load_or_create(dir.path(), &["node1.example".into()]).unwrap();
-        let second = load_or_create(dir.path(), &[]).unwrap();
+        let first = load_or_create(dir.path(), "cradle-node-1", &["node1.example".into()]).unwrap();
+        let second = load_or_create(dir.path(), "cradle-node-1", &[]).unwrap();
         assert_eq!(first.ca_pem, second.ca_pem);
         assert_eq!(first.chain.len(), 2);
         let fp = first.ca_fingerprint().unwrap();
         assert!(fp.starts_with("sha256:") && fp.len() == 7 + 64, "{fp}");
         first.server_config().unwrap();
         client_config_for_ca(&first.ca_pem).unwrap();
+        assert_eq!(
+            common_name(&first.chain[0]).as_deref(),
+            Some("cradle-node-1")
+        );
+    }
+
+    #[test]
+    fn csrs_are_signed_with_the_ca_choosing_the_name() {
+        let (ca_pem, ca_key) = generate_ca("test CA").unwrap();
+        let (csr, _key) = new_csr(&["198.18.0.2".into()]).unwrap();
+        let cert = sign_csr(&ca_pem, &ca_key, &csr, "cradle-node-7").unwrap();
+        let der = parse_certs(&cert, Path::new("x")).unwrap();
+        assert_eq!(common_name(&der[0]).as_deref(), Some("cradle-node-7"));
+        assert!(sign_csr(&ca_pem, &ca_key, "garbage", "cradle-node-7").is_err());
+        assert!(sign_csr(&ca_pem, "garbage", &csr, "cradle-node-7").is_err());
     }
 
     #[test]

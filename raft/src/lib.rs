@@ -45,7 +45,9 @@ mod cluster_tests;
 mod test_support;
 
 pub use network::PeerTls;
-pub use node::{MemberStatus, NodeConfig, NodeError, RaftNode, RaftRole, RaftStatus, WriteError};
+pub use node::{
+    MemberStatus, NodeConfig, NodeError, PeerAdmission, RaftNode, RaftRole, RaftStatus, WriteError,
+};
 pub use store::{StateMachineApp, StoreError, Txn};
 pub use types::{NodeId, NodeInfo};
 

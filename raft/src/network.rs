@@ -491,6 +491,25 @@ pub(crate) struct PeerService {
     pub(crate) node: Arc<Inner>,
 }
 
+impl PeerService {
+    /// Refuses callers whose certificate the application no longer admits
+    /// (a removed member). Without TLS there is no certificate to judge.
+    fn admit<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let Some(admission) = &self.node.peer_admission else {
+            return Ok(());
+        };
+        let certs = request.peer_certs();
+        let leaf = certs.as_ref().and_then(|chain| chain.first());
+        match leaf {
+            Some(cert) if (admission.0)(cert.as_ref()) => Ok(()),
+            Some(_) => Err(Status::permission_denied(
+                "this node is no longer a cluster member",
+            )),
+            None => Err(Status::unauthenticated("a cluster certificate is required")),
+        }
+    }
+}
+
 fn bad_request(e: impl fmt::Display) -> Status {
     Status::invalid_argument(format!("undecodable request: {e}"))
 }
@@ -506,6 +525,7 @@ impl RaftPeer for PeerService {
         &self,
         request: Request<WirePayload>,
     ) -> Result<Response<WirePayload>, Status> {
+        self.admit(&request)?;
         let req: AppendEntriesRequest<TypeConfig> =
             decode(&request.into_inner().data).map_err(bad_request)?;
         let result = self.node.raft.append_entries(req).await;
@@ -513,6 +533,7 @@ impl RaftPeer for PeerService {
     }
 
     async fn vote(&self, request: Request<WirePayload>) -> Result<Response<WirePayload>, Status> {
+        self.admit(&request)?;
         let req: VoteRequest<NodeId> = decode(&request.into_inner().data).map_err(bad_request)?;
         let result = self.node.raft.vote(req).await;
         reply(&result)
@@ -522,6 +543,7 @@ impl RaftPeer for PeerService {
         &self,
         request: Request<WirePayload>,
     ) -> Result<Response<WirePayload>, Status> {
+        self.admit(&request)?;
         let req = decode_chunk(request.into_inner().data).map_err(bad_request)?;
         let result = self.node.raft.install_snapshot(req).await;
         reply(&result)
@@ -531,6 +553,7 @@ impl RaftPeer for PeerService {
         &self,
         request: Request<WirePayload>,
     ) -> Result<Response<WirePayload>, Status> {
+        self.admit(&request)?;
         let req: ForwardRequest = decode(&request.into_inner().data).map_err(bad_request)?;
         // Executed here or refused with NotLeader: never forwarded on, so a
         // request cannot loop between nodes with stale leader views.

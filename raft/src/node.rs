@@ -5,6 +5,7 @@
 //! the leader. No openraft type crosses this module's public API.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -65,6 +66,24 @@ pub struct NodeConfig {
     pub learner_catch_up_ms: u64,
     /// Mutual TLS for peer RPC; plain HTTP/2 when `None`.
     pub peer_tls: Option<PeerTls>,
+    /// With mutual TLS: decides, per call, whether a peer's leaf certificate
+    /// (DER) still belongs to the cluster. The TLS handshake has already
+    /// checked it was signed by the cluster CA; this refuses certificates of
+    /// removed members.
+    pub peer_admission: Option<PeerAdmission>,
+}
+
+/// See [`NodeConfig::peer_admission`].
+#[derive(Clone)]
+pub struct PeerAdmission(pub Arc<AdmitFn>);
+
+/// Given a peer's leaf certificate (DER), whether to admit it.
+pub type AdmitFn = dyn Fn(&[u8]) -> bool + Send + Sync;
+
+impl fmt::Debug for PeerAdmission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PeerAdmission(..)")
+    }
 }
 
 impl NodeConfig {
@@ -85,6 +104,7 @@ impl NodeConfig {
             no_leader_wait_ms: 5_000,
             learner_catch_up_ms: 60_000,
             peer_tls: None,
+            peer_admission: None,
         }
     }
 
@@ -236,6 +256,7 @@ pub(crate) struct Inner {
     no_leader_wait: Duration,
     learner_catch_up: Duration,
     server_tls: Option<ServerTlsConfig>,
+    pub(crate) peer_admission: Option<PeerAdmission>,
     /// Set once by shutdown; stops the peer RPC server.
     stop: watch::Sender<bool>,
 }
@@ -500,6 +521,7 @@ impl RaftNode {
                 no_leader_wait: Duration::from_millis(config.no_leader_wait_ms),
                 learner_catch_up: Duration::from_millis(config.learner_catch_up_ms),
                 server_tls: config.peer_tls.as_ref().map(PeerTls::server_config),
+                peer_admission: config.peer_admission.clone(),
                 stop,
             }),
         })

@@ -239,7 +239,11 @@ fn required_scope(method: &Method, path: &str) -> (ScopeLevel, Option<ObjectKind
         .trim_start_matches("/api/v1/")
         .split('/')
         .filter(|s| !s.is_empty());
-    let kind = segments.next().and_then(|s| s.parse::<ObjectKind>().ok());
+    let first = segments.next();
+    if first == Some("cluster") {
+        return (ScopeLevel::Admin, None, None);
+    }
+    let kind = first.and_then(|s| s.parse::<ObjectKind>().ok());
     let object = segments.next().map(str::to_string);
     let reading = matches!(*method, Method::GET | Method::HEAD);
     let level = match kind {

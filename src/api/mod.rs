@@ -6,6 +6,7 @@
 //! needs a bearer token.
 
 pub mod auth;
+pub mod cluster;
 pub mod error;
 pub mod events;
 pub mod objects;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 
 use crate::config::ServerSettings;
@@ -63,6 +64,13 @@ pub fn router(state: AppState) -> Router {
     let authenticated = Router::new()
         .route("/status", get(status::status))
         .route("/auth/whoami", get(auth::whoami))
+        .route(
+            "/cluster/tokens",
+            get(cluster::list_tokens).post(cluster::create_token),
+        )
+        .route("/cluster/tokens/{id}", delete(cluster::revoke_token))
+        .route("/cluster/nodes", get(cluster::list_nodes))
+        .route("/cluster/nodes/{id}", delete(cluster::remove_node))
         .route("/events", get(events::stream))
         .route("/machines/{key}/effective-params", get(params::effective))
         .route("/{kind}/{key}/params", get(params::list))
@@ -85,7 +93,8 @@ pub fn router(state: AppState) -> Router {
     let public = Router::new()
         .route("/ca", get(auth::ca))
         .route("/openapi.json", get(openapi::document))
-        .route("/auth/token", post(auth::issue_token));
+        .route("/auth/token", post(auth::issue_token))
+        .route("/cluster/join", post(cluster::join));
     Router::new()
         .nest("/api/v1", public.merge(authenticated))
         .fallback(|| async { ApiError::not_found("no such route") })

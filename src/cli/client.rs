@@ -1091,7 +1091,7 @@ mod tests {
     async fn pinned_tls_against_a_live_server() {
         tls::install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
-        let identity = tls::load_or_create(dir.path(), &[]).unwrap();
+        let identity = tls::load_or_create(dir.path(), "cradle-node-1", &[]).unwrap();
         let (other_ca, _) = tls::generate_ca("someone else").unwrap();
         let (addr, handle) = serve(&identity).await;
         let endpoint = Endpoint::parse(&format!("https://127.0.0.1:{}", addr.port())).unwrap();

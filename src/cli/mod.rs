@@ -117,8 +117,18 @@ pub struct ClientOptions {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a Cradle node
+    /// Run a Cradle node (founding a new cluster on an empty data dir)
     Server(crate::config::ServerSettings),
+    /// Found a new cluster on an empty data dir and run its first node
+    Init(crate::config::ServerSettings),
+    /// Join an existing cluster with a join token, then run as a member
+    Join(JoinArgs),
+    /// Cluster join tokens
+    #[command(subcommand)]
+    Token(JoinTokenCmd),
+    /// Cluster members
+    #[command(subcommand)]
+    Nodes(NodesCmd),
     /// Pin a cluster's CA, log in, and save the session
     Login(LoginArgs),
     /// Forget the saved session
@@ -382,6 +392,60 @@ pub enum UsersCmd {
     Write(WriteCmd),
 }
 
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// The join token `cradle token create` printed: <id>.<secret>
+    #[arg(long = "token", value_name = "ID.SECRET")]
+    pub join_token: String,
+    /// The cluster CA's fingerprint, as `cradle token create` printed it
+    #[arg(long, value_name = "sha256:HEX", value_parser = session::parse_ca_hash)]
+    pub ca_hash: String,
+    /// API endpoint of any member, e.g. https://node1:8443
+    #[arg(value_name = "ENDPOINT")]
+    pub url: String,
+    #[command(flatten)]
+    pub settings: crate::config::ServerSettings,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JoinTokenCmd {
+    /// Issue a join token and print the `cradle join` command that uses it
+    Create(JoinTokenCreateArgs),
+    /// List join tokens (never their secrets)
+    List,
+    /// Revoke a join token
+    Revoke {
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct JoinTokenCreateArgs {
+    /// How long the token is valid, e.g. 30m, 1h, 2d
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = input::parse_duration_secs)]
+    pub ttl: u64,
+    /// How many nodes may join with it
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub uses: u32,
+    #[arg(long, default_value = "")]
+    pub description: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodesCmd {
+    /// List members: id, addresses, role, lag
+    List,
+    /// Remove a member (a Raft membership change; its certificate is refused from then on)
+    Remove {
+        #[arg(value_name = "ID")]
+        id: u64,
+        /// Allow removing the node you are talking to, or the last voter
+        #[arg(long)]
+        force: bool,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum TokensCmd {
     #[command(flatten)]
@@ -631,9 +695,74 @@ async fn execute(command: Command, options: &ClientOptions) -> Result<(), CliErr
         format: options.output,
     };
     match command {
-        Command::Server(_) => Err(CliError::Unexpected(
-            "`cradle server` runs a node; it is not a client subcommand".into(),
+        Command::Server(_) | Command::Init(_) | Command::Join(_) => Err(CliError::Unexpected(
+            "`cradle server`, `init` and `join` run a node; they are not client subcommands".into(),
         )),
+        Command::Token(cmd) => {
+            let api = connect(options)?;
+            match cmd {
+                JoinTokenCmd::Create(args) => {
+                    let body = serde_json::json!({
+                        "ttl_secs": args.ttl, "uses": args.uses, "description": args.description,
+                    });
+                    let reply = api
+                        .call(
+                            Method::POST,
+                            &["cluster", "tokens"],
+                            &[],
+                            Body::Json(body),
+                            None,
+                        )
+                        .await?;
+                    match options.output {
+                        Some(_) => out.print(&reply.body, Shape::Map),
+                        None => say(reply.body["join_command"].as_str().unwrap_or_default()),
+                    }
+                }
+                JoinTokenCmd::List => {
+                    let reply = api.get(&["cluster", "tokens"], &[]).await?;
+                    out.print(&reply.body, Shape::Map)
+                }
+                JoinTokenCmd::Revoke { id } => {
+                    let reply = api
+                        .call(
+                            Method::DELETE,
+                            &["cluster", "tokens", &id],
+                            &[],
+                            Body::Empty,
+                            None,
+                        )
+                        .await?;
+                    out.print(&reply.body, Shape::Map)
+                }
+            }
+        }
+        Command::Nodes(cmd) => {
+            let api = connect(options)?;
+            match cmd {
+                NodesCmd::List => {
+                    let reply = api.get(&["cluster", "nodes"], &[]).await?;
+                    out.print(&reply.body, Shape::Map)
+                }
+                NodesCmd::Remove { id, force } => {
+                    let query = if force {
+                        vec![("force".to_string(), "true".to_string())]
+                    } else {
+                        Vec::new()
+                    };
+                    let reply = api
+                        .call(
+                            Method::DELETE,
+                            &["cluster", "nodes", &id.to_string()],
+                            &query,
+                            Body::Empty,
+                            None,
+                        )
+                        .await?;
+                    out.print(&reply.body, Shape::Map)
+                }
+            }
+        }
         Command::Login(args) => login(args, options).await,
         Command::Logout(args) => logout(args, options).await,
         Command::Status => {

@@ -12,6 +12,7 @@ use cradle_raft::{StateMachineApp, Txn};
 use serde_json::Value;
 use tokio::sync::broadcast;
 
+use crate::cluster::state::{ClusterNode, JoinToken};
 use crate::model::{check_param_value, ObjectKind, Param};
 
 use super::command::{Command, Rejection, Reply};
@@ -119,7 +120,23 @@ impl Applier<'_, '_> {
 
     fn run_one(&mut self, command: Command) -> Reply {
         let outcome = match command {
-            Command::Bootstrap { admin, signing_key } => self.bootstrap(admin, signing_key),
+            Command::Bootstrap {
+                admin,
+                signing_key,
+                ca_cert_pem,
+                ca_key_pem,
+                founder,
+            } => self.bootstrap(admin, signing_key, &ca_cert_pem, &ca_key_pem, founder),
+            Command::CreateJoinToken { token } => self.create_join_token(token),
+            Command::RevokeJoinToken { id } => self.revoke_join_token(&id),
+            Command::Join {
+                token_id,
+                secret_sha256,
+                now_unix,
+                rpc_addr,
+                api_addr,
+            } => self.join(&token_id, &secret_sha256, now_unix, rpc_addr, api_addr),
+            Command::RemoveNode { id } => self.remove_node(id),
             Command::Create { kind, object } => self.create(kind, object),
             Command::Replace {
                 kind,
@@ -143,7 +160,14 @@ impl Applier<'_, '_> {
         outcome.unwrap_or_else(Reply::Rejected)
     }
 
-    fn bootstrap(&mut self, admin: crate::model::User, signing_key: String) -> Outcome {
+    fn bootstrap(
+        &mut self,
+        admin: crate::model::User,
+        signing_key: String,
+        ca_cert_pem: &str,
+        ca_key_pem: &str,
+        founder: ClusterNode,
+    ) -> Outcome {
         if self
             .txn
             .get(CF_META, META_BOOTSTRAPPED)
@@ -161,6 +185,16 @@ impl Applier<'_, '_> {
         self.txn
             .put(CF_META, META_BOOTSTRAPPED, b"1")
             .map_err(storage)?;
+        self.txn
+            .put(CF_META, META_CA_CERT, ca_cert_pem.as_bytes())
+            .map_err(storage)?;
+        self.txn
+            .put(CF_META, META_CA_KEY, ca_key_pem.as_bytes())
+            .map_err(storage)?;
+        self.txn
+            .put(CF_META, META_NEXT_NODE_ID, &(founder.id + 1).to_be_bytes())
+            .map_err(storage)?;
+        self.put_record(&node_key(founder.id), &founder)?;
         let user = serde_json::to_value(&admin).map_err(storage)?;
         self.create(ObjectKind::Users, user)?;
         self.create(
@@ -172,6 +206,124 @@ impl Applier<'_, '_> {
         Ok(Reply::Done {
             revision: self.current_revision()?,
             object: None,
+        })
+    }
+
+    fn put_record<T: serde::Serialize>(&mut self, key: &[u8], record: &T) -> Result<(), Rejection> {
+        let bytes = serde_json::to_vec(record).map_err(storage)?;
+        self.txn.put(CF_CLUSTER, key, &bytes).map_err(storage)
+    }
+
+    fn get_record<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, Rejection> {
+        match self.txn.get(CF_CLUSTER, key).map_err(storage)? {
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(storage),
+            None => Ok(None),
+        }
+    }
+
+    fn create_join_token(&mut self, token: JoinToken) -> Outcome {
+        let key = join_token_key(&token.id);
+        if self.get_record::<JoinToken>(&key)?.is_some() {
+            return Err(Rejection::new(
+                "already_exists",
+                "a join token with this id exists",
+            ));
+        }
+        self.put_record(&key, &token)?;
+        Ok(Reply::Done {
+            revision: self.current_revision()?,
+            object: None,
+        })
+    }
+
+    fn revoke_join_token(&mut self, id: &str) -> Outcome {
+        let key = join_token_key(id);
+        let mut token: JoinToken = self.get_record(&key)?.ok_or_else(|| {
+            Rejection::new("not_found", format!("join token {id:?} does not exist"))
+        })?;
+        token.revoked = true;
+        self.put_record(&key, &token)?;
+        Ok(Reply::Done {
+            revision: self.current_revision()?,
+            object: None,
+        })
+    }
+
+    fn join(
+        &mut self,
+        token_id: &str,
+        secret_sha256: &str,
+        now_unix: u64,
+        rpc_addr: String,
+        api_addr: String,
+    ) -> Outcome {
+        let key = join_token_key(token_id);
+        let invalid = || {
+            Rejection::new(
+                "invalid_join_token",
+                "the join token is not valid for this cluster",
+            )
+        };
+        let mut token: JoinToken = self.get_record(&key)?.ok_or_else(invalid)?;
+        if token.secret_sha256 != secret_sha256 {
+            return Err(invalid());
+        }
+        if token.revoked {
+            return Err(Rejection::new(
+                "join_token_revoked",
+                "the join token has been revoked",
+            ));
+        }
+        if now_unix >= token.expires_at_unix {
+            return Err(Rejection::new(
+                "join_token_expired",
+                "the join token has expired",
+            ));
+        }
+        if token.uses_left == 0 {
+            return Err(Rejection::new(
+                "join_token_used_up",
+                "the join token has no uses left",
+            ));
+        }
+        token.uses_left -= 1;
+        self.put_record(&key, &token)?;
+        let id = self
+            .txn
+            .get(CF_META, META_NEXT_NODE_ID)
+            .map_err(storage)?
+            .and_then(|b| decode_u64(&b))
+            .unwrap_or(2);
+        self.txn
+            .put(CF_META, META_NEXT_NODE_ID, &(id + 1).to_be_bytes())
+            .map_err(storage)?;
+        let node = ClusterNode {
+            id,
+            rpc_addr,
+            api_addr,
+            joined_at_unix: now_unix,
+            removed: false,
+        };
+        self.put_record(&node_key(id), &node)?;
+        Ok(Reply::Done {
+            revision: self.current_revision()?,
+            object: Some(serde_json::to_value(&node).map_err(storage)?),
+        })
+    }
+
+    fn remove_node(&mut self, id: u64) -> Outcome {
+        let key = node_key(id);
+        let mut node: ClusterNode = self
+            .get_record(&key)?
+            .ok_or_else(|| Rejection::new("not_found", format!("node {id} is not a member")))?;
+        node.removed = true;
+        self.put_record(&key, &node)?;
+        Ok(Reply::Done {
+            revision: self.current_revision()?,
+            object: Some(serde_json::to_value(&node).map_err(storage)?),
         })
     }
 

@@ -8,17 +8,42 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::cluster::state::{ClusterNode, JoinToken};
 use crate::model::{ObjectKind, User};
 
 /// One state change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Command {
-    /// First start: the admin user and the token signing key. Applied once;
-    /// later bootstraps are no-ops, so a retried first start is harmless.
+    /// First start: the admin user, the token signing key, the cluster CA
+    /// and the founding node. Applied once; later bootstraps are no-ops, so a
+    /// retried first start is harmless.
     Bootstrap {
         admin: User,
         signing_key: String,
+        ca_cert_pem: String,
+        ca_key_pem: String,
+        founder: ClusterNode,
+    },
+    CreateJoinToken {
+        token: JoinToken,
+    },
+    RevokeJoinToken {
+        id: String,
+    },
+    /// Spends one use of a join token and registers a new node, whose id the
+    /// reply carries. `now_unix` is the proposer's clock: expiry is judged
+    /// by it, the same on every replica.
+    Join {
+        token_id: String,
+        secret_sha256: String,
+        now_unix: u64,
+        rpc_addr: String,
+        api_addr: String,
+    },
+    /// Marks a node removed; its certificate is refused from then on.
+    RemoveNode {
+        id: u64,
     },
     Create {
         kind: ObjectKind,

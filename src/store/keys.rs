@@ -16,11 +16,31 @@ pub const CF_META: &str = "meta";
 /// The change feed, key = big-endian revision, value = event JSON.
 pub const CF_EVENTS: &str = "events";
 
-pub const ALL_CFS: &[&str] = &[CF_OBJECTS, CF_INDEX, CF_UNIQUE, CF_META, CF_EVENTS];
+/// Cluster records: `join_token/<id>` and `node/<id>` (see `cluster::state`).
+pub const CF_CLUSTER: &str = "cluster";
+
+pub const ALL_CFS: &[&str] = &[
+    CF_OBJECTS, CF_INDEX, CF_UNIQUE, CF_META, CF_EVENTS, CF_CLUSTER,
+];
 
 pub const META_REVISION: &[u8] = b"revision";
 pub const META_SIGNING_KEY: &[u8] = b"signing_key";
 pub const META_BOOTSTRAPPED: &[u8] = b"bootstrapped";
+/// The cluster CA, so any voter can sign a joining node's certificate. Never
+/// served by the API.
+pub const META_CA_CERT: &[u8] = b"ca_cert";
+pub const META_CA_KEY: &[u8] = b"ca_key";
+/// The id the next joining node gets; ids are never reused.
+pub const META_NEXT_NODE_ID: &[u8] = b"next_node_id";
+
+pub fn join_token_key(id: &str) -> Vec<u8> {
+    format!("join_token/{id}").into_bytes()
+}
+
+pub fn node_key(id: u64) -> Vec<u8> {
+    // Zero-padded so nodes list in id order.
+    format!("node/{id:020}").into_bytes()
+}
 
 pub fn object_key(kind: ObjectKind, key: &str) -> Vec<u8> {
     format!("{}/{}", kind.as_str(), key).into_bytes()

@@ -206,6 +206,65 @@ impl Store {
         Ok(first)
     }
 
+    /// The cluster CA (certificate PEM, key PEM), held in replicated state
+    /// so any voter can admit a joining node.
+    pub fn cluster_ca(&self) -> Result<Option<(String, String)>, StoreError> {
+        let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+        match (self.meta(META_CA_CERT)?, self.meta(META_CA_KEY)?) {
+            (Some(cert), Some(key)) => Ok(Some((text(cert), text(key)))),
+            _ => Ok(None),
+        }
+    }
+
+    pub fn join_tokens(&self) -> Result<Vec<crate::cluster::state::JoinToken>, StoreError> {
+        self.cluster_records(b"join_token/")
+    }
+
+    /// Every node ever registered, removed ones included, in id order.
+    pub fn cluster_nodes(&self) -> Result<Vec<crate::cluster::state::ClusterNode>, StoreError> {
+        self.cluster_records(b"node/")
+    }
+
+    pub fn cluster_node(
+        &self,
+        id: u64,
+    ) -> Result<Option<crate::cluster::state::ClusterNode>, StoreError> {
+        let db = self.raft.db();
+        let cf = cf(&db, CF_CLUSTER)?;
+        match db
+            .get_cf(cf, node_key(id))
+            .map_err(|e| StoreError::Internal(e.to_string()))?
+        {
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Internal(format!("corrupt node record: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    fn cluster_records<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &[u8],
+    ) -> Result<Vec<T>, StoreError> {
+        let db = self.raft.db();
+        let cf = cf(&db, CF_CLUSTER)?;
+        let mut out = Vec::new();
+        for item in db.iterator_cf(
+            cf,
+            rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward),
+        ) {
+            let (key, value) = item.map_err(|e| StoreError::Internal(e.to_string()))?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            out.push(
+                serde_json::from_slice(&value)
+                    .map_err(|e| StoreError::Internal(format!("corrupt cluster record: {e}")))?,
+            );
+        }
+        Ok(out)
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
     }

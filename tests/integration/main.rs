@@ -1,10 +1,12 @@
 //! Integration tests: nodes on loopback, driven through the HTTPS API and the
 //! CLI. One test binary, so the crate is linked once.
 
+mod cluster_harness;
 mod common;
 
 mod api;
 mod bad_input;
 mod cli;
+mod cluster;
 mod events;
 mod restart;

@@ -1,0 +1,96 @@
+//! The cluster's own replicated records: join tokens and the node registry.
+//! They live in the `cluster` column family, beside (not among) the API's
+//! object kinds, and change only through the store's commands.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// A join token as stored: only a hash of its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JoinToken {
+    pub id: String,
+    /// Hex SHA-256 of the secret half; the secret itself is never stored.
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub secret_sha256: String,
+    pub created_at_unix: u64,
+    pub expires_at_unix: u64,
+    pub uses_left: u32,
+    pub revoked: bool,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// A member the cluster knows of, whatever its Raft role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ClusterNode {
+    pub id: u64,
+    pub rpc_addr: String,
+    pub api_addr: String,
+    pub joined_at_unix: u64,
+    /// Removed members stay listed so their certificates stay refused.
+    pub removed: bool,
+}
+
+/// Length of a token id and of its secret, in hex digits.
+pub const TOKEN_ID_HEX: usize = 12;
+pub const TOKEN_SECRET_HEX: usize = 32;
+
+/// Splits `<id>.<secret>`, checking the shape only.
+pub fn parse_join_token(token: &str) -> Option<(&str, &str)> {
+    let (id, secret) = token.trim().split_once('.')?;
+    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (hex(id, TOKEN_ID_HEX) && hex(secret, TOKEN_SECRET_HEX)).then_some((id, secret))
+}
+
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// The common name a node certificate carries: `cradle-node-<id>`.
+pub fn node_common_name(id: u64) -> String {
+    format!("cradle-node-{id}")
+}
+
+pub fn node_id_from_common_name(cn: &str) -> Option<u64> {
+    cn.strip_prefix("cradle-node-")?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_token_shapes() {
+        let good = format!(
+            "{}.{}",
+            "a".repeat(TOKEN_ID_HEX),
+            "0".repeat(TOKEN_SECRET_HEX)
+        );
+        assert!(parse_join_token(&good).is_some());
+        for bad in [
+            "",
+            ".",
+            "abc",
+            "abc.def",
+            &format!(
+                "{}.{}",
+                "g".repeat(TOKEN_ID_HEX),
+                "0".repeat(TOKEN_SECRET_HEX)
+            ),
+            &format!(
+                "{}{}",
+                "a".repeat(TOKEN_ID_HEX),
+                "0".repeat(TOKEN_SECRET_HEX)
+            ),
+            &format!(
+                "{}.{}.x",
+                "a".repeat(TOKEN_ID_HEX),
+                "0".repeat(TOKEN_SECRET_HEX)
+            ),
+        ] {
+            assert!(parse_join_token(bad).is_none(), "{bad:?}");
+        }
+        assert_eq!(node_id_from_common_name(&node_common_name(7)), Some(7));
+        assert_eq!(node_id_from_common_name("cradle node"), None);
+    }
+}

@@ -1,0 +1,463 @@
+//! Multi-node behaviour, judged from what clients received: a leader killed
+//! under load loses no acknowledged write, and bad joins change nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::cluster_harness::{join_args, Cluster, JOIN_LIMIT};
+use crate::common::Client;
+
+/// Concurrent writers per node.
+const WRITERS_PER_NODE: usize = 3;
+/// Per-write timeout: above the server's no-leader wait (5 s), so a write
+/// that waits out an election still gets its answer.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Pause after a failed write, so writers of a dead node do not spin.
+const FAILED_WRITE_PAUSE: Duration = Duration::from_millis(50);
+/// Hard stop for every writer, whatever the test's phases do.
+const WRITERS_LIMIT: Duration = Duration::from_secs(45);
+/// Most writes one writer makes.
+const MAX_WRITES_PER_WRITER: usize = 20_000;
+/// Longest to wait for the first acknowledged write after the kill, and
+/// after the restart on the restarted node.
+const RESUME_LIMIT: Duration = Duration::from_secs(15);
+/// Longest a failing `cradle join` may run before it must have exited.
+const EXIT_LIMIT: Duration = Duration::from_secs(30);
+
+/// What one create got back.
+#[derive(Debug, Clone)]
+enum Outcome {
+    /// A 2xx; the body's uuid and revision if it could be read.
+    Acked {
+        uuid: Option<String>,
+        revision: Option<u64>,
+    },
+    /// A non-2xx answer with its error code and message.
+    Rejected {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// No answer (connection refused or reset, timeout): unknown whether it
+    /// committed.
+    Failed(String),
+}
+
+#[derive(Debug, Clone)]
+struct Attempt {
+    name: String,
+    node: usize,
+    sent: Instant,
+    done: Instant,
+    outcome: Outcome,
+}
+
+impl Attempt {
+    fn acked(&self) -> bool {
+        matches!(self.outcome, Outcome::Acked { .. })
+    }
+}
+
+fn mac(n: u32) -> String {
+    format!(
+        "52:54:01:{:02x}:{:02x}:{:02x}",
+        (n >> 16) & 0xff,
+        (n >> 8) & 0xff,
+        n & 0xff
+    )
+}
+
+/// Creates machines with fresh names on one node until told to stop. A
+/// failed write is never retried: the next attempt has a new name.
+async fn writer(
+    client: Client,
+    node: usize,
+    next: Arc<AtomicU32>,
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Vec<Attempt>>>,
+) {
+    let deadline = Instant::now() + WRITERS_LIMIT;
+    let token = client.token.clone().expect("token");
+    for _ in 0..MAX_WRITES_PER_WRITER {
+        if stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
+            return;
+        }
+        let n = next.fetch_add(1, Ordering::Relaxed);
+        let name = format!("fo-{n}");
+        let body = json!({"name": name, "hardware_addrs": [mac(n)]});
+        let sent = Instant::now();
+        let result = client
+            .http
+            .post(client.url("/api/v1/machines"))
+            .bearer_auth(&token)
+            .json(&body)
+            .timeout(WRITE_TIMEOUT)
+            .send()
+            .await;
+        let outcome = match result {
+            Ok(response) => {
+                let status = response.status();
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                if status.is_success() {
+                    Outcome::Acked {
+                        uuid: body["uuid"].as_str().map(str::to_string),
+                        revision: body["revision"].as_u64(),
+                    }
+                } else {
+                    Outcome::Rejected {
+                        status: status.as_u16(),
+                        code: body["code"].as_str().unwrap_or("").to_string(),
+                        message: body["message"].as_str().unwrap_or("").to_string(),
+                    }
+                }
+            }
+            Err(e) => Outcome::Failed(e.to_string()),
+        };
+        let attempt = Attempt {
+            name,
+            node,
+            sent,
+            done: Instant::now(),
+            outcome,
+        };
+        let failed = !attempt.acked();
+        log.lock().expect("attempt log").push(attempt);
+        if failed {
+            tokio::time::sleep(FAILED_WRITE_PAUSE).await;
+        }
+    }
+}
+
+/// Waits until some acknowledged write was sent after `since` (through
+/// `node` if given); returns when it completed.
+async fn wait_for_ack(
+    log: &Mutex<Vec<Attempt>>,
+    since: Instant,
+    node: Option<usize>,
+    limit: Duration,
+) -> Option<Instant> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        let first = log
+            .lock()
+            .expect("attempt log")
+            .iter()
+            .filter(|a| a.acked() && a.sent >= since && node.is_none_or(|n| a.node == n))
+            .map(|a| a.done)
+            .min();
+        if first.is_some() {
+            return first;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_loses_no_acknowledged_write() {
+    let test_started = Instant::now();
+    let mut cluster = Cluster::start(3).await;
+    eprintln!(
+        "3-node cluster up in {:.1} s",
+        test_started.elapsed().as_secs_f64()
+    );
+
+    let next = Arc::new(AtomicU32::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let log: Arc<Mutex<Vec<Attempt>>> = Arc::default();
+    let mut writers = Vec::new();
+    for node in 0..3 {
+        for _ in 0..WRITERS_PER_NODE {
+            writers.push(tokio::spawn(writer(
+                cluster.client(node),
+                node,
+                next.clone(),
+                stop.clone(),
+                log.clone(),
+            )));
+        }
+    }
+
+    // Writes flow on all three; then SIGKILL the leader.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let old_leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let before_kill = log.lock().unwrap().iter().filter(|a| a.acked()).count();
+    assert!(before_kill > 0, "no write acknowledged before the kill");
+    let killed_at = Instant::now();
+    cluster.kill(old_leader);
+    eprintln!("killed the leader, node {old_leader}, after {before_kill} acknowledged writes");
+
+    // Writes resume through the survivors.
+    let resumed = wait_for_ack(&log, killed_at, None, RESUME_LIMIT).await;
+    let resumed = resumed.unwrap_or_else(|| {
+        panic!("no write acknowledged within {RESUME_LIMIT:?} of killing the leader")
+    });
+    let new_leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    assert_ne!(new_leader, old_leader);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // The old leader restarts, rejoins, takes writes again and catches up.
+    let restarted_at = Instant::now();
+    let restart_took = cluster.restart(old_leader).await;
+    let rejoined = wait_for_ack(&log, restarted_at, Some(old_leader), RESUME_LIMIT).await;
+    assert!(
+        rejoined.is_some(),
+        "the restarted node {old_leader} acknowledged no write within {RESUME_LIMIT:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        tokio::time::timeout(WRITE_TIMEOUT + Duration::from_secs(5), writer)
+            .await
+            .expect("writer stops")
+            .expect("writer task");
+    }
+    let commit = cluster.wait_converged(Duration::from_secs(30)).await;
+    let attempts = std::mem::take(&mut *log.lock().unwrap());
+
+    // Figures.
+    let mut acked_done: Vec<Instant> = attempts
+        .iter()
+        .filter(|a| a.acked())
+        .map(|a| a.done)
+        .collect();
+    acked_done.sort();
+    let max_gap = acked_done
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    let mut rejected: BTreeMap<String, usize> = BTreeMap::new();
+    let mut failed: BTreeMap<&str, usize> = BTreeMap::new();
+    for attempt in &attempts {
+        match &attempt.outcome {
+            Outcome::Acked { .. } => {}
+            Outcome::Rejected {
+                status,
+                code,
+                message,
+            } => {
+                *rejected
+                    .entry(format!("{status} {code}: {message}"))
+                    .or_default() += 1
+            }
+            Outcome::Failed(error) => *failed.entry(error.as_str()).or_default() += 1,
+        }
+    }
+    let after_kill = attempts
+        .iter()
+        .filter(|a| a.acked() && a.sent >= killed_at)
+        .count();
+    eprintln!(
+        "{} writes: {} acknowledged ({after_kill} sent after the kill), rejected {rejected:?}, without answer {failed:?}",
+        attempts.len(),
+        acked_done.len(),
+    );
+    eprintln!(
+        "write gap: first acknowledged write sent after the kill completed {:.0} ms after it; longest pause between acknowledgements {:.0} ms; restart to following a leader {:.1} s; converged at commit index {commit}",
+        (resumed - killed_at).as_secs_f64() * 1e3,
+        max_gap.as_secs_f64() * 1e3,
+        restart_took.as_secs_f64(),
+    );
+
+    // Judge from what clients received: every acknowledged create is on
+    // every node exactly once, with the uuid and revision it was
+    // acknowledged with.
+    let mut acked: BTreeMap<&str, (&Option<String>, &Option<u64>)> = BTreeMap::new();
+    for attempt in &attempts {
+        if let Outcome::Acked { uuid, revision } = &attempt.outcome {
+            let earlier = acked.insert(&attempt.name, (uuid, revision));
+            assert!(earlier.is_none(), "{} acknowledged twice", attempt.name);
+        }
+    }
+    let attempted: BTreeSet<&str> = attempts.iter().map(|a| a.name.as_str()).collect();
+    let mut reference: Option<BTreeSet<(String, String, u64)>> = None;
+    for node in cluster.running() {
+        let listed = cluster.list_all(node, "machines").await;
+        let mut by_name: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
+        let mut everything = BTreeSet::new();
+        for machine in &listed {
+            let name = machine["name"].as_str().expect("name").to_string();
+            let uuid = machine["uuid"].as_str().expect("uuid").to_string();
+            let revision = machine["revision"].as_u64().expect("revision");
+            by_name
+                .entry(name.clone())
+                .or_default()
+                .push((uuid.clone(), revision));
+            everything.insert((name, uuid, revision));
+        }
+        for (name, copies) in &by_name {
+            assert_eq!(copies.len(), 1, "node {node} lists {name} {copies:?}");
+            assert!(
+                attempted.contains(name.as_str()),
+                "node {node} lists {name}, which no client created"
+            );
+        }
+        let mut missing = Vec::new();
+        for (name, (uuid, revision)) in &acked {
+            match by_name.get(*name).map(|c| &c[0]) {
+                None => missing.push(*name),
+                Some((listed_uuid, listed_revision)) => {
+                    if let Some(uuid) = uuid {
+                        assert_eq!(listed_uuid, uuid, "node {node}: uuid of {name}");
+                    }
+                    if let Some(revision) = revision {
+                        assert_eq!(listed_revision, revision, "node {node}: revision of {name}");
+                    }
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "node {node} lacks {} of {} acknowledged writes, e.g. {:?}",
+            missing.len(),
+            acked.len(),
+            &missing[..missing.len().min(10)]
+        );
+        let unacknowledged = by_name.len() - acked.len();
+        eprintln!(
+            "node {node}: {} machines, all {} acknowledged ones exactly once; {unacknowledged} committed without an acknowledgement",
+            by_name.len(),
+            acked.len()
+        );
+        match &reference {
+            None => reference = Some(everything),
+            Some(reference) => assert!(
+                *reference == everything,
+                "node {node} lists other machines than the first node: {} vs {}",
+                everything.len(),
+                reference.len()
+            ),
+        }
+    }
+    let mut revisions = BTreeSet::new();
+    for node in cluster.running() {
+        let status = cluster.try_status(node).await.expect("status");
+        revisions.insert(status["revision"].as_u64());
+        let voter = status["members"].as_array().is_some_and(|ms| {
+            ms.iter()
+                .any(|m| m["id"].as_u64() == cluster.nodes[old_leader].id && m["voter"] == true)
+        });
+        assert!(voter, "node {node} does not list the old leader as a voter");
+    }
+    assert_eq!(revisions.len(), 1, "revisions differ: {revisions:?}");
+    eprintln!(
+        "failover test took {:.1} s",
+        test_started.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_joins_change_nothing() {
+    let mut cluster = Cluster::start(1).await;
+    let first_id = cluster.nodes[0].id.expect("first node id");
+    let alone = cluster.cluster_nodes(0).await;
+    assert_eq!(
+        alone.iter().map(|m| m.0).collect::<Vec<_>>(),
+        vec![first_id]
+    );
+    let token = cluster.create_join_token(0, 3600, 1).await;
+    assert_eq!(
+        token.ca_hash, cluster.ca_hash,
+        "join command pins another CA"
+    );
+    let (id, secret) = token.token.split_once('.').expect("<id>.<secret>");
+
+    // A join that must fail: `cradle join` exits non-zero and membership
+    // is unchanged. Each attempt gets a fresh slot (data dir, addresses).
+    async fn refused(cluster: &mut Cluster, what: &str, args: Vec<String>) {
+        let members = cluster.cluster_nodes(0).await;
+        let slot = cluster.add_slot();
+        let status = cluster.run_to_exit(slot, &args, EXIT_LIMIT).await;
+        assert!(
+            !status.success(),
+            "join with {what} succeeded; log:\n{}",
+            cluster.nodes[slot].log_tail()
+        );
+        assert_eq!(
+            cluster.cluster_nodes(0).await,
+            members,
+            "join with {what} changed membership"
+        );
+    }
+
+    let wrong_hash = format!("sha256:{}", "00".repeat(32));
+    refused(
+        &mut cluster,
+        "a wrong --ca-hash",
+        join_args(&token.token, &wrong_hash, &token.endpoint),
+    )
+    .await;
+    refused(
+        &mut cluster,
+        "a malformed --ca-hash",
+        join_args(&token.token, "md5:1234", &token.endpoint),
+    )
+    .await;
+    let wrong_secret: String = secret
+        .chars()
+        .map(|c| if c == 'a' { 'b' } else { 'a' })
+        .collect();
+    let ca_hash = cluster.ca_hash.clone();
+    for (what, bad) in [
+        ("a token without a dot", "garbage".to_string()),
+        ("an empty secret", format!("{id}.")),
+        ("an empty id", format!(".{secret}")),
+        ("an unknown id", format!("nosuchid.{secret}")),
+        ("a wrong secret", format!("{id}.{wrong_secret}")),
+    ] {
+        refused(
+            &mut cluster,
+            what,
+            join_args(&bad, &ca_hash, &token.endpoint),
+        )
+        .await;
+    }
+
+    // None of those consumed the one use: the token still joins a node.
+    let slot = cluster.add_slot();
+    let took = cluster.join_with(slot, &token).await;
+    assert!(took < JOIN_LIMIT);
+    let second_id = cluster.nodes[slot].id.expect("joined node id");
+    let pair = cluster.cluster_nodes(0).await;
+    assert_eq!(
+        pair.iter().map(|m| (m.0, m.1)).collect::<Vec<_>>(),
+        {
+            let mut want = vec![(first_id, true), (second_id, true)];
+            want.sort();
+            want
+        },
+        "after one good join"
+    );
+    assert_eq!(
+        cluster.cluster_nodes(slot).await,
+        pair,
+        "members differ by node"
+    );
+
+    // Now it is used up; an expired token is refused too.
+    refused(&mut cluster, "a used-up token", token.args()).await;
+    let short = cluster.create_join_token(0, 1, 1).await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    refused(&mut cluster, "an expired token", short.args()).await;
+
+    // A node will not remove the node it is answering from without force.
+    for (via, id) in [(0, first_id), (slot, second_id)] {
+        let reply = cluster
+            .client(via)
+            .delete(&format!("/api/v1/cluster/nodes/{id}"))
+            .await;
+        assert!(
+            reply.status.is_client_error() && !reply.code().is_empty(),
+            "DELETE of node {id} through itself: {} {:?}",
+            reply.status,
+            reply.body
+        );
+        assert_eq!(cluster.cluster_nodes(0).await, pair);
+    }
+    cluster.wait_converged(Duration::from_secs(10)).await;
+}
