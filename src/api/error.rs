@@ -72,6 +72,8 @@ fn status_for(code: &str) -> StatusCode {
             StatusCode::CONFLICT
         }
         "precondition_failed" => StatusCode::PRECONDITION_FAILED,
+        "invalid_join_token" | "join_token_revoked" | "join_token_expired"
+        | "join_token_used_up" => StatusCode::UNAUTHORIZED,
         "internal" => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_REQUEST,
     }

@@ -33,8 +33,24 @@ pub async fn status(State(state): State<AppState>) -> ApiResult<Json<Value>> {
             })
         })
         .collect();
+    // Healthy: a leader is known and, on the leader, a quorum answered
+    // recently (a cut-off leader sees this age grow).
+    let stale_after_ms = 2 * state.settings.election_max_ms;
+    let health = match (raft.current_leader, raft.state) {
+        (None, _) => "no_leader",
+        (Some(_), RaftRole::Leader)
+            if raft
+                .quorum_ack_age_ms
+                .is_none_or(|age| age > stale_after_ms) =>
+        {
+            "no_quorum"
+        }
+        _ => "ok",
+    };
     Ok(Json(json!({
         "node_id": raft.node_id,
+        "health": health,
+        "time_unix": state.now(),
         "role": role,
         "leader": raft.current_leader,
         "term": raft.term,

@@ -9,4 +9,5 @@ mod bad_input;
 mod cli;
 mod cluster;
 mod events;
+mod join_tokens;
 mod restart;
