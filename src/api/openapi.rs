@@ -16,8 +16,11 @@ use utoipa::openapi::{
 };
 
 use super::auth::{TokenGrant, TokenRequest};
+use super::cluster::{JoinTokenGrant, JoinTokenRequest};
 use super::error::ErrorBody;
 use super::objects::UserInput;
+use crate::cluster::join::{JoinRequest, JoinResponse};
+use crate::cluster::state::JoinToken;
 use crate::model::{
     BootEnv, Lease, Machine, ObjectKind, Param, Prefs, Profile, Reservation, Subnet, Template,
     TokenInfo, User,
@@ -455,6 +458,80 @@ fn build() -> OpenApi {
             ),
         );
 
+    let object_schema = || RefOr::T(ObjectBuilder::new().schema_type(Type::Object).into());
+    paths = paths
+        .path(
+            "/api/v1/cluster/tokens",
+            PathItemBuilder::new()
+                .operation(
+                    HttpMethod::Get,
+                    operation("list_join_tokens".into(), "Join tokens (never their secrets)".into(), "cluster")
+                        .response("200", ok_response("Join tokens", RefOr::T(Schema::Array(utoipa::openapi::schema::Array::new(schema_ref("JoinToken")))))),
+                )
+                .operation(
+                    HttpMethod::Post,
+                    operation("create_join_token".into(), "Issue a join token and its `cradle join` command".into(), "cluster")
+                        .request_body(Some(
+                            RequestBodyBuilder::new()
+                                .content("application/json", json_content(schema_ref("JoinTokenRequest")))
+                                .build(),
+                        ))
+                        .response("201", ok_response("The token, shown once", schema_ref("JoinTokenGrant"))),
+                )
+                .build(),
+        )
+        .path(
+            "/api/v1/cluster/tokens/{id}",
+            PathItem::new(
+                HttpMethod::Delete,
+                operation("revoke_join_token".into(), "Revoke a join token".into(), "cluster")
+                    .parameter(path_param("id", "The token id"))
+                    .response("200", ok_response("Revoked", object_schema()))
+                    .response("404", error_response("No such token")),
+            ),
+        )
+        .path(
+            "/api/v1/cluster/join",
+            PathItem::new(
+                HttpMethod::Post,
+                OperationBuilder::new()
+                    .operation_id(Some("join"))
+                    .summary(Some("Spend a join token: register a node and sign its CSR"))
+                    .tag("cluster")
+                    .request_body(Some(
+                        RequestBodyBuilder::new()
+                            .required(Some(Required::True))
+                            .content("application/json", json_content(schema_ref("JoinRequest")))
+                            .build(),
+                    ))
+                    .response("200", ok_response("The node's id and certificate", schema_ref("JoinResponse")))
+                    .response("400", error_response("Bad CSR or address"))
+                    .response(
+                        "401",
+                        error_response("Token invalid, expired, used up or revoked (`invalid_join_token`, `join_token_*`)"),
+                    ),
+            ),
+        )
+        .path(
+            "/api/v1/cluster/nodes",
+            PathItem::new(
+                HttpMethod::Get,
+                operation("list_nodes".into(), "Members: addresses, role, lag".into(), "cluster")
+                    .response("200", ok_response("Members", RefOr::T(Schema::Array(utoipa::openapi::schema::Array::new(object_schema()))))),
+            ),
+        )
+        .path(
+            "/api/v1/cluster/nodes/{id}",
+            PathItem::new(
+                HttpMethod::Delete,
+                operation("remove_node".into(), "Remove a member (membership change)".into(), "cluster")
+                    .parameter(path_param("id", "The node id"))
+                    .parameter(query_param("force", "Allow removing the answering node or the last voter", Type::Boolean))
+                    .response("200", ok_response("Removed", object_schema()))
+                    .response("409", error_response("`removing_self` or `last_voter` without force")),
+            ),
+        );
+
     let components = ComponentsBuilder::new()
         .schema_from::<Machine>()
         .schema_from::<Profile>()
@@ -472,6 +549,11 @@ fn build() -> OpenApi {
         .schema_from::<UserInput>()
         .schema_from::<TokenRequest>()
         .schema_from::<TokenGrant>()
+        .schema_from::<JoinToken>()
+        .schema_from::<JoinTokenRequest>()
+        .schema_from::<JoinTokenGrant>()
+        .schema_from::<JoinRequest>()
+        .schema_from::<JoinResponse>()
         .security_scheme(
             "bearer",
             SecurityScheme::Http(

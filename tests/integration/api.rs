@@ -19,6 +19,8 @@ async fn tokens_are_required_and_scoped() {
     assert_eq!(doc.body["openapi"].as_str().map(|v| &v[..2]), Some("3."));
     assert!(doc.body["paths"]["/api/v1/machines/{key}"]["patch"].is_object());
     assert!(doc.body["components"]["schemas"]["Machine"].is_object());
+    assert!(doc.body["paths"]["/api/v1/cluster/join"]["post"].is_object());
+    assert!(doc.body["components"]["schemas"]["JoinRequest"].is_object());
 
     // Wrong password.
     let reply = anonymous
