@@ -197,10 +197,6 @@ impl Cluster {
             .collect()
     }
 
-    fn slot_of(&self, id: u64) -> Option<usize> {
-        self.nodes.iter().position(|n| n.id == Some(id))
-    }
-
     fn cpu_secs(&self) -> f64 {
         self.nodes.iter().map(Node::cpu_secs).sum()
     }

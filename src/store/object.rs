@@ -47,6 +47,25 @@ macro_rules! each {
     };
 }
 
+/// Builds the variant for `kind` from `$typed($value)?`.
+macro_rules! by_kind {
+    ($kind:expr, $typed:ident, $value:expr) => {
+        match $kind {
+            ObjectKind::Machines => AnyObject::Machine($typed($value)?),
+            ObjectKind::Profiles => AnyObject::Profile($typed($value)?),
+            ObjectKind::Params => AnyObject::Param($typed($value)?),
+            ObjectKind::Bootenvs => AnyObject::BootEnv($typed($value)?),
+            ObjectKind::Templates => AnyObject::Template($typed($value)?),
+            ObjectKind::Subnets => AnyObject::Subnet($typed($value)?),
+            ObjectKind::Reservations => AnyObject::Reservation($typed($value)?),
+            ObjectKind::Leases => AnyObject::Lease($typed($value)?),
+            ObjectKind::Users => AnyObject::User($typed($value)?),
+            ObjectKind::Tokens => AnyObject::Token($typed($value)?),
+            ObjectKind::Prefs => AnyObject::Prefs($typed($value)?),
+        }
+    };
+}
+
 /// A field other objects point at, and who points at it.
 pub struct Reference {
     pub kind: ObjectKind,
@@ -63,19 +82,7 @@ impl AnyObject {
             object.validate().map_err(rejection)?;
             Ok(object)
         }
-        Ok(match kind {
-            ObjectKind::Machines => AnyObject::Machine(typed(value)?),
-            ObjectKind::Profiles => AnyObject::Profile(typed(value)?),
-            ObjectKind::Params => AnyObject::Param(typed(value)?),
-            ObjectKind::Bootenvs => AnyObject::BootEnv(typed(value)?),
-            ObjectKind::Templates => AnyObject::Template(typed(value)?),
-            ObjectKind::Subnets => AnyObject::Subnet(typed(value)?),
-            ObjectKind::Reservations => AnyObject::Reservation(typed(value)?),
-            ObjectKind::Leases => AnyObject::Lease(typed(value)?),
-            ObjectKind::Users => AnyObject::User(typed(value)?),
-            ObjectKind::Tokens => AnyObject::Token(typed(value)?),
-            ObjectKind::Prefs => AnyObject::Prefs(typed(value)?),
-        })
+        Ok(by_kind!(kind, typed, value))
     }
 
     /// Decodes an object this store wrote itself: it was validated then, so
@@ -85,19 +92,7 @@ impl AnyObject {
             serde_json::from_value(value)
                 .map_err(|e| Rejection::new("internal", format!("corrupt stored object: {e}")))
         }
-        Ok(match kind {
-            ObjectKind::Machines => AnyObject::Machine(typed(value)?),
-            ObjectKind::Profiles => AnyObject::Profile(typed(value)?),
-            ObjectKind::Params => AnyObject::Param(typed(value)?),
-            ObjectKind::Bootenvs => AnyObject::BootEnv(typed(value)?),
-            ObjectKind::Templates => AnyObject::Template(typed(value)?),
-            ObjectKind::Subnets => AnyObject::Subnet(typed(value)?),
-            ObjectKind::Reservations => AnyObject::Reservation(typed(value)?),
-            ObjectKind::Leases => AnyObject::Lease(typed(value)?),
-            ObjectKind::Users => AnyObject::User(typed(value)?),
-            ObjectKind::Tokens => AnyObject::Token(typed(value)?),
-            ObjectKind::Prefs => AnyObject::Prefs(typed(value)?),
-        })
+        Ok(by_kind!(kind, typed, value))
     }
 
     pub fn kind(&self) -> ObjectKind {
