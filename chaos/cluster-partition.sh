@@ -142,14 +142,16 @@ script_alive() {
     [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "$SCRIPT_NAME"
 }
 
+# stop_pid PID WHAT: SIGTERM, then SIGKILL after STOP_TIMEOUT_S.
 stop_pid() {
-    local pid=$1 n
+    local pid=$1 what=$2 n
     [[ -n $pid ]] || return 0
     kill -TERM "$pid" 2>/dev/null || return 0
     for ((n = 0; n < STOP_TIMEOUT_S * 10; n++)); do
         kill -0 "$pid" 2>/dev/null || return 0
         sleep 0.1
     done
+    log "$what (pid $pid) still running ${STOP_TIMEOUT_S}s after SIGTERM: killing it"
     kill -KILL "$pid" 2>/dev/null || true
 }
 
@@ -172,7 +174,7 @@ cleanup() {
         kill -TERM "$pid" 2>/dev/null
     done
     for i in "${NODES[@]}"; do
-        stop_pid "${PID_N[i]}"
+        stop_pid "${PID_N[i]}" "node $i"
     done
     for ns in "${CREATED_NS[@]}"; do
         delete_ns "$ns"
@@ -193,13 +195,14 @@ cleanup() {
     if [[ -n $ABORTED ]]; then
         log "aborted: $ABORTED"
     fi
-    if ((FAILED == 0 && rc != 0)); then
-        # Died outside a check (a bug in this script, a signal): still a failure.
-        FAILED=1
-        log "FAIL: exited with status $rc outside a check"
+    if ((rc != 0 && FAILED == 0)) || [[ $ABORTED == interrupted || $ABORTED == terminated* ]]; then
+        # Cut short outside a check (a signal, a bug in this script): a failure.
+        FAILED=$((FAILED + 1))
+        log "FAIL: ${ABORTED:-exited with status $rc outside a check}"
     fi
     log "run time $((SECONDS - START_SECONDS))s"
-    echo "chaos: ${PASSED} passed, ${FAILED} failed"
+    # To fd 3: the trap may run inside a function whose stdout is redirected.
+    echo "chaos: ${PASSED} passed, ${FAILED} failed" >&3
     if ((FAILED > 0)); then exit 1; fi
     exit 0
 }
@@ -401,7 +404,7 @@ run_node() {
     ip netns exec "${NS_N[i]}" env "${NODE_ENV[@]}" CRADLE_ADMIN_PASSWORD="$ADMIN_PASSWORD" \
         "$BIN" "$@" >>"$WORK/n$i.log" 2>&1 3>&- &
     PID_N[i]=$!
-    log "node $i: started pid ${PID_N[i]}: cradle $1 ($(printf '%s ' "${@:2}" | head -c 160))"
+    log "node $i: started pid ${PID_N[i]}: cradle $(printf '%s ' "$@" | sed -E 's/(--token )[^ ]+/\1<redacted>/')"
 }
 
 node_alive() {
@@ -762,8 +765,12 @@ final_check() {
         done
         counts+=("$(grep -c . <<<"$names" || true)")
     done
-    check "final: every node holds the same number of machines (${counts[*]})" \
-        [ "$(printf '%s\n' "${counts[@]}" | sort -u | wc -l)" -eq 1 ]
+    if ((${#counts[@]} == ${#NODES[@]})) &&
+        [[ $(printf '%s\n' "${counts[@]}" | sort -u | wc -l) -eq 1 ]]; then
+        pass "final: every node holds the same number of machines (${counts[*]})"
+    else
+        fail "final: the nodes hold different numbers of machines, or did not answer (${counts[*]})"
+    fi
 }
 
 main() {

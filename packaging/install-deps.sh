@@ -11,7 +11,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 packages=(build-essential pkg-config clang libclang-dev librocksdb-dev libsnappy-dev
-          protobuf-compiler iproute2 ca-certificates curl)
+          protobuf-compiler iproute2 python3 ca-certificates curl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -25,6 +25,8 @@ use crate::tls;
 /// Capacity of the in-process event channel; slower subscribers catch up
 /// from the stored feed.
 const EVENT_CHANNEL: usize = 4_096;
+/// How long shutdown waits for each listener, and for Raft, to stop.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 /// How long first start waits for the one-voter cluster to elect itself.
 const FIRST_LEADER_WAIT: Duration = Duration::from_secs(30);
 
@@ -41,14 +43,23 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops every listener and the Raft node, waiting for them.
+    /// Stops every listener and the Raft node, waiting a bounded time for
+    /// each: a node cut off from its peers must still stop promptly.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        for task in self.tasks {
-            let _ = task.await;
+        for mut task in self.tasks {
+            if tokio::time::timeout(SHUTDOWN_WAIT, &mut task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a listener did not drain in time; stopping it");
+                task.abort();
+            }
         }
-        if let Err(e) = self.store.raft().shutdown().await {
-            tracing::warn!(error = %e, "raft shutdown");
+        match tokio::time::timeout(SHUTDOWN_WAIT, self.store.raft().shutdown()).await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "raft shutdown"),
+            Err(_) => tracing::warn!("raft did not stop in time"),
+            Ok(Ok(())) => {}
         }
     }
 }

@@ -460,3 +460,34 @@ async fn peers_talk_over_mutual_tls_and_reject_strangers() {
         n.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_write_arriving_after_its_deadline_is_not_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n1 = start(1, dir.path(), bind().await, &|_| {}).await;
+    form(&[&n1]).await;
+    assert_eq!(write(&n1, "incr late").await, "1");
+    let peers = crate::network::Peers::new(None);
+    let channel = peers.channel(1, &n1.info.rpc_addr).await.unwrap();
+    let mut client = crate::proto::raft_peer_client::RaftPeerClient::new(channel);
+    let late = crate::network::ForwardEnvelope {
+        // As if held up in a cut link for a minute.
+        deadline_unix_ms: crate::network::unix_ms() - 60_000,
+        request: crate::network::ForwardRequest::Write(crate::types::Payload(
+            b"incr late".to_vec(),
+        )),
+    };
+    let status = client
+        .forward(crate::proto::Payload {
+            data: serde_json::to_vec(&late).unwrap(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status}");
+    assert_eq!(
+        write(&n1, "incr late").await,
+        "2",
+        "the late write was applied"
+    );
+    n1.stop().await;
+}

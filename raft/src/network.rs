@@ -103,6 +103,27 @@ impl PeerTls {
 // ---------------------------------------------------------------------------
 // Forwarding: what a follower asks the leader to do.
 
+/// What travels in a `Forward` call: the request and the wall-clock time
+/// after which the leader must not act on it. A request held up in a cut
+/// link (TCP retransmits it after the heal) would otherwise be applied long
+/// after its client was told it failed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ForwardEnvelope {
+    pub(crate) deadline_unix_ms: u64,
+    pub(crate) request: ForwardRequest,
+}
+
+/// Extra room given to a forwarded request's deadline for clock differences
+/// between members (a large skew is warned about when a node joins).
+pub(crate) const FORWARD_CLOCK_MARGIN: Duration = Duration::from_millis(1_000);
+
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 /// A request a member hands to the leader.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum ForwardRequest {
@@ -275,7 +296,13 @@ impl Peers {
         timeout: Duration,
     ) -> Result<ForwardReply, CallError> {
         let channel = self.channel(id, addr).await.map_err(CallError::NotSent)?;
-        let data = encode(req).map_err(|e| CallError::NotSent(e.to_string()))?;
+        let envelope = ForwardEnvelope {
+            deadline_unix_ms: unix_ms().saturating_add(
+                u64::try_from((timeout + FORWARD_CLOCK_MARGIN).as_millis()).unwrap_or(u64::MAX),
+            ),
+            request: req.clone(),
+        };
+        let data = encode(&envelope).map_err(|e| CallError::NotSent(e.to_string()))?;
         let mut request = Request::new(WirePayload { data });
         request.set_timeout(timeout);
         let mut peer = client(channel);
@@ -419,7 +446,13 @@ impl PeerConnection {
         match status.code() {
             // Peer down, refusing or unreachable: openraft backs off.
             Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
-            Code::DeadlineExceeded => RPCError::Timeout(Timeout {
+            // No answer in time from a peer we could once reach: most often
+            // a cut link. Replication backs off instead of retrying (and
+            // logging) every heartbeat; votes just time out.
+            Code::DeadlineExceeded | Code::Cancelled if action != RPCTypes::Vote => {
+                RPCError::Unreachable(Unreachable::new(&status))
+            }
+            Code::DeadlineExceeded | Code::Cancelled => RPCError::Timeout(Timeout {
                 action,
                 id: self.local_id,
                 target: self.target,
@@ -554,7 +587,15 @@ impl RaftPeer for PeerService {
         request: Request<WirePayload>,
     ) -> Result<Response<WirePayload>, Status> {
         self.admit(&request)?;
-        let req: ForwardRequest = decode(&request.into_inner().data).map_err(bad_request)?;
+        let envelope: ForwardEnvelope = decode(&request.into_inner().data).map_err(bad_request)?;
+        if unix_ms() > envelope.deadline_unix_ms {
+            // Its sender has given up on it: acting now would apply a write
+            // whose client was told it failed.
+            return Err(Status::deadline_exceeded(
+                "the forwarded request arrived after its deadline (a delayed link, or clocks far apart)",
+            ));
+        }
+        let req = envelope.request;
         // Executed here or refused with NotLeader: never forwarded on, so a
         // request cannot loop between nodes with stale leader views.
         let result = self.node.execute_as_leader(req).await;

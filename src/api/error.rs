@@ -104,6 +104,16 @@ impl From<StoreError> for ApiError {
             StoreError::Unavailable(m) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
             }
+            StoreError::NoQuorum(m) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_leader",
+                format!("the leader cannot reach a quorum, nothing was written; retry: {m}"),
+            ),
+            StoreError::OutcomeUnknown(m) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "outcome_unknown",
+                format!("the write may or may not have been applied (check before retrying): {m}"),
+            ),
             StoreError::Internal(m) => ApiError::internal(m),
         }
     }

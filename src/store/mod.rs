@@ -38,7 +38,7 @@ const MAX_BATCHES_IN_FLIGHT: usize = 4;
 /// Submissions waiting to be batched before callers are pushed back on.
 const PROPOSAL_QUEUE: usize = 16_384;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error(transparent)]
     Rejected(#[from] Rejection),
@@ -46,6 +46,12 @@ pub enum StoreError {
     NoLeader,
     #[error("cluster unavailable: {0}")]
     Unavailable(String),
+    /// The leader cannot reach a quorum; nothing was proposed.
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
+    /// Proposed or sent, but no answer in time: it may or may not apply.
+    #[error("{0}")]
+    OutcomeUnknown(String),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -55,6 +61,8 @@ impl From<WriteError> for StoreError {
         match e {
             WriteError::NoLeader => StoreError::NoLeader,
             WriteError::Unreachable(m) => StoreError::Unavailable(m),
+            WriteError::NoQuorum(m) => StoreError::NoQuorum(m),
+            WriteError::Indeterminate(m) | WriteError::Timeout(m) => StoreError::OutcomeUnknown(m),
             other => StoreError::Internal(other.to_string()),
         }
     }
@@ -348,13 +356,8 @@ async fn propose(raft: &RaftNode, batch: Vec<Proposal>) {
             }
         }
         Err(e) => {
-            let message = e.to_string();
             for waiter in waiters {
-                let _ = waiter.send(Err(match &e {
-                    StoreError::NoLeader => StoreError::NoLeader,
-                    StoreError::Unavailable(_) => StoreError::Unavailable(message.clone()),
-                    _ => StoreError::Internal(message.clone()),
-                }));
+                let _ = waiter.send(Err(e.clone()));
             }
         }
     }

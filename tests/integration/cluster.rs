@@ -1,5 +1,6 @@
 //! Multi-node behaviour, judged from what clients received: a leader killed
-//! under load loses no acknowledged write, and bad joins change nothing.
+//! under load loses no acknowledged write, bad joins change nothing, and a
+//! node cut off from the majority refuses writes but serves local reads.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::cluster_harness::{join_args, Cluster, JOIN_LIMIT};
+use crate::cluster_harness::{join_args, Cluster, Options, JOIN_LIMIT};
 use crate::common::Client;
 
 /// Concurrent writers per node.
@@ -460,4 +461,89 @@ async fn bad_joins_change_nothing() {
         assert_eq!(cluster.cluster_nodes(0).await, pair);
     }
     cluster.wait_converged(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_majority_refuses_writes_and_serves_reads() {
+    let no_leader_wait = Duration::from_millis(1_500);
+    let mut cluster = Cluster::start_with(
+        3,
+        Options {
+            no_leader_wait_ms: no_leader_wait.as_millis() as u64,
+            ..Options::default()
+        },
+    )
+    .await;
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let (survivor, other) = (followers[0], followers[1]);
+    let before = cluster
+        .client(survivor)
+        .post(
+            "/api/v1/machines",
+            json!({"name": "before", "hardware_addrs": [mac(1)]}),
+        )
+        .await
+        .expect(201);
+    let before_uuid = before.body["uuid"].as_str().expect("uuid").to_string();
+    cluster.wait_converged(Duration::from_secs(10)).await;
+
+    // Two of three gone: the survivor cannot elect a leader.
+    cluster.kill(leader);
+    cluster.kill(other);
+    let api = cluster.client(survivor);
+    let started = Instant::now();
+    let reply = api
+        .post(
+            "/api/v1/machines",
+            json!({"name": "during", "hardware_addrs": [mac(2)]}),
+        )
+        .await;
+    let waited = started.elapsed();
+    eprintln!(
+        "write without a majority: {} {:?} after {} ms",
+        reply.status,
+        reply.body,
+        waited.as_millis()
+    );
+    reply.expect_error(503, "no_leader");
+    assert!(
+        waited + Duration::from_millis(100) >= no_leader_wait && waited < no_leader_wait * 4,
+        "the write failed after {waited:?}, not after about {no_leader_wait:?}"
+    );
+    // Local reads go on; a linearizable read cannot.
+    let read = api
+        .get(&format!("/api/v1/machines/{before_uuid}"))
+        .await
+        .expect(200);
+    assert_eq!(read.body["name"], "before");
+    let reply = api.get("/api/v1/machines?consistent=true").await;
+    assert_eq!(
+        reply.status, 503,
+        "consistent read without a majority: {:?}",
+        reply.body
+    );
+
+    // A majority again: writes resume on the same node.
+    cluster.restart(other).await;
+    cluster.wait_leader(Duration::from_secs(10)).await;
+    api.post(
+        "/api/v1/machines",
+        json!({"name": "after", "hardware_addrs": [mac(3)]}),
+    )
+    .await
+    .expect(201);
+    cluster.restart(leader).await;
+    cluster.wait_converged(Duration::from_secs(20)).await;
+    for node in cluster.running() {
+        let mut names: Vec<String> = cluster
+            .list_all(node, "machines")
+            .await
+            .iter()
+            .map(|m| m["name"].as_str().unwrap_or("").to_string())
+            .collect();
+        names.sort();
+        // "during" found no leader to propose it, so it must not appear.
+        assert_eq!(names, ["after", "before"], "node {node}");
+    }
 }
