@@ -266,7 +266,7 @@ pub(crate) struct Inner {
 const FORWARD_MARGIN: Duration = Duration::from_millis(1_000);
 /// Polling bounds while waiting for a leader to appear or change.
 const POLL_MIN: Duration = Duration::from_millis(10);
-const POLL_MAX: Duration = Duration::from_millis(200);
+const POLL_MAX: Duration = Duration::from_millis(50);
 
 fn write_failure(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> ForwardFailure {
     match e {

@@ -60,7 +60,8 @@ impl From<WriteError> for StoreError {
     fn from(e: WriteError) -> Self {
         match e {
             WriteError::NoLeader => StoreError::NoLeader,
-            WriteError::Unreachable(m) => StoreError::Unavailable(m),
+            // The last known leader is gone: to a client that is no leader.
+            WriteError::Unreachable(_) => StoreError::NoLeader,
             WriteError::NoQuorum(m) => StoreError::NoQuorum(m),
             WriteError::Indeterminate(m) | WriteError::Timeout(m) => StoreError::OutcomeUnknown(m),
             other => StoreError::Internal(other.to_string()),

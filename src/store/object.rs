@@ -78,7 +78,12 @@ impl AnyObject {
     /// types, then normalizes and validates it.
     pub fn decode(kind: ObjectKind, value: Value) -> Result<Self, Rejection> {
         fn typed<T: Object>(value: Value) -> Result<T, Rejection> {
-            let mut object: T = decode_value(&value).map_err(rejection)?;
+            // The direct conversion is the common, cheap path; only when it
+            // fails is the text decoded again for an error naming the field.
+            let mut object: T = match T::deserialize(&value) {
+                Ok(object) => object,
+                Err(_) => decode_value(&value).map_err(rejection)?,
+            };
             object.validate().map_err(rejection)?;
             Ok(object)
         }
