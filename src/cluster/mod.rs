@@ -15,7 +15,7 @@
 pub mod join;
 pub mod state;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -71,14 +71,22 @@ impl Identity {
 /// Until the store exists (the first moments of start-up) every certificate
 /// the TLS handshake accepted (signed by the cluster CA) is admitted.
 pub fn peer_admission(store: Arc<OnceLock<Store>>) -> PeerAdmission {
+    // Certificates are parsed once: every heartbeat and append is checked.
+    let names: Mutex<HashMap<Vec<u8>, Option<u64>>> = Mutex::default();
     PeerAdmission(Arc::new(move |der: &[u8]| {
         let Some(store) = store.get() else {
             return true;
         };
-        let Some(id) = crate::tls::common_name(der)
-            .as_deref()
-            .and_then(state::node_id_from_common_name)
-        else {
+        let id = match names.lock() {
+            Ok(mut names) => {
+                if names.len() >= ADMISSION_CACHE {
+                    names.clear();
+                }
+                *names.entry(der.to_vec()).or_insert_with(|| node_id_of(der))
+            }
+            Err(_) => node_id_of(der),
+        };
+        let Some(id) = id else {
             return false;
         };
         match store.cluster_node(id) {
@@ -90,6 +98,15 @@ pub fn peer_admission(store: Arc<OnceLock<Store>>) -> PeerAdmission {
         }
     }))
 }
+
+fn node_id_of(der: &[u8]) -> Option<u64> {
+    crate::tls::common_name(der)
+        .as_deref()
+        .and_then(state::node_id_from_common_name)
+}
+
+/// Distinct peer certificates remembered by admission (members are few).
+const ADMISSION_CACHE: usize = 256;
 
 /// Runs on every node; acts only while this node leads.
 pub async fn reconcile_forever(store: Store, mut stop: tokio::sync::watch::Receiver<bool>) {
