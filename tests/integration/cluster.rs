@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::cluster_harness::{join_args, Cluster, Options, JOIN_LIMIT};
+use crate::cluster_harness::{join_args, Cluster, Options, JOIN_LIMIT, LEADER_LIMIT};
 use crate::common::Client;
 
 /// Concurrent writers per node.
@@ -460,6 +460,24 @@ async fn bad_joins_change_nothing() {
         );
         assert_eq!(cluster.cluster_nodes(0).await, pair);
     }
+
+    // A join sent to a follower is served there: the Join command reaches
+    // the leader through the log and the follower signs with the
+    // replicated CA.
+    let leader = cluster.wait_leader(LEADER_LIMIT).await;
+    let follower = if leader == 0 { slot } else { 0 };
+    let mut via_follower = cluster.create_join_token(0, 3600, 1).await;
+    via_follower.endpoint = format!("https://{}", cluster.nodes[follower].api_addr);
+    let third = cluster.add_slot();
+    assert!(cluster.join_with(third, &via_follower).await < JOIN_LIMIT);
+    let third_id = cluster.nodes[third]
+        .id
+        .expect("node joined through a follower");
+    assert!(cluster
+        .cluster_nodes(0)
+        .await
+        .iter()
+        .any(|m| m.0 == third_id));
     cluster.wait_converged(Duration::from_secs(10)).await;
 }
 
