@@ -6,6 +6,9 @@
 //! data-dir size, the time to page through every machine, and the time from
 //! a restart (after SIGKILL) to serving.
 
+#[path = "shared/measure.rs"]
+mod measure;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -14,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
+use measure::percentile;
 use serde_json::{json, Value};
 
 #[derive(Parser)]
@@ -68,31 +72,12 @@ impl Server {
     }
 
     fn rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map(|kb| kb / 1024.0)
-            .unwrap_or(f64::NAN)
+        measure::process_rss_mib(self.child.id())
     }
 
     /// CPU seconds (user + system) the server has used.
     fn cpu_secs(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the parenthesised command name; utime and stime are
-        // the 12th and 13th of those, in clock ticks (100 per second here).
-        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(f64::NAN)
-        };
-        (ticks(11) + ticks(12)) / 100.0
+        measure::process_cpu_secs(self.child.id())
     }
 
     fn kill(&mut self) {
@@ -172,14 +157,6 @@ async fn wait_serving(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
 }
 
 #[tokio::main]

@@ -10,6 +10,9 @@
 //!    repeated kills (the killed node restarts and rejoins each time);
 //! 3. the time for a new node to join and catch up with N machines.
 
+#[path = "shared/measure.rs"]
+mod measure;
+
 use std::fs::OpenOptions;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -20,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
+use measure::percentile;
 use serde_json::{json, Value};
 
 #[derive(Parser)]
@@ -95,19 +99,13 @@ impl Node {
         let Some(child) = &self.child else {
             return 0.0;
         };
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
-        // After the parenthesised command name, utime and stime are the
-        // 12th and 13th fields, in clock ticks (100 per second here).
-        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        (ticks(11) + ticks(12)) / 100.0
+        measure::process_cpu_secs(child.id())
+    }
+
+    fn rss_mib(&self) -> f64 {
+        self.child
+            .as_ref()
+            .map_or(f64::NAN, |child| measure::process_rss_mib(child.id()))
     }
 
     fn log_tail(&self) -> String {
@@ -569,14 +567,6 @@ async fn create_many(
     Ok(load)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -640,6 +630,12 @@ async fn throughput(
             "           server CPU per create by node (us): {}",
             shown.join(", ")
         );
+        let rss: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|n| format!("{:.0}", n.rss_mib()))
+            .collect();
+        println!("           RSS by node (MiB): {}", rss.join(", "));
     }
     Ok(Throughput {
         rate: load.rate(),
