@@ -18,7 +18,6 @@ pub mod object;
 pub mod query;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use cradle_raft::{RaftNode, WriteError};
 use serde_json::Value;
@@ -366,6 +365,3 @@ async fn propose(raft: &RaftNode, batch: Vec<Proposal>) {
         }
     }
 }
-
-/// Bounded wait used by callers that poll for state (tests, bootstrap).
-pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
