@@ -600,40 +600,8 @@ pub struct TokenCreateArgs {
     pub description: Option<String>,
 }
 
-/// The object kinds, as the CLI addresses them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Machines,
-    Profiles,
-    Params,
-    Bootenvs,
-    Templates,
-    Subnets,
-    Reservations,
-    Leases,
-    Users,
-    Tokens,
-    Prefs,
-}
-
-impl Kind {
-    /// The URL segment.
-    pub const fn plural(self) -> &'static str {
-        match self {
-            Kind::Machines => "machines",
-            Kind::Profiles => "profiles",
-            Kind::Params => "params",
-            Kind::Bootenvs => "bootenvs",
-            Kind::Templates => "templates",
-            Kind::Subnets => "subnets",
-            Kind::Reservations => "reservations",
-            Kind::Leases => "leases",
-            Kind::Users => "users",
-            Kind::Tokens => "tokens",
-            Kind::Prefs => "prefs",
-        }
-    }
-}
+/// The object kinds, as the CLI addresses them: the model's own.
+pub use crate::model::ObjectKind as Kind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -964,13 +932,13 @@ async fn read(api: &Client, out: Printer, kind: Kind, cmd: ReadCmd) -> Result<()
                 args.offset,
                 !args.read.stale,
             );
-            let items = api.list(kind.plural(), pager).await?;
+            let items = api.list(kind.as_str(), pager).await?;
             out.print(&Value::Array(items), Shape::List(kind))
         }
         ReadCmd::Show(args) => {
             let key = object_key(api, kind, &args.key.key, !args.read.stale).await?;
             let reply = api
-                .get(&[kind.plural(), &key], &consistency(&args.read))
+                .get(&[kind.as_str(), &key], &consistency(&args.read))
                 .await?;
             out.print(&reply.body, Shape::Object(kind))
         }
@@ -979,7 +947,7 @@ async fn read(api: &Client, out: Printer, kind: Kind, cmd: ReadCmd) -> Result<()
 
 async fn create(api: &Client, out: Printer, kind: Kind, body: Value) -> Result<(), CliError> {
     let reply = api
-        .call(Method::POST, &[kind.plural()], &[], Body::Json(body), None)
+        .call(Method::POST, &[kind.as_str()], &[], Body::Json(body), None)
         .await?;
     out.print(&reply.body, Shape::Object(kind))
 }
@@ -1003,7 +971,7 @@ async fn write(api: &Client, out: Printer, kind: Kind, cmd: WriteCmd) -> Result<
     };
     let key = object_key(api, kind, &key.key, true).await?;
     let reply = api
-        .call(method, &[kind.plural(), &key], &[], body, if_match)
+        .call(method, &[kind.as_str(), &key], &[], body, if_match)
         .await?;
     out.print(&reply.body, Shape::Object(kind))
 }
@@ -1014,12 +982,12 @@ async fn params(api: &Client, out: Printer, kind: Kind, cmd: ParamsCmd) -> Resul
             let key = object_key(api, kind, &key.key, true).await?;
             match name {
                 Some(name) => {
-                    api.get(&[kind.plural(), &key, "params", &name], &[])
+                    api.get(&[kind.as_str(), &key, "params", &name], &[])
                         .await?
                 }
                 None => {
                     let query = [("consistent".to_string(), "true".to_string())];
-                    api.get(&[kind.plural(), &key, "params"], &query).await?
+                    api.get(&[kind.as_str(), &key, "params"], &query).await?
                 }
             }
         }
@@ -1033,7 +1001,7 @@ async fn params(api: &Client, out: Printer, kind: Kind, cmd: ParamsCmd) -> Resul
             let body = Body::Json(input::parse_value(&value));
             api.call(
                 Method::PUT,
-                &[kind.plural(), &key, "params", &name],
+                &[kind.as_str(), &key, "params", &name],
                 &[],
                 body,
                 guard.if_match,
@@ -1044,7 +1012,7 @@ async fn params(api: &Client, out: Printer, kind: Kind, cmd: ParamsCmd) -> Resul
             let key = object_key(api, kind, &key.key, true).await?;
             api.call(
                 Method::DELETE,
-                &[kind.plural(), &key, "params", &name],
+                &[kind.as_str(), &key, "params", &name],
                 &[],
                 Body::Empty,
                 guard.if_match,
@@ -1361,7 +1329,7 @@ mod tests {
             Kind::Tokens,
             Kind::Prefs,
         ];
-        assert_eq!(kinds.map(Kind::plural), KIND_NAMES);
+        assert_eq!(kinds.map(Kind::as_str), KIND_NAMES);
     }
 
     #[test]
