@@ -106,6 +106,17 @@ fn header_param(name: &str, description: &str) -> utoipa::openapi::path::Paramet
         .build()
 }
 
+fn if_match() -> utoipa::openapi::path::Parameter {
+    header_param("If-Match", "Only if the object is at this revision")
+}
+
+fn required_json(schema: RefOr<Schema>) -> utoipa::openapi::request_body::RequestBody {
+    RequestBodyBuilder::new()
+        .required(Some(Required::True))
+        .content("application/json", json_content(schema))
+        .build()
+}
+
 fn operation(id: String, summary: String, tag: &str) -> OperationBuilder {
     OperationBuilder::new()
         .operation_id(Some(id))
@@ -172,12 +183,7 @@ fn build() -> OpenApi {
             format!("Create one of {plural}"),
             plural,
         )
-        .request_body(Some(
-            RequestBodyBuilder::new()
-                .required(Some(Required::True))
-                .content("application/json", json_content(body_schema.clone()))
-                .build(),
-        ))
+        .request_body(Some(required_json(body_schema.clone())))
         .response(
             "201",
             ok_response("Created; ETag is its revision", object.clone()),
@@ -217,16 +223,8 @@ fn build() -> OpenApi {
             plural,
         )
         .parameter(key.clone())
-        .parameter(header_param(
-            "If-Match",
-            "Only if the object is at this revision",
-        ))
-        .request_body(Some(
-            RequestBodyBuilder::new()
-                .required(Some(Required::True))
-                .content("application/json", json_content(body_schema))
-                .build(),
-        ))
+        .parameter(if_match())
+        .request_body(Some(required_json(body_schema)))
         .response("200", ok_response("Replaced", object.clone()))
         .response("412", error_response("Stale If-Match"));
         let patch = operation(
@@ -235,10 +233,7 @@ fn build() -> OpenApi {
             plural,
         )
         .parameter(key.clone())
-        .parameter(header_param(
-            "If-Match",
-            "Only if the object is at this revision",
-        ))
+        .parameter(if_match())
         .request_body(Some(
             RequestBodyBuilder::new()
                 .required(Some(Required::True))
@@ -264,10 +259,7 @@ fn build() -> OpenApi {
             plural,
         )
         .parameter(key)
-        .parameter(header_param(
-            "If-Match",
-            "Only if the object is at this revision",
-        ))
+        .parameter(if_match())
         .response(
             "200",
             ok_response(
@@ -498,12 +490,7 @@ fn build() -> OpenApi {
                     .operation_id(Some("join"))
                     .summary(Some("Spend a join token: register a node and sign its CSR"))
                     .tag("cluster")
-                    .request_body(Some(
-                        RequestBodyBuilder::new()
-                            .required(Some(Required::True))
-                            .content("application/json", json_content(schema_ref("JoinRequest")))
-                            .build(),
-                    ))
+                    .request_body(Some(required_json(schema_ref("JoinRequest"))))
                     .response("200", ok_response("The node's id and certificate", schema_ref("JoinResponse")))
                     .response("400", error_response("Bad CSR or address"))
                     .response(
