@@ -4,6 +4,13 @@
 //! (HS256) signed with a key held in the replicated state, so every member can
 //! verify any token; its id is also recorded as a `TokenInfo` object so it
 //! can be listed and revoked.
+//!
+//! Argon2id parameters are the argon2 crate's defaults, OWASP's recommended
+//! minimum: m = 19,456 KiB (19 MiB of memory per hash), t = 2 passes, p = 1
+//! lane; one hash or check costs about 19 MiB and some tens of milliseconds
+//! of one core. Every hash and check runs on a [`HashPool`]: a fixed set of
+//! threads and a short queue, so memory for password work is bounded by
+//! `threads × 19 MiB` however many logins arrive at once.
 
 use argon2::password_hash::{
     rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
@@ -43,6 +50,102 @@ pub fn verify_password(password: &str, phc: &str) -> bool {
             .verify_password(password.as_bytes(), &parsed)
             .is_ok(),
         Err(_) => false,
+    }
+}
+
+/// Memory one argon2id hash with this module's parameters uses, in KiB.
+pub const ARGON2_MEMORY_KIB: u32 = argon2::Params::DEFAULT_M_COST;
+
+/// Password work waiting for a thread, beyond which callers are told to come
+/// back later instead of queueing without end.
+const HASH_QUEUE_PER_THREAD: usize = 4;
+/// Most hashing threads, whatever the core count: memory is what bounds them.
+const MAX_HASH_THREADS: usize = 8;
+
+type HashJob = Box<dyn FnOnce() + Send>;
+
+/// A fixed pool of threads for password hashing and checking.
+///
+/// Each thread reuses its own allocator arena, so the pool's memory stays at
+/// about `threads × ARGON2_MEMORY_KIB` (tokio's blocking pool would start up
+/// to 512 threads under a login burst, each keeping its arena's high-water
+/// mark).
+#[derive(Clone)]
+pub struct HashPool {
+    jobs: std::sync::mpsc::SyncSender<HashJob>,
+    threads: usize,
+}
+
+/// The pool's queue is full: retry after a moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("password hashing is busy; retry shortly")]
+pub struct HashPoolBusy;
+
+impl HashPool {
+    /// One thread per core (at most [`MAX_HASH_THREADS`]).
+    pub fn new() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::with_threads(cores.clamp(1, MAX_HASH_THREADS))
+    }
+
+    pub fn with_threads(threads: usize) -> Self {
+        let threads = threads.max(1);
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<HashJob>(threads * HASH_QUEUE_PER_THREAD);
+        let queue = std::sync::Arc::new(std::sync::Mutex::new(queue));
+        for n in 0..threads {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("cradle-hash-{n}"))
+                .spawn(move || loop {
+                    let job = match queue.lock() {
+                        Ok(receiver) => receiver.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        // Every pool handle is gone.
+                        Err(_) => return,
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "could not start a password hashing thread");
+            }
+        }
+        HashPool { jobs, threads }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Runs `work` on the pool and waits for its result, or fails at once
+    /// with [`HashPoolBusy`] when the queue is full.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, HashPoolBusy> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: HashJob = Box::new(move || {
+            let _ = done.send(work());
+        });
+        self.jobs.try_send(job).map_err(|_| HashPoolBusy)?;
+        result.await.map_err(|_| HashPoolBusy)
+    }
+}
+
+impl HashPool {
+    /// [`HashPool::run`] for a pool handle moved into a task.
+    pub async fn run_owned<T: Send + 'static>(
+        self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, HashPoolBusy> {
+        self.run(work).await
+    }
+}
+
+impl Default for HashPool {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -127,6 +230,27 @@ mod tests {
             },
             iat: 100,
             exp,
+        }
+    }
+
+    #[tokio::test]
+    async fn hash_pool_runs_work_and_sheds_beyond_its_queue() {
+        let pool = HashPool::with_threads(1);
+        assert_eq!(pool.run(|| 2 + 2).await, Ok(4));
+        // Block the only thread, fill the queue, and the next one is shed.
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let blocked = pool.clone().run_owned(move || wait.recv().is_ok());
+        let blocked = tokio::spawn(blocked);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let queued: Vec<_> = (0..HASH_QUEUE_PER_THREAD)
+            .map(|i| tokio::spawn(pool.clone().run_owned(move || i)))
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(pool.run(|| 0).await, Err(HashPoolBusy));
+        release.send(()).unwrap();
+        assert_eq!(blocked.await.unwrap(), Ok(true));
+        for (i, job) in queued.into_iter().enumerate() {
+            assert_eq!(job.await.unwrap(), Ok(i));
         }
     }
 

@@ -169,6 +169,11 @@ pub async fn start(settings: ServerSettings) -> anyhow::Result<Running> {
         store.clone(),
         stopped.clone(),
     )));
+    tasks.push(tokio::spawn(purge_expired_tokens_forever(
+        store.clone(),
+        identity.node_id,
+        stopped.clone(),
+    )));
 
     let state = AppState::new(store.clone(), settings.clone(), api_tls.ca_pem.clone());
     let router = api::router(state);
@@ -185,7 +190,10 @@ pub async fn start(settings: ServerSettings) -> anyhow::Result<Running> {
     }
     let server = axum_server::from_tcp_rustls(api_listener, rustls_config).handle(handle);
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = server.serve(router.into_make_service()).await {
+        if let Err(e) = server
+            .serve(router.into_make_service_with_connect_info::<std::net::SocketAddr>())
+            .await
+        {
             tracing::error!(error = %e, "API server failed");
         }
     }));
@@ -199,6 +207,49 @@ pub async fn start(settings: ServerSettings) -> anyhow::Result<Running> {
         stop,
         tasks,
     })
+}
+
+/// How often the leader looks for expired token records.
+const TOKEN_PURGE_EVERY: Duration = Duration::from_secs(60);
+/// Records one purge command deletes; the next round takes the rest.
+const TOKEN_PURGE_BATCH: u32 = 256;
+/// Purge rounds back to back while each fills its batch, before waiting.
+const TOKEN_PURGE_ROUNDS: usize = 16;
+
+/// On the leader, proposes the deletion of expired token records every
+/// [`TOKEN_PURGE_EVERY`], so logins do not leave records forever. Only the
+/// leader proposes, so members do not race each other with the same purge.
+async fn purge_expired_tokens_forever(
+    store: Store,
+    node_id: u64,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(TOKEN_PURGE_EVERY) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        if store.raft().status().current_leader != Some(node_id) {
+            continue;
+        }
+        for _ in 0..TOKEN_PURGE_ROUNDS {
+            match store
+                .purge_expired_tokens(crate::api::unix_now(), TOKEN_PURGE_BATCH)
+                .await
+            {
+                Ok(purged) if purged >= u64::from(TOKEN_PURGE_BATCH) => continue,
+                Ok(0) => break,
+                Ok(purged) => {
+                    tracing::debug!(purged, "expired token records purged");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "purging expired token records");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// On a cluster's first start, creates the admin user and the token signing
@@ -238,6 +289,7 @@ async fn bootstrap(
         description: "Created on first start".into(),
         password_hash,
         admin: true,
+        generation: 0,
         revision: 0,
     };
     let read = |name: &str| std::fs::read_to_string(settings.data_dir.join(name));

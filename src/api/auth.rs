@@ -1,22 +1,85 @@
 //! Authentication and authorization for the API: Basic credentials exchanged
-//! for bearer tokens, and the middleware that checks every other call's
-//! token against its signature, expiry, revocation and scope.
+//! for bearer tokens, and the guard that checks every other call's token
+//! (signature, expiry, revocation, its user's generation) and scope.
+//!
+//! Authorization is decided on what the router matched: each route declares
+//! the [`Need`] it has next to its path in `api::router`, and the guard judges
+//! the scope against the path parameters as the router decoded them (the same
+//! values the handler then acts on, handed over as a [`Target`]). Nothing
+//! here reads the raw URL, so no spelling of a path (percent-encoding, either
+//! hex case, doubled or dotted segments) can reach a handler the scope does
+//! not allow.
 
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, Method};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::{Extension, Json, RequestExt as _};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
+use super::throttle::RetryAfter;
 use super::{ApiError, ApiResult, AppState};
 use crate::auth::{self, Claims};
 use crate::model::{ObjectKind, Scope, ScopeLevel, TokenInfo, User};
 use crate::store::Command;
 
-/// Longest lifetime a token may be issued for.
-pub const MAX_TOKEN_TTL_SECS: u64 = 366 * 24 * 3600;
+/// What a route needs from the caller. Declared once per route, next to it,
+/// in `api::router`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Any valid token, whatever its scope (`/auth/whoami`).
+    AnyToken,
+    /// At least this level, with no kind or object limit (`/status`: read;
+    /// `/cluster/...`: admin).
+    Level(ScopeLevel),
+    /// The kind in the route's `{kind}` parameter and the key in `{key}`
+    /// when there is one: reads need `read`, changes `write`; anything on
+    /// users or tokens needs `admin`.
+    RoutedKind,
+    /// A kind fixed by the route, the key in `{key}` (e.g.
+    /// `/machines/{key}/effective-params`), levels as for `RoutedKind`.
+    Kind(ObjectKind),
+    /// The event stream: `read`; kind and object limits are applied to each
+    /// event as to a GET of its object.
+    Events,
+}
+
+/// The kind and key a request was routed to and authorized for; handlers
+/// act on exactly this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub kind: ObjectKind,
+    pub key: Option<String>,
+}
+
+impl Target {
+    /// The key, for routes that always have one.
+    pub fn key(&self) -> ApiResult<String> {
+        self.key
+            .clone()
+            .ok_or_else(|| ApiError::internal("route has no {key} parameter"))
+    }
+}
+
+/// The level a call on `kind` needs: users and tokens are admin business;
+/// otherwise reads need `read` and anything else `write`.
+pub fn level_for(kind: ObjectKind, method: &Method) -> ScopeLevel {
+    match kind {
+        ObjectKind::Users | ObjectKind::Tokens => ScopeLevel::Admin,
+        _ if matches!(*method, Method::GET | Method::HEAD) => ScopeLevel::Read,
+        _ => ScopeLevel::Write,
+    }
+}
+
+/// Whether `scope` may see an event about `kind`/`key`: the rule of a GET of
+/// that object.
+pub fn may_read(scope: &Scope, kind: ObjectKind, key: &str) -> bool {
+    auth::allows(scope, level_for(kind, &Method::GET), Some(kind), Some(key))
+}
 
 /// The caller, as established by `require_token`.
 #[derive(Debug, Clone)]
@@ -54,12 +117,47 @@ pub async fn ca(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// The caller's address, as the listener recorded it.
+pub fn source_ip(connect: Option<&ConnectInfo<SocketAddr>>) -> IpAddr {
+    connect.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip())
+}
+
+/// `429 too_many_requests` with `Retry-After`.
+pub fn too_many(retry: RetryAfter, what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_requests",
+        format!("too many {what}; retry in {} s", retry.secs),
+    )
+    .retry_after(retry.secs)
+}
+
+/// `503 busy` with `Retry-After`: password hashing is at capacity.
+pub fn hashing_busy() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "busy",
+        "password checks are at capacity; retry shortly",
+    )
+    .retry_after(1)
+}
+
 /// `POST /api/v1/auth/token` with HTTP Basic credentials.
+///
+/// Bounded three ways: attempts per source address, failed attempts per
+/// existing user (then refused for a while, right password or not), and the
+/// password hashing pool (a full queue is `503 busy`, never a wait).
 pub async fn issue_token(
     State(state): State<AppState>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<TokenGrant>> {
+    let source = source_ip(connect.as_ref().map(|Extension(c)| c));
+    state
+        .throttle
+        .login_attempt(source)
+        .map_err(|r| too_many(r, "login attempts from this address"))?;
     let (name, password) = basic_credentials(&headers)?;
     let request: TokenRequest = if body.is_empty() {
         TokenRequest::default()
@@ -74,19 +172,31 @@ pub async fn issue_token(
         .at("user"));
     }
     let user: Option<User> = state.store.get_typed(ObjectKind::Users, &name)?;
+    if user.is_some() {
+        state
+            .throttle
+            .login_allowed_for(&name)
+            .map_err(|r| too_many(r, "failed logins for this user"))?;
+    }
     let phc = user.as_ref().map(|u| u.password_hash.clone());
     // Verify even for unknown users so timing does not reveal who exists.
-    let verified = tokio::task::spawn_blocking(move || match phc {
-        Some(phc) => auth::verify_password(&password, &phc),
-        None => {
-            let _ = auth::verify_password(&password, dummy_hash());
-            false
-        }
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))?;
+    let verified = state
+        .hash_pool
+        .run(move || match phc {
+            Some(phc) => auth::verify_password(&password, &phc),
+            None => {
+                let _ = auth::verify_password(&password, dummy_hash());
+                false
+            }
+        })
+        .await
+        .map_err(|_| hashing_busy())?;
     let user = match (verified, user) {
         (true, Some(user)) => user,
+        (false, Some(_)) => {
+            state.throttle.login_failed(&name);
+            return Err(ApiError::unauthorized("wrong user name or password"));
+        }
         _ => return Err(ApiError::unauthorized("wrong user name or password")),
     };
     grant(&state, &user, request).await.map(Json)
@@ -127,11 +237,14 @@ async fn grant(state: &AppState, user: &User, request: TokenRequest) -> ApiResul
         ))
         .at("scope.level"));
     }
-    let ttl = request.ttl_secs.unwrap_or(state.settings.token_ttl_secs);
-    if ttl == 0 || ttl > MAX_TOKEN_TTL_SECS {
+    let max_ttl = state.store.prefs()?.max_api_token_ttl_secs;
+    let ttl = request
+        .ttl_secs
+        .unwrap_or_else(|| state.settings.token_ttl_secs.min(max_ttl));
+    if ttl == 0 || ttl > max_ttl {
         return Err(ApiError::bad_request(
             "invalid_ttl",
-            format!("ttl_secs must be between 1 and {MAX_TOKEN_TTL_SECS}"),
+            format!("ttl_secs must be between 1 and {max_ttl} (the max_api_token_ttl_secs pref)"),
         )
         .at("ttl_secs"));
     }
@@ -148,6 +261,7 @@ async fn grant(state: &AppState, user: &User, request: TokenRequest) -> ApiResul
         expires_at_unix: now + ttl,
         revoked: false,
         description: request.description,
+        user_generation: user.generation,
         revision: 0,
     };
     let object = serde_json::to_value(&info).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -178,80 +292,126 @@ pub async fn whoami(Extension(principal): Extension<Principal>) -> Json<Claims> 
     Json(principal.claims)
 }
 
-/// Middleware: a valid, unrevoked bearer token whose scope covers the call.
-pub async fn require_token(
-    State(state): State<AppState>,
+/// The guard every authenticated route carries, with the route's [`Need`]:
+/// a valid token whose scope covers what was routed. Inserts the
+/// [`Principal`] and, for object routes, the [`Target`].
+pub async fn guard(
+    State((state, need)): State<(AppState, Need)>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    match authorize(&state, &request) {
-        Ok(principal) => {
-            request.extensions_mut().insert(principal);
-            next.run(request).await
+    let principal = match authenticate(&state, request.headers()) {
+        Ok(principal) => principal,
+        Err(e) => return e.into_response(),
+    };
+    let params = match request
+        .extract_parts::<Path<HashMap<String, String>>>()
+        .await
+    {
+        Ok(Path(params)) => params,
+        Err(axum::extract::rejection::PathRejection::MissingPathParams(_)) => HashMap::new(),
+        Err(e) => {
+            return ApiError::bad_request("invalid_path", format!("path parameters: {e}"))
+                .into_response()
         }
-        Err(e) => e.into_response(),
+    };
+    let target = match need {
+        Need::RoutedKind => {
+            let Some(kind) = params.get("kind") else {
+                return ApiError::internal("route has no {kind} parameter").into_response();
+            };
+            match super::objects::parse_kind(kind) {
+                Ok(kind) => Some(Target {
+                    kind,
+                    key: params.get("key").cloned(),
+                }),
+                Err(e) => return e.into_response(),
+            }
+        }
+        Need::Kind(kind) => Some(Target {
+            kind,
+            key: params.get("key").cloned(),
+        }),
+        Need::AnyToken | Need::Level(_) | Need::Events => None,
+    };
+    let scope = &principal.claims.scope;
+    let allowed = match (&need, &target) {
+        (Need::AnyToken, _) => true,
+        (Need::Level(level), _) => auth::allows(scope, *level, None, None),
+        (Need::Events, _) => scope.level >= ScopeLevel::Read,
+        (_, Some(target)) => auth::allows(
+            scope,
+            level_for(target.kind, request.method()),
+            Some(target.kind),
+            target.key.as_deref(),
+        ),
+        (_, None) => false,
+    };
+    if !allowed {
+        let what = match &target {
+            Some(Target { kind, key: Some(key) }) => format!("{} {key:?}", kind.as_str()),
+            Some(Target { kind, key: None }) => kind.as_str().to_string(),
+            None => "this call".to_string(),
+        };
+        return ApiError::forbidden(format!(
+            "this token's scope does not allow {} on {what}",
+            request.method()
+        ))
+        .into_response();
     }
+    if let Some(target) = target {
+        request.extensions_mut().insert(target);
+    }
+    request.extensions_mut().insert(principal);
+    next.run(request).await
 }
 
-fn authorize(state: &AppState, request: &Request) -> ApiResult<Principal> {
-    let token = bearer(request.headers())?;
+/// A valid bearer token: signed by the cluster, unexpired, its record
+/// present and unrevoked, and its user still the one it was issued to (same
+/// generation, still allowed the token's level).
+fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
+    let token = bearer(headers)?;
     let key = state
         .store
         .signing_key()?
         .ok_or_else(|| ApiError::unauthorized("the cluster is not bootstrapped yet"))?;
-    let claims = auth::verify(token, &key, state.now()).map_err(|e| match e {
+    let now = state.now();
+    let claims = auth::verify(token, &key, now).map_err(|e| match e {
         auth::AuthError::Expired => ApiError::new(
-            axum::http::StatusCode::UNAUTHORIZED,
+            StatusCode::UNAUTHORIZED,
             "token_expired",
             "the bearer token has expired; log in again",
         ),
         _ => ApiError::unauthorized("the bearer token is not valid"),
     })?;
-    let info: Option<TokenInfo> = state.store.get_typed(ObjectKind::Tokens, &claims.jti)?;
-    match info {
-        Some(info) if !info.revoked => {}
-        _ => {
-            return Err(ApiError::new(
-                axum::http::StatusCode::UNAUTHORIZED,
-                "token_revoked",
-                "the bearer token has been revoked",
-            ))
-        }
+    let revoked = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "token_revoked",
+            "the bearer token has been revoked",
+        )
+    };
+    let info: TokenInfo = state
+        .store
+        .get_typed(ObjectKind::Tokens, &claims.jti)?
+        .ok_or_else(revoked)?;
+    if info.revoked || info.user != claims.sub || !info.is_active(now) {
+        return Err(revoked());
     }
-    if state.store.get(ObjectKind::Users, &claims.sub)?.is_none() {
-        return Err(ApiError::unauthorized("the token's user no longer exists"));
-    }
-    let (level, kind, object) = required_scope(request.method(), request.uri().path());
-    if !auth::allows(&claims.scope, level, kind, object.as_deref()) {
-        return Err(ApiError::forbidden(format!(
-            "this token's scope does not allow {} {}",
-            request.method(),
-            request.uri().path()
-        )));
+    let user: User = state
+        .store
+        .get_typed(ObjectKind::Users, &claims.sub)?
+        .ok_or_else(|| ApiError::unauthorized("the token's user no longer exists"))?;
+    if user.generation != info.user_generation
+        || (claims.scope.level == ScopeLevel::Admin && !user.admin)
+    {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "token_superseded",
+            "the token's user has changed (password, rights, or deleted and re-created) since it was issued; log in again",
+        ));
     }
     Ok(Principal { claims })
-}
-
-/// What a call needs: reads need `read`; changes need `write`; anything on
-/// users or tokens needs `admin`.
-fn required_scope(method: &Method, path: &str) -> (ScopeLevel, Option<ObjectKind>, Option<String>) {
-    let mut segments = path
-        .trim_start_matches("/api/v1/")
-        .split('/')
-        .filter(|s| !s.is_empty());
-    let first = segments.next();
-    if first == Some("cluster") {
-        return (ScopeLevel::Admin, None, None);
-    }
-    let kind = first.and_then(|s| s.parse::<ObjectKind>().ok());
-    let object = segments.next().map(str::to_string);
-    let reading = matches!(*method, Method::GET | Method::HEAD);
-    let level = match kind {
-        Some(ObjectKind::Users) | Some(ObjectKind::Tokens) => ScopeLevel::Admin,
-        _ if reading => ScopeLevel::Read,
-        _ => ScopeLevel::Write,
-    };
-    (level, kind, object)
 }
 
 fn bearer(headers: &HeaderMap) -> ApiResult<&str> {
@@ -296,25 +456,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scope_needed_by_route() {
-        let check = |m: Method, p: &str| required_scope(&m, p);
-        assert_eq!(
-            check(Method::GET, "/api/v1/machines"),
-            (ScopeLevel::Read, Some(ObjectKind::Machines), None)
-        );
-        assert_eq!(
-            check(Method::PATCH, "/api/v1/machines/abc"),
-            (
-                ScopeLevel::Write,
-                Some(ObjectKind::Machines),
-                Some("abc".into())
-            )
-        );
-        assert_eq!(check(Method::GET, "/api/v1/users").0, ScopeLevel::Admin);
-        assert_eq!(
-            check(Method::GET, "/api/v1/events"),
-            (ScopeLevel::Read, None, None)
-        );
+    fn levels_by_kind_and_method() {
+        assert_eq!(level_for(ObjectKind::Machines, &Method::GET), ScopeLevel::Read);
+        assert_eq!(level_for(ObjectKind::Machines, &Method::HEAD), ScopeLevel::Read);
+        assert_eq!(level_for(ObjectKind::Machines, &Method::PATCH), ScopeLevel::Write);
+        assert_eq!(level_for(ObjectKind::Users, &Method::GET), ScopeLevel::Admin);
+        assert_eq!(level_for(ObjectKind::Tokens, &Method::GET), ScopeLevel::Admin);
+        let read = Scope {
+            level: ScopeLevel::Read,
+            kind: None,
+            object: None,
+        };
+        assert!(may_read(&read, ObjectKind::Machines, "m1"));
+        assert!(!may_read(&read, ObjectKind::Users, "admin"));
+        let one = Scope {
+            level: ScopeLevel::Write,
+            kind: Some(ObjectKind::Machines),
+            object: Some("m1".into()),
+        };
+        assert!(may_read(&one, ObjectKind::Machines, "m1"));
+        assert!(!may_read(&one, ObjectKind::Machines, "m2"));
+        assert!(!may_read(&one, ObjectKind::Profiles, "m1"));
     }
 
     #[test]

@@ -1,13 +1,18 @@
 //! Cluster endpoints: join tokens, the join itself, and the node registry.
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::Extension;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use subtle::ConstantTimeEq as _;
 
+use super::auth::{source_ip, too_many};
 use super::objects::{parse_json, query_pairs};
 use super::{ApiError, ApiResult, AppState};
 use crate::auth::random_secret;
@@ -15,7 +20,7 @@ use crate::cluster::join::{JoinRequest, JoinResponse};
 use crate::cluster::state::{
     hash_secret, node_common_name, parse_join_token, JoinToken, TOKEN_ID_HEX, TOKEN_SECRET_HEX,
 };
-use crate::store::Command;
+use crate::store::{Command, Rejection};
 
 /// Longest a join token may live: joining is an operator's action, now.
 pub const MAX_JOIN_TOKEN_TTL_SECS: u64 = 7 * 24 * 3600;
@@ -139,7 +144,77 @@ pub async fn revoke_token(
 
 /// `POST /api/v1/cluster/join`: authenticated by the join token in the body,
 /// not by a bearer token (the joining node has none yet).
-pub async fn join(State(state): State<AppState>, body: Bytes) -> ApiResult<Json<JoinResponse>> {
+///
+/// Anyone can call this, so nothing is proposed until this node has checked
+/// the token against its own replica (hash, revocation, expiry, uses left);
+/// the log's `Join` command then checks again against committed state.
+/// Refused attempts are rate-limited per source address.
+pub async fn join(
+    State(state): State<AppState>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    body: Bytes,
+) -> ApiResult<Json<JoinResponse>> {
+    let source = source_ip(connect.as_ref().map(|Extension(c)| c));
+    state
+        .throttle
+        .join_allowed(source)
+        .map_err(|r| too_many(r, "refused join attempts from this address"))?;
+    match join_checked(&state, body).await {
+        Ok(response) => Ok(response),
+        Err(e) => {
+            if e.status.is_client_error() {
+                state.throttle.join_refused(source);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The local check of a join token, with the codes the log's check uses.
+fn check_join_token(
+    token: Option<&JoinToken>,
+    secret_sha256: &str,
+    now_unix: u64,
+) -> Result<(), Rejection> {
+    let invalid = || {
+        Rejection::new(
+            "invalid_join_token",
+            "the join token is not valid for this cluster",
+        )
+        .at("token")
+    };
+    let token = token.ok_or_else(invalid)?;
+    // Compared in constant time: the hash is of a secret.
+    let same: bool = token
+        .secret_sha256
+        .as_bytes()
+        .ct_eq(secret_sha256.as_bytes())
+        .into();
+    if !same {
+        return Err(invalid());
+    }
+    if token.revoked {
+        return Err(Rejection::new(
+            "join_token_revoked",
+            "the join token has been revoked",
+        ));
+    }
+    if now_unix >= token.expires_at_unix {
+        return Err(Rejection::new(
+            "join_token_expired",
+            "the join token has expired",
+        ));
+    }
+    if token.uses_left == 0 {
+        return Err(Rejection::new(
+            "join_token_used_up",
+            "the join token has no uses left",
+        ));
+    }
+    Ok(())
+}
+
+async fn join_checked(state: &AppState, body: Bytes) -> ApiResult<Json<JoinResponse>> {
     let request: JoinRequest = parse_json(&body)?;
     let (token_id, secret) = parse_join_token(&request.token).ok_or_else(|| {
         ApiError::new(
@@ -149,6 +224,12 @@ pub async fn join(State(state): State<AppState>, body: Bytes) -> ApiResult<Json<
         )
         .at("token")
     })?;
+    let secret_sha256 = hash_secret(secret);
+    check_join_token(
+        state.store.join_token(token_id)?.as_ref(),
+        &secret_sha256,
+        state.now(),
+    )?;
     for (field, addr) in [
         ("rpc_addr", &request.rpc_addr),
         ("api_addr", &request.api_addr),
@@ -177,7 +258,7 @@ pub async fn join(State(state): State<AppState>, body: Bytes) -> ApiResult<Json<
         .store
         .submit(Command::Join {
             token_id: token_id.to_string(),
-            secret_sha256: hash_secret(secret),
+            secret_sha256,
             now_unix: state.now(),
             rpc_addr: request.rpc_addr.clone(),
             api_addr: request.api_addr.clone(),

@@ -24,6 +24,8 @@ pub struct ErrorBody {
 pub struct ApiError {
     pub status: StatusCode,
     pub body: ErrorBody,
+    /// Seconds for a `Retry-After` header (429 and 503 that will pass).
+    pub retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
@@ -35,7 +37,13 @@ impl ApiError {
                 message: message.into(),
                 field: None,
             },
+            retry_after_secs: None,
         }
+    }
+
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
     }
 
     pub fn at(mut self, field: impl Into<String>) -> Self {
@@ -72,6 +80,10 @@ fn status_for(code: &str) -> StatusCode {
             StatusCode::CONFLICT
         }
         "precondition_failed" => StatusCode::PRECONDITION_FAILED,
+        "stale_user" => StatusCode::CONFLICT,
+        "forbidden" => StatusCode::FORBIDDEN,
+        "read_only" => StatusCode::METHOD_NOT_ALLOWED,
+        "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
         "invalid_join_token" | "join_token_revoked" | "join_token_expired"
         | "join_token_used_up" => StatusCode::UNAUTHORIZED,
         "internal" => StatusCode::INTERNAL_SERVER_ERROR,
@@ -88,6 +100,7 @@ impl From<Rejection> for ApiError {
                 message: r.message,
                 field: r.field,
             },
+            retry_after_secs: None,
         }
     }
 }
@@ -100,7 +113,8 @@ impl From<StoreError> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no_leader",
                 "no Raft leader could be reached in time; retry",
-            ),
+            )
+            .retry_after(1),
             StoreError::Unavailable(m) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
             }
@@ -124,7 +138,13 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::warn!(code = %self.body.code, message = %self.body.message, "request failed");
         }
-        (self.status, axum::Json(self.body)).into_response()
+        let mut response = (self.status, axum::Json(self.body)).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 

@@ -5,11 +5,13 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
+use axum::Extension;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
 
+use super::auth::{may_read, Principal};
 use super::objects::{parse_kind, present, query_pairs};
 use super::{ApiError, ApiResult, AppState};
 use crate::model::ObjectKind;
@@ -18,8 +20,12 @@ use crate::store::Event;
 /// Events read from the store per backlog step.
 const BACKLOG_CHUNK: usize = 1_000;
 
+/// Each event is shown only if the caller's token could GET its object: the
+/// same per-kind and per-object rule, so a read token never sees users or
+/// tokens here either.
 pub async fn stream(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
@@ -53,7 +59,7 @@ pub async fn stream(
         None => store.revision()?,
     };
     if let Some(oldest) = store.oldest_event()? {
-        if since + 1 < oldest {
+        if since.saturating_add(1) < oldest {
             return Err(ApiError::new(
                 StatusCode::GONE,
                 "events_expired",
@@ -61,7 +67,11 @@ pub async fn stream(
             ));
         }
     }
-    let wanted = move |event: &Event| kinds.is_empty() || kinds.contains(&event.kind);
+    let scope = principal.claims.scope;
+    let wanted = move |event: &Event| {
+        (kinds.is_empty() || kinds.contains(&event.kind))
+            && may_read(&scope, event.kind, &event.key)
+    };
     let events = async_stream::stream! {
         let mut last = since;
         'outer: loop {

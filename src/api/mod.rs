@@ -2,10 +2,12 @@
 //! params, the event stream and the OpenAPI document.
 //!
 //! Handlers translate HTTP into store commands and reads; they hold no state
-//! of their own. Every route but `/ca`, `/openapi.json` and `/auth/token`
-//! needs a bearer token.
+//! of their own. Every route but `/ca`, `/openapi.json`, `/auth/token` and
+//! `/cluster/join` needs a bearer token; what scope it needs is declared next
+//! to the route in [`router`] (see [`auth::Need`]).
 
 pub mod auth;
+pub mod body;
 pub mod cluster;
 pub mod error;
 pub mod events;
@@ -13,16 +15,20 @@ pub mod objects;
 pub mod openapi;
 pub mod params;
 pub mod status;
+pub mod throttle;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
 
+use crate::auth::HashPool;
 use crate::config::ServerSettings;
+use crate::model::{ObjectKind, ScopeLevel};
 use crate::store::Store;
+use auth::Need;
 
 pub use error::{ApiError, ApiResult, ErrorBody};
 
@@ -35,6 +41,10 @@ pub struct AppState {
     pub ca_pem: Arc<String>,
     /// Unix seconds now; injectable so tests can move time.
     pub clock: Arc<dyn Fn() -> u64 + Send + Sync>,
+    /// Password hashing and checking, bounded.
+    pub hash_pool: HashPool,
+    /// Rate limits on login and join.
+    pub throttle: Arc<throttle::Throttle>,
 }
 
 impl AppState {
@@ -44,6 +54,8 @@ impl AppState {
             settings,
             ca_pem: Arc::new(ca_pem),
             clock: Arc::new(unix_now),
+            hash_pool: HashPool::new(),
+            throttle: Arc::default(),
         }
     }
 
@@ -61,45 +73,86 @@ pub fn unix_now() -> u64 {
 
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings.max_body_bytes;
-    let authenticated = Router::new()
-        .route("/status", get(status::status))
-        .route("/auth/whoami", get(auth::whoami))
-        .route(
-            "/cluster/tokens",
-            get(cluster::list_tokens).post(cluster::create_token),
-        )
-        .route("/cluster/tokens/{id}", delete(cluster::revoke_token))
-        .route("/cluster/nodes", get(cluster::list_nodes))
-        .route("/cluster/nodes/{id}", delete(cluster::remove_node))
-        .route("/events", get(events::stream))
-        .route("/machines/{key}/effective-params", get(params::effective))
-        .route("/{kind}/{key}/params", get(params::list))
-        .route(
-            "/{kind}/{key}/params/{name}",
-            get(params::get_one).put(params::set).delete(params::remove),
-        )
-        .route("/{kind}", get(objects::list).post(objects::create))
-        .route(
-            "/{kind}/{key}",
-            get(objects::show)
-                .put(objects::replace)
-                .patch(objects::patch)
-                .delete(objects::delete),
-        )
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_token,
-        ));
-    let public = Router::new()
+    // Each route with what it needs, side by side: the guard judges the
+    // scope on the parameters as routed (see `auth::guard`).
+    let needs = |need: Need, route: MethodRouter<AppState>| {
+        route.route_layer(axum::middleware::from_fn_with_state(
+            (state.clone(), need),
+            auth::guard,
+        ))
+    };
+    let api = Router::new()
+        // Public by design: the CA to pin, the document, login, join.
         .route("/ca", get(auth::ca))
         .route("/openapi.json", get(openapi::document))
         .route("/auth/token", post(auth::issue_token))
-        .route("/cluster/join", post(cluster::join));
+        .route("/cluster/join", post(cluster::join))
+        .route(
+            "/status",
+            needs(Need::Level(ScopeLevel::Read), get(status::status)),
+        )
+        .route("/auth/whoami", needs(Need::AnyToken, get(auth::whoami)))
+        .route(
+            "/cluster/tokens",
+            needs(
+                Need::Level(ScopeLevel::Admin),
+                get(cluster::list_tokens).post(cluster::create_token),
+            ),
+        )
+        .route(
+            "/cluster/tokens/{id}",
+            needs(
+                Need::Level(ScopeLevel::Admin),
+                delete(cluster::revoke_token),
+            ),
+        )
+        .route(
+            "/cluster/nodes",
+            needs(Need::Level(ScopeLevel::Admin), get(cluster::list_nodes)),
+        )
+        .route(
+            "/cluster/nodes/{id}",
+            needs(Need::Level(ScopeLevel::Admin), delete(cluster::remove_node)),
+        )
+        .route("/events", needs(Need::Events, get(events::stream)))
+        .route(
+            "/machines/{key}/effective-params",
+            needs(Need::Kind(ObjectKind::Machines), get(params::effective)),
+        )
+        .route(
+            "/{kind}/{key}/params",
+            needs(Need::RoutedKind, get(params::list)),
+        )
+        .route(
+            "/{kind}/{key}/params/{name}",
+            needs(
+                Need::RoutedKind,
+                get(params::get_one).put(params::set).delete(params::remove),
+            ),
+        )
+        .route(
+            "/{kind}",
+            needs(
+                Need::RoutedKind,
+                get(objects::list).post(objects::create),
+            ),
+        )
+        .route(
+            "/{kind}/{key}",
+            needs(
+                Need::RoutedKind,
+                get(objects::show)
+                    .put(objects::replace)
+                    .patch(objects::patch)
+                    .delete(objects::delete),
+            ),
+        );
     Router::new()
-        .nest("/api/v1", public.merge(authenticated))
+        .nest("/api/v1", api)
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(max_body, body::bounded))
         .with_state(state)
 }
 

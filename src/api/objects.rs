@@ -4,58 +4,52 @@
 //! revision as its ETag; PUT, PATCH and DELETE honour `If-Match`.
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::auth::{create_for_user, Principal, TokenRequest};
+use super::auth::{create_for_user, hashing_busy, Principal, Target, TokenRequest};
+use super::body::if_none_match_holds;
 use super::{ApiError, ApiResult, AppState};
 use crate::model::{ObjectKind, User};
 use crate::store::{Command, Done, ListQuery};
 
-/// Parses a request body as JSON with a clear error (line and column).
-pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
-    serde_json::from_slice(body).map_err(|e| {
-        let code = if e.is_data() {
-            "invalid_body"
-        } else {
-            "malformed_json"
-        };
-        ApiError::bad_request(code, format!("request body: {e}"))
-    })
-}
+pub use super::body::parse_json;
 
 pub fn parse_kind(kind: &str) -> ApiResult<ObjectKind> {
     kind.parse::<ObjectKind>()
         .map_err(|_| ApiError::not_found(format!("no object kind {kind:?}")))
 }
 
-/// Reads `If-Match`: a revision, optionally quoted, or `*` for any.
-pub fn if_match(headers: &HeaderMap) -> ApiResult<Option<u64>> {
-    let Some(value) = headers.get(header::IF_MATCH) else {
-        return Ok(None);
-    };
-    let text = value
-        .to_str()
-        .map_err(|_| ApiError::bad_request("invalid_if_match", "If-Match is not text"))?
-        .trim();
-    if text == "*" {
-        return Ok(None);
+pub use super::body::if_match_revision as if_match;
+
+/// The conditions of a write: `If-Match` goes to the store, which checks it
+/// atomically; `If-None-Match` is judged here against this replica (`*`
+/// never holds on these routes, which change an existing object).
+fn write_preconditions(
+    state: &AppState,
+    kind: ObjectKind,
+    key: &str,
+    headers: &HeaderMap,
+) -> ApiResult<Option<u64>> {
+    let expected = if_match(headers)?;
+    if headers.contains_key(header::IF_NONE_MATCH) {
+        let current = state
+            .store
+            .get(kind, key)?
+            .map(|o| o.get("revision").and_then(Value::as_u64).unwrap_or(0));
+        if current.is_some() && !if_none_match_holds(headers, current)? {
+            return Err(ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+                "If-None-Match matches the object's current revision",
+            ));
+        }
     }
-    text.trim_start_matches("W/")
-        .trim_matches('"')
-        .parse::<u64>()
-        .map(Some)
-        .map_err(|_| {
-            ApiError::bad_request(
-                "invalid_if_match",
-                format!("If-Match {text:?} is not a revision this server issued"),
-            )
-        })
+    Ok(expected)
 }
 
 /// `?name=value&...` pairs in order.
@@ -115,10 +109,10 @@ fn with_etag(status: StatusCode, kind: ObjectKind, done: Done) -> Response {
 
 pub async fn list(
     State(state): State<AppState>,
-    Path(kind): Path<String>,
+    Extension(target): Extension<Target>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
-    let kind = parse_kind(&kind)?;
+    let kind = target.kind;
     let pairs = query_pairs(raw.as_deref())?;
     let mut query = ListQuery::default();
     for (name, value) in &pairs {
@@ -146,16 +140,24 @@ pub async fn list(
 
 pub async fn show(
     State(state): State<AppState>,
-    Path((kind, key)): Path<(String, String)>,
+    Extension(target): Extension<Target>,
+    headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
-    let kind = parse_kind(&kind)?;
+    let (kind, key) = (target.kind, target.key()?);
     maybe_consistent(&state, &query_pairs(raw.as_deref())?).await?;
     let object = state
         .store
         .get(kind, &key)?
         .ok_or_else(|| ApiError::not_found(format!("{} {key:?} does not exist", kind.as_str())))?;
     let revision = object.get("revision").and_then(Value::as_u64).unwrap_or(0);
+    if !if_none_match_holds(&headers, Some(revision))? {
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        if let Ok(etag) = HeaderValue::from_str(&format!("\"{revision}\"")) {
+            response.headers_mut().insert(header::ETAG, etag);
+        }
+        return Ok(response);
+    }
     Ok(with_etag(
         StatusCode::OK,
         kind,
@@ -192,9 +194,11 @@ async fn user_object(state: &AppState, body: &[u8], existing: Option<User>) -> A
                 )
                 .at("password"));
             }
-            tokio::task::spawn_blocking(move || crate::auth::hash_password(&password))
+            state
+                .hash_pool
+                .run(move || crate::auth::hash_password(&password))
                 .await
-                .map_err(|e| ApiError::internal(e.to_string()))?
+                .map_err(|_| hashing_busy())?
                 .map_err(|e| ApiError::internal(e.to_string()))?
         }
         (None, Some(existing)) => existing.password_hash,
@@ -209,19 +213,19 @@ async fn user_object(state: &AppState, body: &[u8], existing: Option<User>) -> A
         description: input.description,
         password_hash,
         admin: input.admin,
+        generation: 0,
         revision: 0,
     };
-    let _ = state;
     serde_json::to_value(user).map_err(|e| ApiError::internal(e.to_string()))
 }
 
 pub async fn create(
     State(state): State<AppState>,
-    Path(kind): Path<String>,
+    Extension(target): Extension<Target>,
     Extension(principal): Extension<Principal>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let kind = parse_kind(&kind)?;
+    let kind = target.kind;
     let object = match kind {
         ObjectKind::Tokens => {
             let request: TokenRequest = if body.is_empty() {
@@ -262,12 +266,12 @@ pub async fn create(
 
 pub async fn replace(
     State(state): State<AppState>,
-    Path((kind, key)): Path<(String, String)>,
+    Extension(target): Extension<Target>,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let kind = parse_kind(&kind)?;
-    let if_match = if_match(&headers)?;
+    let (kind, key) = (target.kind, target.key()?);
+    let if_match = write_preconditions(&state, kind, &key, &headers)?;
     let object = match kind {
         ObjectKind::Tokens => return Err(read_only(kind)),
         ObjectKind::Users => {
@@ -290,15 +294,15 @@ pub async fn replace(
 
 pub async fn patch(
     State(state): State<AppState>,
-    Path((kind, key)): Path<(String, String)>,
+    Extension(target): Extension<Target>,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let kind = parse_kind(&kind)?;
+    let (kind, key) = (target.kind, target.key()?);
     if kind == ObjectKind::Tokens {
         return Err(read_only(kind));
     }
-    let if_match = if_match(&headers)?;
+    let if_match = write_preconditions(&state, kind, &key, &headers)?;
     let patch: json_patch::Patch = parse_json(&body)?;
     if kind == ObjectKind::Users && patch.0.iter().any(|op| touches(op, "/password_hash")) {
         return Err(ApiError::bad_request(
@@ -334,11 +338,11 @@ fn touches(op: &json_patch::PatchOperation, path: &str) -> bool {
 
 pub async fn delete(
     State(state): State<AppState>,
-    Path((kind, key)): Path<(String, String)>,
+    Extension(target): Extension<Target>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let kind = parse_kind(&kind)?;
-    let if_match = if_match(&headers)?;
+    let (kind, key) = (target.kind, target.key()?);
+    let if_match = write_preconditions(&state, kind, &key, &headers)?;
     let command = match kind {
         ObjectKind::Prefs => {
             return Err(ApiError::bad_request(

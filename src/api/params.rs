@@ -3,18 +3,27 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
+use axum::Extension;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use super::objects::{if_match, maybe_consistent, parse_json, parse_kind, query_pairs};
+use super::auth::Target;
+use super::objects::{if_match, maybe_consistent, parse_json, query_pairs};
 use super::{ApiError, ApiResult, AppState};
 use crate::model::{effective_params, EffectiveParam, Machine, ObjectKind, Param, Profile};
 use crate::store::{Command, ListQuery};
 
-fn params_kind(kind: &str) -> ApiResult<ObjectKind> {
-    match parse_kind(kind)? {
+/// The `{name}` of a param route (the kind and key come as the [`Target`]
+/// the guard authorized).
+#[derive(serde::Deserialize)]
+pub struct ParamName {
+    name: String,
+}
+
+fn params_kind(target: &Target) -> ApiResult<ObjectKind> {
+    match target.kind {
         k @ (ObjectKind::Machines | ObjectKind::Profiles) => Ok(k),
         k => Err(ApiError::not_found(format!(
             "{} have no params",
@@ -37,10 +46,10 @@ fn pointer_segment(name: &str) -> String {
 
 pub async fn list(
     State(state): State<AppState>,
-    Path((kind, key)): Path<(String, String)>,
+    Extension(target): Extension<Target>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    let kind = params_kind(&kind)?;
+    let (kind, key) = (params_kind(&target)?, target.key()?);
     maybe_consistent(&state, &query_pairs(raw.as_deref())?).await?;
     let object = object(&state, kind, &key)?;
     Ok(Json(
@@ -50,9 +59,10 @@ pub async fn list(
 
 pub async fn get_one(
     State(state): State<AppState>,
-    Path((kind, key, name)): Path<(String, String, String)>,
+    Extension(target): Extension<Target>,
+    Path(ParamName { name }): Path<ParamName>,
 ) -> ApiResult<Json<Value>> {
-    let kind = params_kind(&kind)?;
+    let (kind, key) = (params_kind(&target)?, target.key()?);
     let object = object(&state, kind, &key)?;
     object
         .get("params")
@@ -64,11 +74,12 @@ pub async fn get_one(
 
 pub async fn set(
     State(state): State<AppState>,
-    Path((kind, key, name)): Path<(String, String, String)>,
+    Extension(target): Extension<Target>,
+    Path(ParamName { name }): Path<ParamName>,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let kind = params_kind(&kind)?;
+    let (kind, key) = (params_kind(&target)?, target.key()?);
     let value: Value = parse_json(&body)?;
     let patch = serde_json::from_value(json!([
         {"op": "add", "path": format!("/params/{}", pointer_segment(&name)), "value": value}
@@ -79,10 +90,19 @@ pub async fn set(
 
 pub async fn remove(
     State(state): State<AppState>,
-    Path((kind, key, name)): Path<(String, String, String)>,
+    Extension(target): Extension<Target>,
+    Path(ParamName { name }): Path<ParamName>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let kind = params_kind(&kind)?;
+    let (kind, key) = (params_kind(&target)?, target.key()?);
+    // Unsetting a param that is not set is the 404 a GET of it gives, not a
+    // failed patch.
+    let current = object(&state, kind, &key)?;
+    if current.get("params").and_then(|p| p.get(&name)).is_none() {
+        return Err(ApiError::not_found(format!(
+            "param {name:?} is not set on {key:?}"
+        )));
+    }
     let patch = serde_json::from_value(json!([
         {"op": "remove", "path": format!("/params/{}", pointer_segment(&name))}
     ]))
@@ -126,9 +146,10 @@ async fn submit_patch(
 /// machine, with its value and source (machine, a profile, global, default).
 pub async fn effective(
     State(state): State<AppState>,
-    Path(key): Path<String>,
+    Extension(target): Extension<Target>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Value>> {
+    let key = target.key()?;
     maybe_consistent(&state, &query_pairs(raw.as_deref())?).await?;
     let machine: Machine = state
         .store

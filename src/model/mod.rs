@@ -49,7 +49,10 @@ pub use machine::{Arch, Machine};
 pub use object::{Object, ObjectKind, UnknownKind};
 pub use param::{check_compiled, check_param_value, Param};
 pub use params::{effective_params, lookup_param, EffectiveParam, ParamSource, MAX_PROFILE_DEPTH};
-pub use prefs::{Prefs, MAX_TOKEN_TTL_SECS, PREFS_KEY};
+pub use prefs::{
+    Prefs, DEFAULT_MAX_API_TOKEN_TTL_SECS, DEFAULT_MAX_OBJECT_BYTES, MAX_API_TOKEN_TTL_SECS,
+    MAX_TOKEN_TTL_SECS, PREFS_KEY,
+};
 pub use profile::{Profile, GLOBAL_PROFILE};
 pub use reservation::Reservation;
 pub use subnet::{DhcpOption, Picker, PoolRange, Subnet, SubnetMode};
@@ -57,9 +60,41 @@ pub use template::{check_template, Template, TemplateError};
 pub use template_limits::{
     MAX_BLOCK_NESTING, MAX_BRACKET_NESTING, MAX_CALL_NESTING, MAX_TAG_LEN, MAX_TAG_OPERATORS,
 };
-pub use token::{Scope, ScopeLevel, TokenInfo};
+pub use token::{expiry_term, Scope, ScopeLevel, TokenInfo};
 pub use user::{User, UserView};
 pub use validate::{code, normalize_mac, parse_mac, ValidationError};
+
+/// The property names of `kind`'s schema (see [`ObjectKind::field_names`]).
+fn schema_fields(kind: ObjectKind) -> Vec<String> {
+    use utoipa::openapi::schema::Schema;
+    use utoipa::openapi::RefOr;
+    use utoipa::PartialSchema;
+    fn names(schema: &RefOr<Schema>, out: &mut Vec<String>) {
+        match schema {
+            RefOr::T(Schema::Object(object)) => out.extend(object.properties.keys().cloned()),
+            RefOr::T(Schema::AllOf(all)) => all.items.iter().for_each(|s| names(s, out)),
+            _ => {}
+        }
+    }
+    let schema = match kind {
+        ObjectKind::Machines => Machine::schema(),
+        ObjectKind::Profiles => Profile::schema(),
+        ObjectKind::Params => Param::schema(),
+        ObjectKind::Bootenvs => BootEnv::schema(),
+        ObjectKind::Templates => Template::schema(),
+        ObjectKind::Subnets => Subnet::schema(),
+        ObjectKind::Reservations => Reservation::schema(),
+        ObjectKind::Leases => Lease::schema(),
+        ObjectKind::Users => UserView::schema(),
+        ObjectKind::Tokens => TokenInfo::schema(),
+        ObjectKind::Prefs => Prefs::schema(),
+    };
+    let mut out = Vec::new();
+    names(&schema, &mut out);
+    out.sort();
+    out.dedup();
+    out
+}
 
 /// Decodes and validates in one step: what the API does with a request body.
 pub fn decode_valid<T: Object>(text: &str) -> Result<T, ValidationError> {
@@ -137,6 +172,22 @@ mod tests {
         check::<Prefs>();
         check::<EffectiveParam>();
         check::<ObjectKind>();
+    }
+
+    #[test]
+    fn every_kind_names_its_fields() {
+        for &kind in ObjectKind::ALL {
+            let fields = kind.field_names();
+            assert!(fields.iter().any(|f| f == "revision"), "{kind:?}: {fields:?}");
+        }
+        assert!(ObjectKind::Machines
+            .field_names()
+            .iter()
+            .any(|f| f == "params"));
+        assert!(!ObjectKind::Users
+            .field_names()
+            .iter()
+            .any(|f| f == "password_hash"));
     }
 
     #[test]

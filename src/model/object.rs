@@ -77,6 +77,23 @@ impl fmt::Display for ObjectKind {
     }
 }
 
+impl ObjectKind {
+    /// The top-level fields of this kind's JSON form, from its schema, so
+    /// list filters and sorts can refuse a field the kind does not have.
+    pub fn field_names(self) -> &'static [String] {
+        use std::collections::BTreeMap;
+        use std::sync::OnceLock;
+        static FIELDS: OnceLock<BTreeMap<ObjectKind, Vec<String>>> = OnceLock::new();
+        let all = FIELDS.get_or_init(|| {
+            ObjectKind::ALL
+                .iter()
+                .map(|&kind| (kind, super::schema_fields(kind)))
+                .collect()
+        });
+        all.get(&self).map_or(&[], Vec::as_slice)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown object kind {0:?}")]
 pub struct UnknownKind(pub String);

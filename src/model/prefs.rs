@@ -9,6 +9,20 @@ use super::validate::{check_name, code, ValidationError};
 /// limit on damage, not a convenience setting.
 pub const MAX_TOKEN_TTL_SECS: u64 = 30 * 24 * 3600;
 
+/// The largest `max_api_token_ttl_secs` prefs may set (90 days): long enough for automation
+/// that rotates quarterly, short enough that a leaked token dies on its own.
+pub const MAX_API_TOKEN_TTL_SECS: u64 = 90 * 24 * 3600;
+/// Default ceiling on an API token's lifetime: a week.
+pub const DEFAULT_MAX_API_TOKEN_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// Default ceiling on one stored object's size (compact JSON): 1 MiB, the default request body
+/// limit, so any object a request can carry fits, and a run of patches cannot grow one past it.
+pub const DEFAULT_MAX_OBJECT_BYTES: u64 = 1 << 20;
+/// Bounds operators may set `max_object_bytes` to: large templates may need more than the
+/// default; every replica holds every object, and every event carries one, so not without end.
+pub const MIN_MAX_OBJECT_BYTES: u64 = 16 << 10;
+pub const MAX_MAX_OBJECT_BYTES: u64 = 16 << 20;
+
 /// Cluster preferences. Every field has a default, so `{}` is a valid document and an update may
 /// name only what it changes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -22,6 +36,13 @@ pub struct Prefs {
     pub unknown_token_ttl_secs: u64,
     /// Lifetime of the tokens rendered into a known machine's templates, scoped to that machine.
     pub known_token_ttl_secs: u64,
+    /// Longest lifetime an API token may be issued for (login or `POST /tokens`). Default 7 days,
+    /// at most 90 days.
+    pub max_api_token_ttl_secs: u64,
+    /// Largest size of one stored object as compact JSON, checked after every change (each
+    /// operation of a JSON Patch included). Default 1 MiB; between 16 KiB and 16 MiB. Raising it
+    /// above the server's `--max-body-bytes` only helps objects grown by patches.
+    pub max_object_bytes: u64,
     /// Set by the server; ignored on input.
     #[schema(read_only)]
     pub revision: u64,
@@ -34,6 +55,8 @@ impl Default for Prefs {
             unknown_bootenv: "discovery".into(),
             unknown_token_ttl_secs: 600,
             known_token_ttl_secs: 3600,
+            max_api_token_ttl_secs: DEFAULT_MAX_API_TOKEN_TTL_SECS,
+            max_object_bytes: DEFAULT_MAX_OBJECT_BYTES,
             revision: 0,
         }
     }
@@ -61,7 +84,23 @@ impl Object for Prefs {
         check_name("default_bootenv", &self.default_bootenv)?;
         check_name("unknown_bootenv", &self.unknown_bootenv)?;
         check_ttl("unknown_token_ttl_secs", self.unknown_token_ttl_secs)?;
-        check_ttl("known_token_ttl_secs", self.known_token_ttl_secs)
+        check_ttl("known_token_ttl_secs", self.known_token_ttl_secs)?;
+        if self.max_api_token_ttl_secs == 0 || self.max_api_token_ttl_secs > MAX_API_TOKEN_TTL_SECS
+        {
+            return Err(ValidationError::new(
+                "max_api_token_ttl_secs",
+                code::INVALID_TTL,
+                format!("must be between 1 and {MAX_API_TOKEN_TTL_SECS} seconds"),
+            ));
+        }
+        if !(MIN_MAX_OBJECT_BYTES..=MAX_MAX_OBJECT_BYTES).contains(&self.max_object_bytes) {
+            return Err(ValidationError::new(
+                "max_object_bytes",
+                code::INVALID_VALUE,
+                format!("must be between {MIN_MAX_OBJECT_BYTES} and {MAX_MAX_OBJECT_BYTES} bytes"),
+            ));
+        }
+        Ok(())
     }
 
     fn index_terms(&self) -> Vec<(&'static str, String)> {
@@ -120,6 +159,16 @@ mod tests {
         check_err::<Prefs>(
             r#"{"unknown_token_ttl_secs": -5}"#,
             "unknown_token_ttl_secs",
+            code::INVALID_VALUE,
+        );
+        check_err::<Prefs>(
+            r#"{"max_api_token_ttl_secs": 31622400}"#,
+            "max_api_token_ttl_secs",
+            code::INVALID_TTL,
+        );
+        check_err::<Prefs>(
+            r#"{"max_object_bytes": 1024}"#,
+            "max_object_bytes",
             code::INVALID_VALUE,
         );
     }

@@ -70,10 +70,21 @@ pub struct TokenInfo {
     pub revoked: bool,
     #[serde(default)]
     pub description: String,
+    /// The user's `generation` when the token was issued; the token is refused once the user's
+    /// generation moves on.
+    #[serde(default)]
+    #[schema(read_only)]
+    pub user_generation: u64,
     /// Set by the server; ignored on input.
     #[serde(default)]
     #[schema(read_only)]
     pub revision: u64,
+}
+
+/// The index term of an expiry time: zero-padded, so the index lists tokens in expiry order and
+/// purging expired records reads only those.
+pub fn expiry_term(unix: u64) -> String {
+    format!("{unix:020}")
 }
 
 impl TokenInfo {
@@ -138,6 +149,7 @@ impl Object for TokenInfo {
         vec![
             ("user", self.user.clone()),
             ("revoked", self.revoked.to_string()),
+            ("expires_at_unix", expiry_term(self.expires_at_unix)),
         ]
     }
 }

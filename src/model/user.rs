@@ -21,6 +21,13 @@ pub struct User {
     pub password_hash: String,
     #[serde(default)]
     pub admin: bool,
+    /// Set by the server; ignored on input. The revision at which this user was created or its
+    /// password or admin right last changed. A token is valid only while its user's generation
+    /// is the one it was issued under, so a password change, a demotion or a delete (and a new
+    /// user of the same name) ends every earlier token.
+    #[serde(default)]
+    #[schema(read_only)]
+    pub generation: u64,
     /// Set by the server; ignored on input.
     #[serde(default)]
     #[schema(read_only)]

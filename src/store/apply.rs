@@ -13,11 +13,16 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::cluster::state::{ClusterNode, JoinToken};
-use crate::model::{check_param_value, ObjectKind, Param};
+use crate::model::{
+    check_param_value, expiry_term, ObjectKind, Param, ScopeLevel, TokenInfo,
+    DEFAULT_MAX_API_TOKEN_TTL_SECS, DEFAULT_MAX_OBJECT_BYTES, PREFS_KEY,
+};
 
 use super::command::{Command, Rejection, Reply};
 use super::events::{Action, Event};
+use super::frames;
 use super::keys::*;
+use super::limits;
 use super::object::{referrers, AnyObject};
 
 /// Cradle's state machine application, plugged into the Raft crate.
@@ -44,28 +49,36 @@ impl StateMachineApp for CradleApp {
         ALL_CFS
     }
 
-    fn apply(&self, txn: &mut Txn<'_>, _log_index: u64, payload: &[u8]) -> Vec<u8> {
-        let reply = match serde_json::from_slice::<Command>(payload) {
-            Ok(command) => {
-                let mut applier = Applier {
-                    txn,
-                    events: Vec::new(),
-                    event_retention: self.event_retention,
-                };
-                let reply = applier.run(command);
-                let events = applier.events;
-                if let Ok(mut pending) = self.pending.lock() {
-                    pending.extend(events);
-                }
-                reply
-            }
-            Err(e) => Reply::Rejected(Rejection::new(
-                "invalid_command",
-                format!("undecodable command: {e}"),
-            )),
+    fn apply(&self, txn: &mut Txn<'_>, log_index: u64, payload: &[u8]) -> Vec<u8> {
+        let mut applier = Applier {
+            txn,
+            events: Vec::new(),
+            event_retention: self.event_retention,
         };
-        // A reply is plain data; encoding it cannot fail.
-        serde_json::to_vec(&reply).unwrap_or_default()
+        let reply = if frames::is_framed(payload) {
+            // Each command of a batch decodes, applies and answers on its
+            // own: one bad command fails alone.
+            match frames::decode(payload) {
+                Ok(commands) => {
+                    let replies: Vec<Vec<u8>> = commands
+                        .into_iter()
+                        .map(|command| encode_reply(&applier.run_payload(log_index, command)))
+                        .collect();
+                    frames::encode(&replies).unwrap_or_default()
+                }
+                Err(e) => {
+                    tracing::error!(log_index, error = %e, "refusing a malformed batch entry");
+                    encode_reply(&Reply::Rejected(undecodable()))
+                }
+            }
+        } else {
+            encode_reply(&applier.run_payload(log_index, payload))
+        };
+        let events = applier.events;
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.extend(events);
+        }
+        reply
     }
 
     fn committed(&self) {
@@ -86,6 +99,21 @@ impl StateMachineApp for CradleApp {
     }
 }
 
+fn encode_reply(reply: &Reply) -> Vec<u8> {
+    // A reply holds only stored (so depth-limited) values: encoding it
+    // cannot fail.
+    serde_json::to_vec(reply).unwrap_or_default()
+}
+
+/// What a client is told about a command no replica could read. The details
+/// (serde's position and reason) go to the log, not to the client.
+fn undecodable() -> Rejection {
+    Rejection::new(
+        "invalid_command",
+        "the command could not be decoded; nothing was changed",
+    )
+}
+
 struct Applier<'t, 'db> {
     txn: &'t mut Txn<'db>,
     events: Vec<Event>,
@@ -94,11 +122,25 @@ struct Applier<'t, 'db> {
 
 type Outcome = Result<Reply, Rejection>;
 
+/// Most token records one purge command deletes: the purge is one log entry
+/// among the others, so it stays small and the next round takes the rest.
+const MAX_PURGE_PER_COMMAND: usize = 256;
+
 fn storage(e: impl std::fmt::Display) -> Rejection {
     Rejection::new("internal", format!("storage: {e}"))
 }
 
 impl Applier<'_, '_> {
+    fn run_payload(&mut self, log_index: u64, payload: &[u8]) -> Reply {
+        match serde_json::from_slice::<Command>(payload) {
+            Ok(command) => self.run(command),
+            Err(e) => {
+                tracing::error!(log_index, error = %e, "refusing an undecodable command");
+                Reply::Rejected(undecodable())
+            }
+        }
+    }
+
     fn run(&mut self, command: Command) -> Reply {
         match command {
             Command::Batch { commands } => Reply::Batch {
@@ -155,6 +197,9 @@ impl Applier<'_, '_> {
                 key,
                 if_match,
             } => self.delete(kind, &key, if_match),
+            Command::PurgeExpiredTokens { now_unix, limit } => {
+                self.purge_expired_tokens(now_unix, limit)
+            }
             Command::Batch { .. } => Err(Rejection::new("invalid_command", "nested batch")),
         };
         outcome.unwrap_or_else(Reply::Rejected)
@@ -327,7 +372,18 @@ impl Applier<'_, '_> {
         })
     }
 
+    /// The `max_object_bytes` pref as committed (the default before
+    /// bootstrap creates the prefs).
+    fn max_object_bytes(&self) -> Result<usize, Rejection> {
+        let limit = match self.load(ObjectKind::Prefs, PREFS_KEY)? {
+            Some(AnyObject::Prefs(prefs)) => prefs.max_object_bytes,
+            _ => DEFAULT_MAX_OBJECT_BYTES,
+        };
+        Ok(usize::try_from(limit).unwrap_or(usize::MAX))
+    }
+
     fn create(&mut self, kind: ObjectKind, value: Value) -> Outcome {
+        limits::check_value(&value, self.max_object_bytes()?, "the object")?;
         let object = AnyObject::decode(kind, value)?;
         let key = object.key();
         if self.load(kind, &key)?.is_some() {
@@ -346,6 +402,7 @@ impl Applier<'_, '_> {
         value: Value,
         if_match: Option<u64>,
     ) -> Outcome {
+        limits::check_value(&value, self.max_object_bytes()?, "the object")?;
         let existing = self.load_required(kind, key)?;
         check_if_match(&existing, if_match)?;
         let object = AnyObject::decode(kind, value)?;
@@ -368,16 +425,31 @@ impl Applier<'_, '_> {
         patch: &json_patch::Patch,
         if_match: Option<u64>,
     ) -> Outcome {
+        limits::check_patch(patch)?;
+        let max_bytes = self.max_object_bytes()?;
         let existing = self.load_required(kind, key)?;
         check_if_match(&existing, if_match)?;
         let mut document = existing.to_value()?;
-        json_patch::patch(&mut document, patch).map_err(|e| {
-            let code = match e.kind {
-                json_patch::PatchErrorKind::TestFailed => "patch_test_failed",
-                _ => "invalid_patch",
-            };
-            Rejection::new(code, e.to_string()).at(e.path.to_string())
-        })?;
+        // One operation at a time, each result checked: a few `copy`
+        // operations can double the document each, so checking only the end
+        // result would let one patch allocate without bound first.
+        for (index, operation) in patch.0.iter().enumerate() {
+            json_patch::patch_unsafe(&mut document, std::slice::from_ref(operation)).map_err(
+                |e| {
+                    let code = match e.kind {
+                        json_patch::PatchErrorKind::TestFailed => "patch_test_failed",
+                        _ => "invalid_patch",
+                    };
+                    Rejection::new(code, format!("operation {index}: {}", e.kind))
+                        .at(e.path.to_string())
+                },
+            )?;
+            limits::check_value(
+                &document,
+                max_bytes,
+                &format!("the object after operation {index}"),
+            )?;
+        }
         let object = AnyObject::decode(kind, document)?;
         if object.key() != key {
             return Err(Rejection::new(
@@ -386,6 +458,32 @@ impl Applier<'_, '_> {
             ));
         }
         self.store(Some(existing), object, Action::Updated)
+    }
+
+    fn purge_expired_tokens(&mut self, now_unix: u64, limit: u32) -> Outcome {
+        let limit = (limit as usize).min(MAX_PURGE_PER_COMMAND);
+        let prefix = index_field_prefix(ObjectKind::Tokens, "expires_at_unix");
+        let now_term = expiry_term(now_unix);
+        let entries = self
+            .txn
+            .scan_prefix(CF_INDEX, &prefix, limit)
+            .map_err(storage)?;
+        let mut purged = 0u64;
+        for (entry, _) in entries.into_iter().take(limit) {
+            let rest = String::from_utf8_lossy(&entry[prefix.len()..]).into_owned();
+            let Some((term, id)) = rest.split_once('\0') else {
+                continue;
+            };
+            if term >= now_term.as_str() {
+                break;
+            }
+            self.delete(ObjectKind::Tokens, id, None)?;
+            purged += 1;
+        }
+        Ok(Reply::Done {
+            revision: self.current_revision()?,
+            object: Some(serde_json::json!({ "purged": purged })),
+        })
     }
 
     fn delete(&mut self, kind: ObjectKind, key: &str, if_match: Option<u64>) -> Outcome {
@@ -430,6 +528,52 @@ impl Applier<'_, '_> {
         })
     }
 
+    /// A new token record must belong to its user as the user is now (same
+    /// generation, rights that cover the scope) and live no longer than the
+    /// `max_api_token_ttl_secs` pref allows. The proposer checked the same
+    /// against its own replica; this is the committed, agreed answer.
+    fn check_new_token(&self, token: &TokenInfo) -> Result<(), Rejection> {
+        let user = match self.load(ObjectKind::Users, &token.user)? {
+            Some(AnyObject::User(user)) => user,
+            _ => {
+                return Err(Rejection::new(
+                    "missing_reference",
+                    format!("users {:?} does not exist", token.user),
+                )
+                .at("user"))
+            }
+        };
+        if user.generation != token.user_generation {
+            return Err(Rejection::new(
+                "stale_user",
+                format!(
+                    "user {:?} changed while the token was being issued; ask again",
+                    user.name
+                ),
+            ));
+        }
+        if token.scope.level == ScopeLevel::Admin && !user.admin {
+            return Err(Rejection::new(
+                "forbidden",
+                format!("user {:?} may not hold an admin token", user.name),
+            )
+            .at("scope.level"));
+        }
+        let max_ttl = match self.load(ObjectKind::Prefs, PREFS_KEY)? {
+            Some(AnyObject::Prefs(prefs)) => prefs.max_api_token_ttl_secs,
+            _ => DEFAULT_MAX_API_TOKEN_TTL_SECS,
+        };
+        let ttl = token.expires_at_unix.saturating_sub(token.created_at_unix);
+        if ttl > max_ttl {
+            return Err(Rejection::new(
+                "invalid_ttl",
+                format!("ttl_secs must be between 1 and {max_ttl} (the max_api_token_ttl_secs pref)"),
+            )
+            .at("ttl_secs"));
+        }
+        Ok(())
+    }
+
     /// Writes `object` (new, or replacing `previous`) after the checks every
     /// write shares: uniqueness, references, param values.
     fn store(
@@ -440,6 +584,28 @@ impl Applier<'_, '_> {
     ) -> Outcome {
         let kind = object.kind();
         let key = object.key();
+        if let Some(previous) = &previous {
+            // A change that changes nothing (an empty patch, a PUT of the
+            // same body) is not a change: no revision, no event.
+            let mut unchanged = object.clone();
+            unchanged.set_revision(previous.revision());
+            if let (AnyObject::User(new), AnyObject::User(old)) = (&mut unchanged, previous) {
+                new.generation = old.generation;
+            }
+            if &unchanged == previous {
+                return Ok(Reply::Done {
+                    revision: previous.revision(),
+                    object: Some(previous.to_value()?),
+                });
+            }
+        }
+        match (&object, &previous) {
+            (AnyObject::Token(token), None) => self.check_new_token(token)?,
+            (AnyObject::Token(token), Some(AnyObject::Token(old))) => {
+                check_token_change(old, token)?
+            }
+            _ => {}
+        }
         for (field, value) in object.unique_terms() {
             if let Some(owner) = self
                 .txn
@@ -479,13 +645,38 @@ impl Applier<'_, '_> {
                 }
             }
         }
+        // Everything that can refuse comes before the first write: a
+        // rejected command leaves nothing behind in the batch.
+        let revision = self.current_revision()? + 1;
+        object.set_revision(revision);
+        if let AnyObject::User(user) = &mut object {
+            user.generation = match &previous {
+                Some(AnyObject::User(old))
+                    if old.password_hash == user.password_hash && old.admin == user.admin =>
+                {
+                    old.generation
+                }
+                // Created (or re-created under an old name), a new
+                // password, or a change of rights: earlier tokens end.
+                _ => revision,
+            };
+        }
+        let value = object.to_value()?;
+        let bytes = serde_json::to_vec(&value).map_err(storage)?;
+        let max_bytes = self.max_object_bytes()?;
+        if bytes.len() > max_bytes {
+            return Err(Rejection::new(
+                limits::code::TOO_LARGE,
+                format!(
+                    "the object would be {} bytes, more than {max_bytes} (the max_object_bytes pref)",
+                    bytes.len()
+                ),
+            ));
+        }
         if let Some(previous) = &previous {
             self.unindex(previous)?;
         }
-        let revision = self.next_revision()?;
-        object.set_revision(revision);
-        let value = object.to_value()?;
-        let bytes = serde_json::to_vec(&value).map_err(storage)?;
+        self.next_revision()?;
         self.txn
             .put(CF_OBJECTS, &object_key(kind, &key), &bytes)
             .map_err(storage)?;
@@ -579,6 +770,20 @@ impl Applier<'_, '_> {
         self.events.push(event);
         Ok(())
     }
+}
+
+/// A token record may change in one way only: being revoked.
+fn check_token_change(old: &TokenInfo, new: &TokenInfo) -> Result<(), Rejection> {
+    let mut expected = old.clone();
+    expected.revoked = new.revoked;
+    expected.revision = new.revision;
+    if &expected != new || (old.revoked && !new.revoked) {
+        return Err(Rejection::new(
+            "read_only",
+            "a token record cannot be changed, only revoked",
+        ));
+    }
+    Ok(())
 }
 
 fn check_if_match(existing: &AnyObject, if_match: Option<u64>) -> Result<(), Rejection> {

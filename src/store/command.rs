@@ -68,8 +68,15 @@ pub enum Command {
         key: String,
         if_match: Option<u64>,
     },
-    /// Many independent commands in one log entry (group commit); each gets
-    /// its own reply and revision, and one failing does not undo the others.
+    /// Deletes up to `limit` token records that expired before `now_unix`
+    /// (the proposer's clock, so every replica purges the same ones).
+    PurgeExpiredTokens {
+        now_unix: u64,
+        limit: u32,
+    },
+    /// Many commands in one log entry, written by earlier versions; still
+    /// applied, never proposed. Batches are now framed so that each command
+    /// decodes on its own (see `frames`).
     Batch {
         commands: Vec<Command>,
     },

@@ -58,6 +58,11 @@ pub fn index_prefix(kind: ObjectKind, field: &str, value: &str) -> Vec<u8> {
     format!("{}\0{field}\0{value}\0", kind.as_str()).into_bytes()
 }
 
+/// Every index entry of one field of a kind, in value order.
+pub fn index_field_prefix(kind: ObjectKind, field: &str) -> Vec<u8> {
+    format!("{}\0{field}\0", kind.as_str()).into_bytes()
+}
+
 pub fn unique_key(kind: ObjectKind, field: &str, value: &str) -> Vec<u8> {
     format!("{}\0{field}\0{value}", kind.as_str()).into_bytes()
 }

@@ -7,13 +7,18 @@
 //! linearizable.
 //!
 //! Writes are group-committed: concurrent submissions are gathered into one
-//! `Command::Batch` log entry, so many small writes share one log append and
-//! one fsync.
+//! log entry (a framed batch, see [`frames`]), so many small writes share one
+//! log append and one fsync.
+//!
+//! Nothing unbounded reaches the log: [`Store::submit`] checks the limits in
+//! [`limits`] before proposing, and `apply` checks them again.
 
 pub mod apply;
 pub mod command;
 pub mod events;
+pub mod frames;
 pub mod keys;
+pub mod limits;
 pub mod object;
 pub mod query;
 
@@ -27,7 +32,7 @@ pub use command::{Command, Rejection, Reply};
 pub use events::{Action, Event};
 pub use query::{ListQuery, Page};
 
-use crate::model::ObjectKind;
+use crate::model::{ObjectKind, Prefs, DEFAULT_MAX_OBJECT_BYTES, PREFS_KEY};
 use keys::*;
 
 /// Most commands gathered into one log entry.
@@ -109,7 +114,10 @@ impl Store {
     }
 
     /// Proposes `command` and waits until it is committed and applied.
+    /// Commands over the limits are refused here, before anything is
+    /// proposed.
     pub async fn submit(&self, command: Command) -> Result<Done, StoreError> {
+        self.check_limits(&command)?;
         let (reply, answer) = oneshot::channel();
         self.proposals
             .send(Proposal { command, reply })
@@ -121,8 +129,52 @@ impl Store {
         match reply {
             Reply::Done { revision, object } => Ok(Done { revision, object }),
             Reply::Rejected(rejection) => Err(StoreError::Rejected(rejection)),
-            Reply::Batch { .. } => Err(StoreError::Internal("unexpected batch reply".into())),
+            Reply::Batch { .. } => Err(StoreError::OutcomeUnknown(
+                "the reply does not match the request".into(),
+            )),
         }
+    }
+
+    /// The proposer's side of the limits `apply` enforces, judged against
+    /// this replica's prefs.
+    fn check_limits(&self, command: &Command) -> Result<(), Rejection> {
+        match command {
+            Command::Create { object, .. } | Command::Replace { object, .. } => {
+                limits::check_value(object, self.max_object_bytes(), "the object")
+            }
+            Command::Patch { patch, .. } => limits::check_patch(patch),
+            _ => Ok(()),
+        }
+    }
+
+    /// The cluster prefs as this replica has them (defaults before
+    /// bootstrap).
+    pub fn prefs(&self) -> Result<Prefs, StoreError> {
+        Ok(self
+            .get_typed::<Prefs>(ObjectKind::Prefs, PREFS_KEY)?
+            .unwrap_or_default())
+    }
+
+    fn max_object_bytes(&self) -> usize {
+        let limit = self
+            .prefs()
+            .map(|p| p.max_object_bytes)
+            .unwrap_or(DEFAULT_MAX_OBJECT_BYTES);
+        usize::try_from(limit).unwrap_or(usize::MAX)
+    }
+
+    /// Proposes the deletion of up to `limit` token records that expired
+    /// before `now_unix`; returns how many went.
+    pub async fn purge_expired_tokens(&self, now_unix: u64, limit: u32) -> Result<u64, StoreError> {
+        let done = self
+            .submit(Command::PurgeExpiredTokens { now_unix, limit })
+            .await?;
+        Ok(done
+            .object
+            .as_ref()
+            .and_then(|o| o.get("purged"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0))
     }
 
     /// Waits until this replica has applied everything committed when the
@@ -227,6 +279,24 @@ impl Store {
         }
     }
 
+    /// One join token record, by id.
+    pub fn join_token(
+        &self,
+        id: &str,
+    ) -> Result<Option<crate::cluster::state::JoinToken>, StoreError> {
+        let db = self.raft.db();
+        let cf = cf(&db, CF_CLUSTER)?;
+        match db
+            .get_cf(cf, join_token_key(id))
+            .map_err(|e| StoreError::Internal(e.to_string()))?
+        {
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Internal(format!("corrupt join token record: {e}"))),
+            None => Ok(None),
+        }
+    }
+
     pub fn join_tokens(&self) -> Result<Vec<crate::cluster::state::JoinToken>, StoreError> {
         self.cluster_records(b"join_token/")
     }
@@ -319,49 +389,65 @@ async fn batch_proposals(raft: Arc<RaftNode>, mut queue: mpsc::Receiver<Proposal
 async fn propose(raft: &RaftNode, batch: Vec<Proposal>) {
     let (commands, waiters): (Vec<_>, Vec<_>) =
         batch.into_iter().map(|p| (p.command, p.reply)).unzip();
-    let command = if commands.len() == 1 {
-        commands.into_iter().next().unwrap_or(Command::Batch {
-            commands: Vec::new(),
-        })
-    } else {
-        Command::Batch { commands }
-    };
-    let payload = match serde_json::to_vec(&command) {
-        Ok(payload) => payload,
-        Err(e) => {
-            for waiter in waiters {
+    // Each command is encoded on its own: one that cannot be fails alone.
+    let mut encoded = Vec::with_capacity(commands.len());
+    let mut senders = Vec::with_capacity(waiters.len());
+    for (command, waiter) in commands.iter().zip(waiters) {
+        match serde_json::to_vec(command) {
+            Ok(bytes) => {
+                encoded.push(bytes);
+                senders.push(waiter);
+            }
+            Err(e) => {
                 let _ = waiter.send(Err(StoreError::Internal(format!("encoding command: {e}"))));
             }
-            return;
         }
-    };
-    let result = raft.write(payload).await;
-    let replies: Result<Vec<Reply>, StoreError> = match result {
-        Ok(bytes) => match serde_json::from_slice::<Reply>(&bytes) {
-            Ok(Reply::Batch { replies }) if waiters.len() > 1 => Ok(replies),
-            Ok(single) if waiters.len() == 1 => Ok(vec![single]),
-            Ok(_) => Err(StoreError::Internal(
-                "reply does not match the batch".into(),
-            )),
-            Err(e) => Err(StoreError::Internal(format!("undecodable reply: {e}"))),
+    }
+    let payload = match encoded.len() {
+        0 => return,
+        1 => encoded.pop().unwrap_or_default(),
+        _ => match frames::encode(&encoded) {
+            Ok(payload) => payload,
+            Err(e) => {
+                for waiter in senders {
+                    let _ = waiter.send(Err(StoreError::Internal(e.to_string())));
+                }
+                return;
+            }
         },
-        Err(e) => Err(e.into()),
     };
-    match replies {
-        Ok(replies) if replies.len() == waiters.len() => {
-            for (waiter, reply) in waiters.into_iter().zip(replies) {
-                let _ = waiter.send(Ok(reply));
-            }
-        }
-        Ok(_) => {
-            for waiter in waiters {
-                let _ = waiter.send(Err(StoreError::Internal("reply count mismatch".into())));
-            }
-        }
+    let framed = senders.len() > 1;
+    let replies = match raft.write(payload).await {
+        Ok(bytes) => match_replies(&bytes, framed, senders.len()),
         Err(e) => {
-            for waiter in waiters {
-                let _ = waiter.send(Err(e.clone()));
-            }
+            let e = StoreError::from(e);
+            (0..senders.len()).map(|_| Err(e.clone())).collect()
         }
+    };
+    for (waiter, reply) in senders.into_iter().zip(replies) {
+        let _ = waiter.send(reply);
+    }
+}
+
+/// Pairs an applied entry's reply with its `count` waiters. The entry was
+/// committed, so a reply that cannot be read or matched means the outcome is
+/// unknown to this node, not that the command failed.
+fn match_replies(bytes: &[u8], framed: bool, count: usize) -> Vec<Result<Reply, StoreError>> {
+    let unknown = |why: &str| {
+        StoreError::OutcomeUnknown(format!(
+            "the write was committed but its reply {why}; check before retrying"
+        ))
+    };
+    let decode = |frame: &[u8]| {
+        serde_json::from_slice::<Reply>(frame).map_err(|_| unknown("could not be decoded"))
+    };
+    if !framed {
+        return vec![decode(bytes)];
+    }
+    match frames::decode(bytes) {
+        Ok(parts) if parts.len() == count => parts.into_iter().map(decode).collect(),
+        _ => (0..count)
+            .map(|_| Err(unknown("does not match the batch")))
+            .collect(),
     }
 }

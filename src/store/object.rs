@@ -223,7 +223,7 @@ pub fn indexed_fields(kind: ObjectKind) -> &'static [&'static str] {
         ObjectKind::Reservations => &["address", "mac", "subnet"],
         ObjectKind::Leases => &["address", "client_id", "state", "mac", "node"],
         ObjectKind::Users => &["name", "admin"],
-        ObjectKind::Tokens => &["user", "revoked"],
+        ObjectKind::Tokens => &["user", "revoked", "expires_at_unix"],
         ObjectKind::Prefs => &[],
     }
 }

@@ -37,6 +37,32 @@ pub struct Page {
     pub next_cursor: Option<String>,
 }
 
+/// A filter or sort names an indexed field or a dotted path whose first
+/// segment is one of the kind's fields: anything else is a typo that would
+/// silently match nothing (or sort by nothing).
+fn check_field(kind: ObjectKind, field: &str, what: &str) -> Result<(), StoreError> {
+    let first = field.split('.').next().unwrap_or_default();
+    let known = indexed_fields(kind).contains(&field)
+        || kind.field_names().iter().any(|f| f == first);
+    if known {
+        return Ok(());
+    }
+    let mut fields: Vec<&str> = kind.field_names().iter().map(String::as_str).collect();
+    fields.extend(indexed_fields(kind));
+    fields.sort();
+    fields.dedup();
+    Err(Rejection::new(
+        "invalid_query",
+        format!(
+            "{} have no field {first:?} to {what} by (fields: {})",
+            kind.as_str(),
+            fields.join(", ")
+        ),
+    )
+    .at(field.to_string())
+    .into())
+}
+
 pub fn list(db: &DB, kind: ObjectKind, query: &ListQuery) -> Result<Page, StoreError> {
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
@@ -54,6 +80,12 @@ pub fn list(db: &DB, kind: ObjectKind, query: &ListQuery) -> Result<Page, StoreE
         )
         .at("cursor")
         .into());
+    }
+    for (field, _) in &query.filters {
+        check_field(kind, field, "filter")?;
+    }
+    if let Some(sort) = &query.sort {
+        check_field(kind, sort, "sort")?;
     }
     let after = match &query.cursor {
         Some(cursor) => Some(decode_cursor(cursor)?),

@@ -119,7 +119,7 @@ async fn garbage_is_refused_and_changes_nothing() {
         Method::PATCH,
         &path,
         Some(json!([])),
-        &[("if-match", "W/\"abc\"".into())],
+        &[("if-match", "W/W/\"1\"".into())],
     )
     .await
     .expect_error(400, "invalid_if_match");
