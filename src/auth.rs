@@ -90,7 +90,8 @@ impl HashPool {
 
     pub fn with_threads(threads: usize) -> Self {
         let threads = threads.max(1);
-        let (jobs, queue) = std::sync::mpsc::sync_channel::<HashJob>(threads * HASH_QUEUE_PER_THREAD);
+        let (jobs, queue) =
+            std::sync::mpsc::sync_channel::<HashJob>(threads * HASH_QUEUE_PER_THREAD);
         let queue = std::sync::Arc::new(std::sync::Mutex::new(queue));
         for n in 0..threads {
             let queue = queue.clone();

@@ -349,7 +349,10 @@ pub async fn guard(
     };
     if !allowed {
         let what = match &target {
-            Some(Target { kind, key: Some(key) }) => format!("{} {key:?}", kind.as_str()),
+            Some(Target {
+                kind,
+                key: Some(key),
+            }) => format!("{} {key:?}", kind.as_str()),
             Some(Target { kind, key: None }) => kind.as_str().to_string(),
             None => "this call".to_string(),
         };
@@ -457,11 +460,26 @@ mod tests {
 
     #[test]
     fn levels_by_kind_and_method() {
-        assert_eq!(level_for(ObjectKind::Machines, &Method::GET), ScopeLevel::Read);
-        assert_eq!(level_for(ObjectKind::Machines, &Method::HEAD), ScopeLevel::Read);
-        assert_eq!(level_for(ObjectKind::Machines, &Method::PATCH), ScopeLevel::Write);
-        assert_eq!(level_for(ObjectKind::Users, &Method::GET), ScopeLevel::Admin);
-        assert_eq!(level_for(ObjectKind::Tokens, &Method::GET), ScopeLevel::Admin);
+        assert_eq!(
+            level_for(ObjectKind::Machines, &Method::GET),
+            ScopeLevel::Read
+        );
+        assert_eq!(
+            level_for(ObjectKind::Machines, &Method::HEAD),
+            ScopeLevel::Read
+        );
+        assert_eq!(
+            level_for(ObjectKind::Machines, &Method::PATCH),
+            ScopeLevel::Write
+        );
+        assert_eq!(
+            level_for(ObjectKind::Users, &Method::GET),
+            ScopeLevel::Admin
+        );
+        assert_eq!(
+            level_for(ObjectKind::Tokens, &Method::GET),
+            ScopeLevel::Admin
+        );
         let read = Scope {
             level: ScopeLevel::Read,
             kind: None,

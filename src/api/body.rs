@@ -381,18 +381,14 @@ pub async fn bounded(
         }
         Ok(())
     };
-    let outcome = tokio::time::timeout(
-        std::time::Duration::from_millis(DRAIN_TIMEOUT_MS),
-        reading,
-    )
-    .await;
+    let outcome =
+        tokio::time::timeout(std::time::Duration::from_millis(DRAIN_TIMEOUT_MS), reading).await;
     if excess {
         return too_large();
     }
     match outcome {
         Ok(Ok(())) => {
-            let request =
-                axum::extract::Request::from_parts(parts, axum::body::Body::from(kept));
+            let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(kept));
             next.run(request).await
         }
         Ok(Err(e)) => {
@@ -456,7 +452,17 @@ mod tests {
         assert_eq!(m("W/\"7\""), Ok(IfMatch::Never));
         assert_eq!(m("W/\"7\", W/\"8\""), Ok(IfMatch::Never));
         assert_eq!(m("W/\"7\", \"8\""), Ok(IfMatch::Revision(8)));
-        for bad in ["W/W/\"1\"", "W/7", "\"\"", "\"x\"", "\"1", "", ",", "\"-1\"", "\"99999999999999999999999\""] {
+        for bad in [
+            "W/W/\"1\"",
+            "W/7",
+            "\"\"",
+            "\"x\"",
+            "\"1",
+            "",
+            ",",
+            "\"-1\"",
+            "\"99999999999999999999999\"",
+        ] {
             assert_eq!(m(bad), Err("invalid_if_match".to_string()), "{bad}");
         }
     }

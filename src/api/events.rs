@@ -5,9 +5,9 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
-use axum::Extension;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::Extension;
 use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
 

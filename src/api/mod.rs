@@ -132,10 +132,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/{kind}",
-            needs(
-                Need::RoutedKind,
-                get(objects::list).post(objects::create),
-            ),
+            needs(Need::RoutedKind, get(objects::list).post(objects::create)),
         )
         .route(
             "/{kind}/{key}",
@@ -152,7 +149,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn_with_state(max_body, body::bounded))
+        .layer(axum::middleware::from_fn_with_state(
+            max_body,
+            body::bounded,
+        ))
         .with_state(state)
 }
 

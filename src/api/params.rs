@@ -3,9 +3,9 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::Extension;
 use axum::http::HeaderMap;
 use axum::response::Response;
+use axum::Extension;
 use axum::Json;
 use serde_json::{json, Map, Value};
 

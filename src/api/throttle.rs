@@ -63,7 +63,6 @@ impl<K: Hash + Eq + Clone> Keyed<K> {
             }
         })
     }
-
 }
 
 /// A counted limit (failures, refusals) with a lockout: when a key's bucket
@@ -216,7 +215,10 @@ mod tests {
         let one: IpAddr = "2001:db8::1".parse().unwrap();
         let same_64: IpAddr = "2001:db8::ffff:1".parse().unwrap();
         assert_eq!(source_key(one), source_key(same_64));
-        assert_ne!(source_key(one), source_key("2001:db8:0:1::1".parse().unwrap()));
+        assert_ne!(
+            source_key(one),
+            source_key("2001:db8:0:1::1".parse().unwrap())
+        );
     }
 
     #[test]

@@ -178,7 +178,10 @@ mod tests {
     fn every_kind_names_its_fields() {
         for &kind in ObjectKind::ALL {
             let fields = kind.field_names();
-            assert!(fields.iter().any(|f| f == "revision"), "{kind:?}: {fields:?}");
+            assert!(
+                fields.iter().any(|f| f == "revision"),
+                "{kind:?}: {fields:?}"
+            );
         }
         assert!(ObjectKind::Machines
             .field_names()

@@ -567,7 +567,9 @@ impl Applier<'_, '_> {
         if ttl > max_ttl {
             return Err(Rejection::new(
                 "invalid_ttl",
-                format!("ttl_secs must be between 1 and {max_ttl} (the max_api_token_ttl_secs pref)"),
+                format!(
+                    "ttl_secs must be between 1 and {max_ttl} (the max_api_token_ttl_secs pref)"
+                ),
             )
             .at("ttl_secs"));
         }

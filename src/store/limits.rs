@@ -120,7 +120,9 @@ pub fn check_patch(patch: &json_patch::Patch) -> Result<(), Rejection> {
         if depth_exceeds(value, MAX_JSON_DEPTH) {
             return Err(Rejection::new(
                 code::TOO_DEEP,
-                format!("operation {index} carries a value nested deeper than {MAX_JSON_DEPTH} levels"),
+                format!(
+                    "operation {index} carries a value nested deeper than {MAX_JSON_DEPTH} levels"
+                ),
             )
             .at(format!("/{index}/value")));
         }

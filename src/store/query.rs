@@ -42,8 +42,8 @@ pub struct Page {
 /// silently match nothing (or sort by nothing).
 fn check_field(kind: ObjectKind, field: &str, what: &str) -> Result<(), StoreError> {
     let first = field.split('.').next().unwrap_or_default();
-    let known = indexed_fields(kind).contains(&field)
-        || kind.field_names().iter().any(|f| f == first);
+    let known =
+        indexed_fields(kind).contains(&field) || kind.field_names().iter().any(|f| f == first);
     if known {
         return Ok(());
     }

@@ -234,6 +234,7 @@ impl Cluster {
             http: self.http.clone(),
             base: format!("https://{}", self.nodes[i].api_addr),
             token: Some(self.token.clone()),
+            data_dir: self.nodes[i].data_dir.clone(),
         }
     }
 

@@ -156,6 +156,8 @@ pub struct Client {
     pub http: reqwest::Client,
     pub base: String,
     pub token: Option<String>,
+    /// The node's data dir, where its CA certificate is.
+    pub data_dir: PathBuf,
 }
 
 /// A response reduced to what tests look at.
@@ -232,7 +234,13 @@ impl Client {
             http,
             base: format!("https://{api_addr}"),
             token: None,
+            data_dir: data_dir.to_path_buf(),
         }
+    }
+
+    /// The CA certificate the client trusts.
+    pub fn ca_path(&self) -> PathBuf {
+        self.data_dir.join("ca.pem")
     }
 
     pub fn url(&self, path: &str) -> String {

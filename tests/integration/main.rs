@@ -11,3 +11,4 @@ mod cluster;
 mod events;
 mod join_tokens;
 mod restart;
+mod security;
