@@ -805,3 +805,242 @@ fn check_param(definition: &Param, name: &str, value: &Value) -> Result<(), Reje
     check_param_value(definition, value)
         .map_err(|e| Rejection::new(e.code, e.message.clone()).at(format!("params.{name}")))
 }
+
+#[cfg(test)]
+mod tests {
+    //! Apply on its own, fed entries no honest proposer would write: the
+    //! second line of defence must hold without the first.
+
+    use super::*;
+    use crate::model::User;
+    use serde_json::json;
+
+    fn open(dir: &std::path::Path) -> rocksdb::DB {
+        let mut options = rocksdb::Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        rocksdb::DB::open_cf(&options, dir, ALL_CFS).unwrap()
+    }
+
+    fn reply(bytes: &[u8]) -> Reply {
+        serde_json::from_slice(bytes).unwrap()
+    }
+
+    fn code(reply: &Reply) -> &str {
+        match reply {
+            Reply::Rejected(r) => &r.code,
+            _ => "done",
+        }
+    }
+
+    fn bootstrap() -> Vec<u8> {
+        serde_json::to_vec(&Command::Bootstrap {
+            admin: User {
+                name: "admin".into(),
+                description: String::new(),
+                password_hash: String::new(),
+                admin: true,
+                generation: 0,
+                revision: 0,
+            },
+            signing_key: "k".into(),
+            ca_cert_pem: "c".into(),
+            ca_key_pem: "k".into(),
+            founder: ClusterNode {
+                id: 1,
+                rpc_addr: "127.0.0.1:1".into(),
+                api_addr: "127.0.0.1:2".into(),
+                joined_at_unix: 1,
+                removed: false,
+            },
+        })
+        .unwrap()
+    }
+
+    fn nested_text(levels: usize) -> String {
+        format!("{}1{}", "[".repeat(levels), "]".repeat(levels))
+    }
+
+    #[test]
+    fn poison_entries_are_refused_alone_and_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        let (events, _) = broadcast::channel(16);
+        let app = CradleApp::new(events, 1000);
+        let mut txn = Txn::new(&db);
+        assert_eq!(code(&reply(&app.apply(&mut txn, 1, &bootstrap()))), "done");
+
+        // A batch: good, garbage, too deep for any JSON parser, deep but
+        // parsable, good. Each answers for itself.
+        let good = |name: &str| {
+            serde_json::to_vec(&Command::Create {
+                kind: ObjectKind::Profiles,
+                object: json!({"name": name, "params": {"k": "v"}}),
+            })
+            .unwrap()
+        };
+        let unparsable = format!(
+            r#"{{"op":"create","kind":"profiles","object":{{"name":"x","params":{{"a":{}}}}}}}"#,
+            nested_text(200)
+        );
+        let deep = format!(
+            r#"{{"op":"create","kind":"profiles","object":{{"name":"y","params":{{"a":{}}}}}}}"#,
+            nested_text(60)
+        );
+        let payload = frames::encode(&[
+            good("p1"),
+            b"\xff garbage".to_vec(),
+            unparsable.into_bytes(),
+            deep.into_bytes(),
+            good("p2"),
+        ])
+        .unwrap();
+        let answer = app.apply(&mut txn, 2, &payload);
+        let replies: Vec<Reply> = frames::decode(&answer)
+            .unwrap()
+            .into_iter()
+            .map(reply)
+            .collect();
+        let codes: Vec<&str> = replies.iter().map(code).collect();
+        assert_eq!(
+            codes,
+            [
+                "done",
+                "invalid_command",
+                "invalid_command",
+                "too_deep",
+                "done"
+            ]
+        );
+        // The message tells nothing of the decoder's internals.
+        if let Reply::Rejected(r) = &replies[1] {
+            assert!(!r.message.contains("line"), "{}", r.message);
+        }
+
+        // A patch that doubles the object per operation stops at the size
+        // limit, and leaves the object as it was.
+        let before = txn
+            .get(CF_OBJECTS, &object_key(ObjectKind::Profiles, "p1"))
+            .unwrap();
+        let ops: Vec<serde_json::Value> = (0..30)
+            .map(|k| json!({"op": "copy", "from": "/params", "path": format!("/params/c{k}")}))
+            .collect();
+        let doubling = serde_json::to_vec(&json!({
+            "op": "patch", "kind": "profiles", "key": "p1", "patch": ops, "if_match": null
+        }))
+        .unwrap();
+        // Raise nothing: the default limit is 1 MiB, 2^30 copies would be GBs.
+        assert_eq!(
+            code(&reply(&app.apply(&mut txn, 3, &doubling))),
+            "too_large"
+        );
+        let after = txn
+            .get(CF_OBJECTS, &object_key(ObjectKind::Profiles, "p1"))
+            .unwrap();
+        assert_eq!(before, after);
+
+        // More operations than allowed, unchecked by any proposer.
+        let ops: Vec<serde_json::Value> = (0..=limits::MAX_PATCH_OPS)
+            .map(|_| json!({"op": "test", "path": "/name", "value": "p1"}))
+            .collect();
+        let long = serde_json::to_vec(&json!({
+            "op": "patch", "kind": "profiles", "key": "p1", "patch": ops, "if_match": null
+        }))
+        .unwrap();
+        assert_eq!(
+            code(&reply(&app.apply(&mut txn, 4, &long))),
+            "too_many_patch_ops"
+        );
+
+        // A malformed envelope is refused whole, and the legacy batch form
+        // still applies.
+        assert_eq!(
+            code(&reply(&app.apply(
+                &mut txn,
+                5,
+                b"\x00B\x01\x00\x00\x00\x09ab"
+            ))),
+            "invalid_command"
+        );
+        let legacy = serde_json::to_vec(&json!({"op": "batch", "commands": [
+            {"op": "create", "kind": "profiles", "object": {"name": "p3"}}
+        ]}))
+        .unwrap();
+        match reply(&app.apply(&mut txn, 6, &legacy)) {
+            Reply::Batch { replies } => assert_eq!(code(&replies[0]), "done"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn token_records_follow_their_user_and_the_ttl_pref() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        let (events, _) = broadcast::channel(16);
+        let app = CradleApp::new(events, 1000);
+        let mut txn = Txn::new(&db);
+        app.apply(&mut txn, 1, &bootstrap());
+        let admin_generation = match AnyObject::decode_stored(
+            ObjectKind::Users,
+            serde_json::from_slice(
+                &txn.get(CF_OBJECTS, &object_key(ObjectKind::Users, "admin"))
+                    .unwrap()
+                    .unwrap(),
+            )
+            .unwrap(),
+        )
+        .unwrap()
+        {
+            AnyObject::User(user) => user.generation,
+            other => panic!("{other:?}"),
+        };
+        assert!(admin_generation > 0);
+        let token = |id: &str, generation: u64, ttl: u64| {
+            serde_json::to_vec(&Command::Create {
+                kind: ObjectKind::Tokens,
+                object: json!({"id": id, "user": "admin", "scope": {"level": "admin"},
+                    "created_at_unix": 1000, "expires_at_unix": 1000 + ttl,
+                    "user_generation": generation}),
+            })
+            .unwrap()
+        };
+        let apply = |txn: &mut Txn<'_>, payload: &[u8]| {
+            code(&reply(&app.apply(txn, 9, payload))).to_string()
+        };
+        assert_eq!(
+            apply(&mut txn, &token("t1", admin_generation, 3600)),
+            "done"
+        );
+        assert_eq!(
+            apply(&mut txn, &token("t2", admin_generation + 1, 3600)),
+            "stale_user"
+        );
+        assert_eq!(
+            apply(&mut txn, &token("t3", admin_generation, 8 * 24 * 3600)),
+            "invalid_ttl"
+        );
+        // A token record cannot be extended, only revoked.
+        let extend = serde_json::to_vec(&json!({"op": "patch", "kind": "tokens", "key": "t1",
+            "patch": [{"op": "replace", "path": "/expires_at_unix", "value": 99999999}], "if_match": null}))
+        .unwrap();
+        assert_eq!(apply(&mut txn, &extend), "read_only");
+        // Purged once expired, by the proposer's clock.
+        let purge = |now: u64| {
+            serde_json::to_vec(&Command::PurgeExpiredTokens {
+                now_unix: now,
+                limit: 10,
+            })
+            .unwrap()
+        };
+        assert_eq!(apply(&mut txn, &purge(4000)), "done");
+        assert!(txn
+            .get(CF_OBJECTS, &object_key(ObjectKind::Tokens, "t1"))
+            .unwrap()
+            .is_some());
+        assert_eq!(apply(&mut txn, &purge(4601)), "done");
+        assert!(txn
+            .get(CF_OBJECTS, &object_key(ObjectKind::Tokens, "t1"))
+            .unwrap()
+            .is_none());
+    }
+}
