@@ -432,16 +432,24 @@ impl Cluster {
 
     /// `POST /api/v1/cluster/tokens` through slot `via`; checks the reply's
     /// shape and splits its join command.
+    /// A `503` (no leader for a moment, on a loaded machine) is retried for
+    /// up to [`LEADER_LIMIT`]; anything else but `201` fails the test.
     pub async fn create_join_token(&self, via: usize, ttl_secs: u64, uses: u32) -> JoinToken {
-        let reply = self
-            .client(via)
-            .post(
-                "/api/v1/cluster/tokens",
-                json!({"ttl_secs": ttl_secs, "uses": uses}),
-            )
-            .await
-            .expect(201);
-        parse_join_token(reply)
+        let started = Instant::now();
+        loop {
+            let reply = self
+                .client(via)
+                .post(
+                    "/api/v1/cluster/tokens",
+                    json!({"ttl_secs": ttl_secs, "uses": uses}),
+                )
+                .await;
+            if reply.status.as_u16() == 503 && started.elapsed() < LEADER_LIMIT {
+                tokio::time::sleep(POLL_INTERVAL).await;
+                continue;
+            }
+            return parse_join_token(reply.expect(201));
+        }
     }
 
     /// Runs `cradle <args>` as slot `i`'s process (with the slot's
