@@ -175,7 +175,7 @@ pub async fn issue_token(
     if user.is_some() {
         state
             .throttle
-            .login_allowed_for(&name)
+            .login_allowed_for(&name, source)
             .map_err(|r| too_many(r, "failed logins for this user"))?;
     }
     let phc = user.as_ref().map(|u| u.password_hash.clone());
@@ -192,7 +192,10 @@ pub async fn issue_token(
         .await
         .map_err(|_| hashing_busy())?;
     let user = match (verified, user) {
-        (true, Some(user)) => user,
+        (true, Some(user)) => {
+            state.throttle.login_succeeded(&user.name, source);
+            user
+        }
         (false, Some(_)) => {
             state.throttle.login_failed(&name);
             return Err(ApiError::unauthorized("wrong user name or password"));

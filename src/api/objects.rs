@@ -367,6 +367,9 @@ pub async fn delete(
         },
     };
     let done = state.store.submit(command).await?;
+    if let (ObjectKind::Users, Some(name)) = (kind, &target.key) {
+        state.throttle.forget_user(name);
+    }
     Ok(with_etag(StatusCode::OK, kind, done))
 }
 

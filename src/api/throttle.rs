@@ -7,6 +7,13 @@
 //! the number of sources actually seen recently and the number of users; a
 //! table past its size bound is pruned of keys whose bucket is full again,
 //! and while it still is past it, unknown keys are refused.
+//!
+//! A per-user lock is what stops guessing one account's password from many
+//! addresses, but it also lets anyone lock that account out. So the lock
+//! does not apply to the few addresses the user last logged in from
+//! successfully (the idea of OWASP's "device cookies", keyed by address):
+//! an attacker elsewhere is slowed, the operator at their usual address is
+//! not.
 
 use std::hash::Hash;
 use std::net::IpAddr;
@@ -19,6 +26,8 @@ use governor::{Quota, RateLimiter};
 
 /// Keys one table holds before pruning.
 const MAX_KEYS: usize = 65_536;
+/// Addresses remembered per user as ones it logged in from.
+const TRUSTED_SOURCES_PER_USER: usize = 8;
 
 /// Login attempts per source: a burst of 20, then 5 a second.
 const LOGIN_PER_SOURCE_BURST: u32 = 20;
@@ -147,6 +156,9 @@ fn source_key(ip: IpAddr) -> IpAddr {
 pub struct Throttle {
     login_per_source: Keyed<IpAddr>,
     login_failures_per_user: Lockout<String>,
+    /// Per user, the addresses of its latest successful logins.
+    trusted_sources:
+        std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<IpAddr>>>,
     join_refusals_per_source: Lockout<IpAddr>,
 }
 
@@ -161,6 +173,7 @@ impl Default for Throttle {
                 LOGIN_FAILURES_PER_USER_BURST,
                 LOGIN_FAILURE_PERIOD_MS,
             )),
+            trusted_sources: std::sync::Mutex::default(),
             join_refusals_per_source: Lockout::new(per_period(
                 JOIN_REFUSALS_PER_SOURCE_BURST,
                 JOIN_REFUSAL_PERIOD_MS,
@@ -180,10 +193,43 @@ impl Throttle {
         self.login_failures_per_user.failed(&user.to_string());
     }
 
-    /// Whether `user` may try to log in now: refused while the user's
-    /// failure bucket is empty, whatever the password.
-    pub fn login_allowed_for(&self, user: &str) -> Result<(), RetryAfter> {
+    /// A successful login: `source` is trusted for `user` from now on.
+    pub fn login_succeeded(&self, user: &str, source: IpAddr) {
+        let source = source_key(source);
+        let Ok(mut trusted) = self.trusted_sources.lock() else {
+            return;
+        };
+        if trusted.len() >= MAX_KEYS && !trusted.contains_key(user) {
+            return;
+        }
+        let sources = trusted.entry(user.to_string()).or_default();
+        sources.retain(|s| *s != source);
+        sources.push_back(source);
+        while sources.len() > TRUSTED_SOURCES_PER_USER {
+            sources.pop_front();
+        }
+    }
+
+    /// Whether `user` may try to log in from `source` now: refused while the
+    /// user's failure bucket is empty, unless `source` is one the user
+    /// recently logged in from.
+    pub fn login_allowed_for(&self, user: &str, source: IpAddr) -> Result<(), RetryAfter> {
+        let trusted = self.trusted_sources.lock().is_ok_and(|trusted| {
+            trusted
+                .get(user)
+                .is_some_and(|sources| sources.contains(&source_key(source)))
+        });
+        if trusted {
+            return Ok(());
+        }
         self.login_failures_per_user.check(&user.to_string())
+    }
+
+    /// A user is gone (or renamed away): forget its trusted addresses.
+    pub fn forget_user(&self, user: &str) {
+        if let Ok(mut trusted) = self.trusted_sources.lock() {
+            trusted.remove(user);
+        }
     }
 
     /// Whether `source` may make a join attempt now.
@@ -222,14 +268,26 @@ mod tests {
     }
 
     #[test]
-    fn failures_lock_a_user_for_a_while() {
+    fn failures_lock_a_user_except_from_where_it_logged_in() {
         let throttle = Throttle::default();
-        assert!(throttle.login_allowed_for("alice").is_ok());
+        let home: IpAddr = "198.18.0.1".parse().unwrap();
+        let attacker: IpAddr = "198.18.0.66".parse().unwrap();
+        assert!(throttle.login_allowed_for("alice", attacker).is_ok());
+        throttle.login_succeeded("alice", home);
         for _ in 0..LOGIN_FAILURES_PER_USER_BURST + 1 {
             throttle.login_failed("alice");
         }
-        assert!(throttle.login_allowed_for("alice").is_err());
-        assert!(throttle.login_allowed_for("bob").is_ok());
+        assert!(throttle.login_allowed_for("alice", attacker).is_err());
+        assert!(throttle.login_allowed_for("alice", home).is_ok());
+        assert!(throttle.login_allowed_for("bob", attacker).is_ok());
+        throttle.forget_user("alice");
+        assert!(throttle.login_allowed_for("alice", home).is_err());
+        for n in 0..=TRUSTED_SOURCES_PER_USER {
+            throttle.login_succeeded("carol", IpAddr::from([198, 18, 1, n as u8]));
+        }
+        assert!(throttle
+            .login_allowed_for("carol", IpAddr::from([198, 18, 1, 1]))
+            .is_ok());
     }
 
     #[test]
