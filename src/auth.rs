@@ -9,12 +9,11 @@
 //! minimum: m = 19,456 KiB (19 MiB of memory per hash), t = 2 passes, p = 1
 //! lane; one hash or check costs about 19 MiB and some tens of milliseconds
 //! of one core. Every hash and check runs on a [`HashPool`]: a fixed set of
-//! threads and a short queue, so memory for password work is bounded by
-//! `threads × 19 MiB` however many logins arrive at once.
+//! threads and a short queue, each thread reusing one buffer of argon2
+//! memory, so memory for password work is bounded by `threads × 19 MiB`
+//! however many logins arrive at once.
 
-use argon2::password_hash::{
-    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
-};
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, SaltString};
 use argon2::Argon2;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -33,24 +32,102 @@ pub enum AuthError {
     Sign(String),
 }
 
+/// Largest argon2 memory cost a stored hash may ask for when checked (64
+/// MiB): a hash is checked on a login anyone can attempt, so its cost is
+/// bounded whatever the stored string says.
+const MAX_VERIFY_M_COST_KIB: u32 = 64 * 1024;
+
+thread_local! {
+    /// This thread's argon2 working memory, allocated once and reused, so
+    /// password work never returns memory to the allocator to be kept in
+    /// some arena: a thread's share stays at one hash's worth.
+    static ARGON2_BLOCKS: std::cell::RefCell<Vec<argon2::Block>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `work` with at least `count` argon2 blocks of this thread's memory.
+fn with_blocks<T>(count: usize, work: impl FnOnce(&mut [argon2::Block]) -> T) -> T {
+    ARGON2_BLOCKS.with(|cell| {
+        let mut blocks = cell.borrow_mut();
+        if blocks.len() < count {
+            blocks.resize(count, argon2::Block::default());
+        }
+        work(&mut blocks[..count])
+    })
+}
+
 /// Hashes a password with argon2id and a random salt.
 pub fn hash_password(password: &str) -> Result<String, AuthError> {
     let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|hash| hash.to_string())
-        .map_err(|e| AuthError::Hash(e.to_string()))
+    let argon2 = Argon2::default();
+    let params = argon2.params().clone();
+    let mut salt_bytes = [0u8; 64];
+    let salt_raw = salt
+        .decode_b64(&mut salt_bytes)
+        .map_err(|e| AuthError::Hash(e.to_string()))?;
+    let output_len = params
+        .output_len()
+        .unwrap_or(argon2::Params::DEFAULT_OUTPUT_LEN);
+    let output = with_blocks(params.block_count(), |blocks| {
+        argon2::password_hash::Output::init_with(output_len, |out| {
+            argon2
+                .hash_password_into_with_memory(password.as_bytes(), salt_raw, out, blocks)
+                .map_err(|_| argon2::password_hash::Error::Crypto)
+        })
+    })
+    .map_err(|e| AuthError::Hash(e.to_string()))?;
+    let hash = PasswordHash {
+        algorithm: argon2::Algorithm::Argon2id.ident(),
+        version: Some(argon2::Version::V0x13.into()),
+        params: argon2::password_hash::ParamsString::try_from(&params)
+            .map_err(|e| AuthError::Hash(e.to_string()))?,
+        salt: Some(salt.as_salt()),
+        hash: Some(output),
+    };
+    Ok(hash.to_string())
 }
 
-/// Checks a password against a stored PHC string. A malformed stored hash
-/// never matches.
+/// Checks a password against a stored PHC string. A malformed stored hash,
+/// or one asking for more than [`MAX_VERIFY_M_COST_KIB`], never matches.
 pub fn verify_password(password: &str, phc: &str) -> bool {
-    match PasswordHash::new(phc) {
-        Ok(parsed) => Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok(),
-        Err(_) => false,
+    let Ok(parsed) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let (Ok(algorithm), Ok(params)) = (
+        argon2::Algorithm::try_from(parsed.algorithm),
+        argon2::Params::try_from(&parsed),
+    ) else {
+        return false;
+    };
+    let version = match parsed.version.map(argon2::Version::try_from) {
+        Some(Ok(version)) => version,
+        Some(Err(_)) => return false,
+        None => argon2::Version::default(),
+    };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return false;
+    };
+    if params.m_cost() > MAX_VERIFY_M_COST_KIB {
+        tracing::warn!(
+            m_cost_kib = params.m_cost(),
+            "a stored password hash asks for more memory than checks may use; refusing it"
+        );
+        return false;
     }
+    let mut salt_bytes = [0u8; 64];
+    let Ok(salt_raw) = salt.decode_b64(&mut salt_bytes) else {
+        return false;
+    };
+    let argon2 = Argon2::new(algorithm, version, params.clone());
+    let computed = with_blocks(params.block_count(), |blocks| {
+        argon2::password_hash::Output::init_with(expected.len(), |out| {
+            argon2
+                .hash_password_into_with_memory(password.as_bytes(), salt_raw, out, blocks)
+                .map_err(|_| argon2::password_hash::Error::Crypto)
+        })
+    });
+    // `Output` compares in constant time.
+    computed.is_ok_and(|computed| computed == expected)
 }
 
 /// Memory one argon2id hash with this module's parameters uses, in KiB.
@@ -258,10 +335,25 @@ mod tests {
     #[test]
     fn password_round_trip() {
         let phc = hash_password("s3cret").unwrap();
-        assert!(phc.starts_with("$argon2id$"));
+        assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
         assert!(verify_password("s3cret", &phc));
         assert!(!verify_password("wrong", &phc));
         assert!(!verify_password("s3cret", "garbage"));
+        // Hashes made by the argon2 crate's own hasher still verify, and
+        // ours verify with it: the PHC strings are the same format.
+        use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
+        let salt = SaltString::generate(&mut OsRng);
+        let theirs = Argon2::default()
+            .hash_password(b"other", &salt)
+            .unwrap()
+            .to_string();
+        assert!(verify_password("other", &theirs));
+        assert!(!verify_password("s3cret", &theirs));
+        let ours = PasswordHash::new(&phc).unwrap();
+        assert!(Argon2::default().verify_password(b"s3cret", &ours).is_ok());
+        // A stored hash asking for a gigabyte is refused, not computed.
+        let greedy = phc.replace("m=19456", "m=1048576");
+        assert!(!verify_password("s3cret", &greedy));
     }
 
     #[test]
