@@ -9,6 +9,7 @@ pub mod auth;
 pub mod cluster;
 pub mod error;
 pub mod events;
+pub mod listener;
 pub mod objects;
 pub mod openapi;
 pub mod params;
