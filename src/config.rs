@@ -77,6 +77,68 @@ pub struct ServerSettings {
     #[arg(long, env = "CRADLE_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
 
+    /// Most API connections open at once, TLS handshakes included; a new one
+    /// over the cap is closed at once. Each holds a file descriptor and about
+    /// 10 KiB when idle: the server raises its soft open-files limit to the
+    /// hard one at start and, if this cap plus 1024 descriptors kept for
+    /// RocksDB and peer RPC does not fit, lowers the cap with a warning. 4096
+    /// (about 40 MiB) is far more than operators, UIs and automation need.
+    #[arg(
+        long,
+        env = "CRADLE_API_MAX_CONNECTIONS",
+        default_value_t = 4096,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    pub api_max_connections: usize,
+
+    /// Most API connections open at once from one source (an IPv4 address or
+    /// an IPv6 /64); more are closed at once. A browser opens about six, a
+    /// NAT gateway or CI runner a few dozen; at 128, one source holds at most
+    /// a thirty-second of the default total.
+    #[arg(
+        long,
+        env = "CRADLE_API_MAX_CONNECTIONS_PER_SOURCE",
+        default_value_t = 128,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    pub api_max_connections_per_source: usize,
+
+    /// Time from accepting an API connection to the end of its TLS handshake.
+    /// A handshake takes two round trips: 10 s allows slow, lossy links, and a
+    /// client that connects and sends nothing gives its place back soon.
+    #[arg(
+        long,
+        env = "CRADLE_API_HANDSHAKE_TIMEOUT_MS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub api_handshake_timeout_ms: u64,
+
+    /// Time a client has to send a whole request head (request line and
+    /// headers): from the handshake to its first request bytes, and for each
+    /// HTTP/1 request from when the server starts waiting for it, so an
+    /// HTTP/1 keep-alive connection idle this long is closed. Real clients
+    /// send a head at once; 10 s stops clients that drip it byte by byte.
+    #[arg(
+        long,
+        env = "CRADLE_API_HEADER_TIMEOUT_MS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub api_header_timeout_ms: u64,
+
+    /// An API connection that reads and writes nothing for this long is
+    /// closed (HTTP/2 connections between requests, clients that stop
+    /// reading). Must stay well above the event stream's 15 s keep-alive, or
+    /// quiet subscribers are cut off: 60 s is four keep-alive intervals.
+    #[arg(
+        long,
+        env = "CRADLE_API_IDLE_TIMEOUT_MS",
+        default_value_t = 60_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub api_idle_timeout_ms: u64,
+
     /// Lifetime of tokens issued by `POST /api/v1/auth/token` unless the
     /// request asks for less.
     #[arg(long, env = "CRADLE_TOKEN_TTL_SECS", default_value_t = 8 * 3600)]

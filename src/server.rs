@@ -27,6 +27,9 @@ use crate::tls;
 const EVENT_CHANNEL: usize = 4_096;
 /// How long shutdown waits for each listener, and for Raft, to stop.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+/// How long the API listener lets open connections finish on shutdown:
+/// under `SHUTDOWN_WAIT`, so it closes the rest itself before being stopped.
+const API_DRAIN_WAIT: Duration = Duration::from_secs(4);
 /// How long first start waits for the one-voter cluster to elect itself.
 const FIRST_LEADER_WAIT: Duration = Duration::from_secs(30);
 
@@ -67,6 +70,10 @@ impl Running {
 /// Starts a node: TLS material, Raft, bootstrap, API and peer RPC listeners.
 pub async fn start(settings: ServerSettings) -> anyhow::Result<Running> {
     tls::install_crypto_provider();
+    // Before anything opens files: API connections, RocksDB and peer RPC
+    // share this process's open-files limit.
+    let api_limits =
+        api::listener::Limits::from_settings(&settings, API_DRAIN_WAIT).fit_open_files_limit();
     let settings = Arc::new(settings);
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
@@ -105,9 +112,9 @@ pub async fn start(settings: ServerSettings) -> anyhow::Result<Running> {
     let rpc_listener = tokio::net::TcpListener::bind(settings.rpc_listen)
         .await
         .with_context(|| format!("binding peer RPC listener {}", settings.rpc_listen))?;
-    let api_listener = std::net::TcpListener::bind(settings.api_listen)
+    let api_listener = tokio::net::TcpListener::bind(settings.api_listen)
+        .await
         .with_context(|| format!("binding API listener {}", settings.api_listen))?;
-    api_listener.set_nonblocking(true)?;
     let rpc_addr = rpc_listener.local_addr()?;
     let api_addr = api_listener.local_addr()?;
     let host = settings.advertised_host();
@@ -177,26 +184,13 @@ pub async fn start(settings: ServerSettings) -> anyhow::Result<Running> {
 
     let state = AppState::new(store.clone(), settings.clone(), api_tls.ca_pem.clone());
     let router = api::router(state);
-    let rustls_config =
-        axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(api_tls.server_config()?));
-    let handle = axum_server::Handle::new();
-    {
-        let handle = handle.clone();
-        let mut stopped = stopped.clone();
-        tokio::spawn(async move {
-            let _ = stopped.wait_for(|s| *s).await;
-            handle.graceful_shutdown(Some(Duration::from_secs(5)));
-        });
-    }
-    let server = axum_server::from_tcp_rustls(api_listener, rustls_config).handle(handle);
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = server
-            .serve(router.into_make_service_with_connect_info::<std::net::SocketAddr>())
-            .await
-        {
-            tracing::error!(error = %e, "API server failed");
-        }
-    }));
+    let listener = api::listener::Listener::new(
+        api_listener,
+        Arc::new(api_tls.server_config()?),
+        router,
+        api_limits,
+    );
+    tasks.push(tokio::spawn(listener.run(stopped.clone())));
     tracing::info!(%api_addr, %rpc_addr, ca = %ca_fingerprint, "cradle serving");
     Ok(Running {
         store,

@@ -11,6 +11,7 @@ pub mod body;
 pub mod cluster;
 pub mod error;
 pub mod events;
+pub mod listener;
 pub mod objects;
 pub mod openapi;
 pub mod params;

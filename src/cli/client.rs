@@ -1030,7 +1030,9 @@ mod tests {
     }
 
     /// A stand-in for a Cradle node: its TLS identity and a few routes.
-    async fn serve(identity: &tls::ServerIdentity) -> (std::net::SocketAddr, axum_server::Handle) {
+    async fn serve(
+        identity: &tls::ServerIdentity,
+    ) -> (std::net::SocketAddr, tokio::sync::watch::Sender<bool>) {
         use axum::http::{HeaderMap, StatusCode};
         use axum::response::IntoResponse;
         use axum::routing::{get, post};
@@ -1075,16 +1077,25 @@ mod tests {
                     }
                 }),
             );
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(
-            identity.server_config().unwrap(),
-        ));
-        let handle = axum_server::Handle::new();
-        let server = axum_server::from_tcp_rustls(listener, config).handle(handle.clone());
-        tokio::spawn(async move { server.serve(app.into_make_service()).await });
-        (addr, handle)
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let limits = crate::api::listener::Limits {
+            max_connections: 64,
+            max_connections_per_source: 64,
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(1),
+        };
+        let listener = crate::api::listener::Listener::new(
+            tcp,
+            Arc::new(identity.server_config().unwrap()),
+            app,
+            limits,
+        );
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(listener.run(stopped));
+        (addr, stop)
     }
 
     #[tokio::test]
@@ -1093,7 +1104,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let identity = tls::load_or_create(dir.path(), "cradle-node-1", &[]).unwrap();
         let (other_ca, _) = tls::generate_ca("someone else").unwrap();
-        let (addr, handle) = serve(&identity).await;
+        let (addr, stop) = serve(&identity).await;
         let endpoint = Endpoint::parse(&format!("https://127.0.0.1:{}", addr.port())).unwrap();
 
         // Before trust: the CA is read and the presented chain recorded.
@@ -1166,6 +1177,6 @@ mod tests {
             error.contains("not issued by the pinned cluster CA"),
             "{error}"
         );
-        handle.shutdown();
+        let _ = stop.send(true);
     }
 }

@@ -17,6 +17,16 @@ pub const ADMIN_PASSWORD: &str = "test-admin-password";
 /// Settings for a node on loopback with the given data dir and ports
 /// (0 = any free port).
 pub fn settings(data_dir: &Path, api_port: u16, rpc_port: u16) -> cradle::config::ServerSettings {
+    settings_with(data_dir, api_port, rpc_port, &[])
+}
+
+/// [`settings`] with extra flags, e.g. `&["--api-idle-timeout-ms", "500"]`.
+pub fn settings_with(
+    data_dir: &Path,
+    api_port: u16,
+    rpc_port: u16,
+    extra: &[&str],
+) -> cradle::config::ServerSettings {
     #[derive(clap::Parser)]
     struct Wrapper {
         #[command(flatten)]
@@ -25,7 +35,7 @@ pub fn settings(data_dir: &Path, api_port: u16, rpc_port: u16) -> cradle::config
     let data = data_dir.display().to_string();
     let api = format!("127.0.0.1:{api_port}");
     let rpc = format!("127.0.0.1:{rpc_port}");
-    Wrapper::parse_from([
+    let base = [
         "test",
         "--data-dir",
         &data,
@@ -41,8 +51,8 @@ pub fn settings(data_dir: &Path, api_port: u16, rpc_port: u16) -> cradle::config
         "300",
         "--heartbeat-ms",
         "50",
-    ])
-    .settings
+    ];
+    Wrapper::parse_from(base.iter().chain(extra)).settings
 }
 
 /// A node running inside the test process.

@@ -8,6 +8,7 @@ mod api;
 mod bad_input;
 mod cli;
 mod cluster;
+mod connections;
 mod events;
 mod join_tokens;
 mod restart;
