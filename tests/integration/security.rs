@@ -492,10 +492,14 @@ async fn one_bad_writer_does_not_fail_the_others() {
         )
         .await
         .expect(201);
+    // 96 at a time: within the listener's per-source connection cap.
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(96));
     let mut tasks = Vec::new();
     for n in 0..300u32 {
         let writer = writer.clone();
+        let in_flight = in_flight.clone();
         tasks.push(tokio::spawn(async move {
+            let _permit = in_flight.acquire_owned().await.unwrap();
             match n % 3 {
                 0 => {
                     let (status, body) = status_at(
