@@ -66,11 +66,15 @@ impl Target {
 }
 
 /// The level a call on `kind` needs: users and tokens are admin business;
-/// otherwise reads need `read` and anything else `write`.
+/// prefs may be read with `read` but changed only by an admin (they set the
+/// cluster's limits, token lifetimes among them); otherwise reads need
+/// `read` and anything else `write`.
 pub fn level_for(kind: ObjectKind, method: &Method) -> ScopeLevel {
+    let reading = matches!(*method, Method::GET | Method::HEAD);
     match kind {
         ObjectKind::Users | ObjectKind::Tokens => ScopeLevel::Admin,
-        _ if matches!(*method, Method::GET | Method::HEAD) => ScopeLevel::Read,
+        _ if reading => ScopeLevel::Read,
+        ObjectKind::Prefs => ScopeLevel::Admin,
         _ => ScopeLevel::Write,
     }
 }

@@ -237,7 +237,7 @@ async fn scope_table_every_route_spelling_and_token() {
 
     let bad_body = json!({"no_such_field": 1});
     let mut routes: Vec<(Method, Vec<String>, Option<Value>)> = Vec::new();
-    for kind in ["users", "tokens", "machines", "profiles"] {
+    for kind in ["users", "tokens", "machines", "profiles", "prefs"] {
         routes.push((Method::GET, vec![kind.into()], None));
         routes.push((Method::POST, vec![kind.into()], Some(bad_body.clone())));
         for key in ["nobody", "other"] {
