@@ -235,6 +235,7 @@ impl Cluster {
             base: format!("https://{}", self.nodes[i].api_addr),
             token: Some(self.token.clone()),
             data_dir: self.nodes[i].data_dir.clone(),
+            trusts_ca: true,
         }
     }
 

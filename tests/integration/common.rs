@@ -135,8 +135,13 @@ impl ChildNode {
     /// Waits until the API answers, returning how long it took.
     pub async fn wait_ready(&self, limit: Duration) -> Duration {
         let started = Instant::now();
-        let client = Client::for_node(self.api_addr, &self.data_dir);
+        // The child writes its CA when it starts: a client made before that
+        // trusts nothing, so it is made again until the CA is there.
+        let mut client = Client::for_node(self.api_addr, &self.data_dir);
         while started.elapsed() < limit {
+            if client.ca_pem_missing() {
+                client = Client::for_node(self.api_addr, &self.data_dir);
+            }
             if let Ok(response) = client
                 .http
                 .get(client.url("/api/v1/ca"))
@@ -168,6 +173,8 @@ pub struct Client {
     pub token: Option<String>,
     /// The node's data dir, where its CA certificate is.
     pub data_dir: PathBuf,
+    /// Whether the CA was there to trust when the client was made.
+    pub trusts_ca: bool,
 }
 
 /// A response reduced to what tests look at.
@@ -245,12 +252,18 @@ impl Client {
             base: format!("https://{api_addr}"),
             token: None,
             data_dir: data_dir.to_path_buf(),
+            trusts_ca: !ca_pem.is_empty(),
         }
     }
 
     /// The CA certificate the client trusts.
     pub fn ca_path(&self) -> PathBuf {
         self.data_dir.join("ca.pem")
+    }
+
+    /// Whether the client was made before its node wrote the CA.
+    pub fn ca_pem_missing(&self) -> bool {
+        !self.trusts_ca
     }
 
     pub fn url(&self, path: &str) -> String {

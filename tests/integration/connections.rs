@@ -138,6 +138,7 @@ async fn served_from(source: IpAddr, addr: SocketAddr, ca_pem: &str) {
         base: format!("https://{addr}"),
         token: None,
         data_dir: std::path::PathBuf::new(),
+        trusts_ca: true,
     };
     let served = async {
         client.get("/api/v1/ca").await.expect(200);
