@@ -166,7 +166,7 @@ pub async fn issue_token(
     let request: TokenRequest = if body.is_empty() {
         TokenRequest::default()
     } else {
-        super::objects::parse_json(&body)?
+        super::objects::parse_json_object(&body)?
     };
     if request.user.is_some() {
         return Err(ApiError::bad_request(

@@ -19,6 +19,18 @@ use crate::store::{Command, Done, ListQuery};
 
 pub use super::body::parse_json;
 
+/// [`parse_json`] for bodies that are JSON objects. serde reads a struct from
+/// an array too (its fields in order), which no client means: refuse that.
+pub fn parse_json_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    if body.trim_ascii_start().first() == Some(&b'[') {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "expected a JSON object",
+        ));
+    }
+    parse_json(body)
+}
+
 pub fn parse_kind(kind: &str) -> ApiResult<ObjectKind> {
     kind.parse::<ObjectKind>()
         .map_err(|_| ApiError::not_found(format!("no object kind {kind:?}")))
@@ -85,11 +97,17 @@ pub async fn maybe_consistent(state: &AppState, pairs: &[(String, String)]) -> A
     Ok(())
 }
 
-/// The object as the API shows it: secrets removed.
+/// The object as the API shows it: users as [`crate::model::UserView`] (no password
+/// hash).
 pub fn present(kind: ObjectKind, mut object: Value) -> Value {
     if kind == ObjectKind::Users {
-        if let Some(map) = object.as_object_mut() {
-            map.remove("password_hash");
+        match serde_json::from_value::<User>(object.clone()) {
+            Ok(user) => return serde_json::to_value(user.redacted()).unwrap_or(object),
+            Err(_) => {
+                if let Some(map) = object.as_object_mut() {
+                    map.remove("password_hash");
+                }
+            }
         }
     }
     object
@@ -184,10 +202,10 @@ pub struct UserInput {
 }
 
 async fn user_object(state: &AppState, body: &[u8], existing: Option<User>) -> ApiResult<Value> {
-    let input: UserInput = parse_json(body)?;
+    let input: UserInput = parse_json_object(body)?;
     let password_hash = match (input.password, existing) {
         (Some(password), _) => {
-            if password.len() < 8 {
+            if password.chars().count() < 8 {
                 return Err(ApiError::bad_request(
                     "weak_password",
                     "passwords have at least 8 characters",
@@ -231,7 +249,7 @@ pub async fn create(
             let request: TokenRequest = if body.is_empty() {
                 TokenRequest::default()
             } else {
-                parse_json(&body)?
+                parse_json_object(&body)?
             };
             let grant = create_for_user(&state, &principal, request).await?;
             return Ok((StatusCode::CREATED, Json(grant)).into_response());
@@ -275,10 +293,12 @@ pub async fn replace(
     let object = match kind {
         ObjectKind::Tokens => return Err(read_only(kind)),
         ObjectKind::Users => {
-            let existing: Option<User> = state.store.get_typed(kind, &key)?;
-            user_object(&state, &body, existing).await?
+            let existing: User = state.store.get_typed(kind, &key)?.ok_or_else(|| {
+                ApiError::not_found(format!("{} {key:?} does not exist", kind.as_str()))
+            })?;
+            user_object(&state, &body, Some(existing)).await?
         }
-        _ => parse_json(&body)?,
+        _ => parse_json_object(&body)?,
     };
     let done = state
         .store
