@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq as _;
 
 use super::auth::{source_ip, too_many};
-use super::objects::{parse_json, query_pairs};
+use super::objects::{flag, parse_json, parse_json_object, query_pairs};
 use super::{ApiError, ApiResult, AppState};
 use crate::auth::random_secret;
 use crate::cluster::join::{JoinRequest, JoinResponse};
@@ -69,7 +69,7 @@ pub async fn create_token(State(state): State<AppState>, body: Bytes) -> ApiResu
     let request: JoinTokenRequest = if body.is_empty() {
         parse_json(b"{}")?
     } else {
-        parse_json(&body)?
+        parse_json_object(&body)?
     };
     if request.ttl_secs == 0 || request.ttl_secs > MAX_JOIN_TOKEN_TTL_SECS {
         return Err(ApiError::bad_request(
@@ -215,7 +215,7 @@ fn check_join_token(
 }
 
 async fn join_checked(state: &AppState, body: Bytes) -> ApiResult<Json<JoinResponse>> {
-    let request: JoinRequest = parse_json(&body)?;
+    let request: JoinRequest = parse_json_object(&body)?;
     let (token_id, secret) = parse_join_token(&request.token).ok_or_else(|| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -327,9 +327,12 @@ pub async fn remove_node(
     Path(id): Path<u64>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    let force = query_pairs(raw.as_deref())?
-        .iter()
-        .any(|(k, v)| k == "force" && matches!(v.as_str(), "" | "true" | "1"));
+    let mut force = false;
+    for (name, value) in query_pairs(raw.as_deref())? {
+        if name == "force" {
+            force = flag(&value, "force")?;
+        }
+    }
     let status = state.store.raft().status();
     let voters: Vec<u64> = status
         .members

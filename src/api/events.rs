@@ -12,7 +12,7 @@ use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::auth::{may_read, Principal};
-use super::objects::{parse_kind, present, query_pairs};
+use super::objects::{present, query_pairs};
 use super::{ApiError, ApiResult, AppState};
 use crate::model::ObjectKind;
 use crate::store::Event;
@@ -41,7 +41,10 @@ pub async fn stream(
                     ApiError::bad_request("invalid_query", "since must be a revision").at("since")
                 })?)
             }
-            "kind" => kinds.push(parse_kind(&value)?),
+            "kind" => kinds.push(value.parse().map_err(|_| {
+                ApiError::bad_request("invalid_query", format!("no object kind {value:?}"))
+                    .at("kind")
+            })?),
             _ => {
                 return Err(ApiError::bad_request(
                     "invalid_query",

@@ -70,7 +70,7 @@ pub fn query_pairs(raw: Option<&str>) -> ApiResult<Vec<(String, String)>> {
         .map_err(|e| ApiError::bad_request("invalid_query", format!("query string: {e}")))
 }
 
-fn flag(value: &str, name: &str) -> ApiResult<bool> {
+pub fn flag(value: &str, name: &str) -> ApiResult<bool> {
     match value {
         "" | "true" | "1" | "yes" => Ok(true),
         "false" | "0" | "no" => Ok(false),
