@@ -131,6 +131,29 @@ pub fn router(state: AppState) -> Router {
                 get(params::get_one).put(params::set).delete(params::remove),
             ),
         )
+        // Tokens are never replaced or patched, prefs never created or
+        // deleted: routes of their own, so that the router answers those
+        // methods with 405 and an `Allow` header naming what is there.
+        .route(
+            "/tokens/{key}",
+            needs(
+                Need::Kind(ObjectKind::Tokens),
+                get(objects::show).delete(objects::delete),
+            ),
+        )
+        .route(
+            "/prefs",
+            needs(Need::Kind(ObjectKind::Prefs), get(objects::list)),
+        )
+        .route(
+            "/prefs/{key}",
+            needs(
+                Need::Kind(ObjectKind::Prefs),
+                get(objects::show)
+                    .put(objects::replace)
+                    .patch(objects::patch),
+            ),
+        )
         .route(
             "/{kind}",
             needs(Need::RoutedKind, get(objects::list).post(objects::create)),

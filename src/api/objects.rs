@@ -365,7 +365,8 @@ pub async fn delete(
     let if_match = write_preconditions(&state, kind, &key, &headers)?;
     let command = match kind {
         ObjectKind::Prefs => {
-            return Err(ApiError::bad_request(
+            return Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
                 "read_only",
                 "prefs cannot be deleted",
             ));
