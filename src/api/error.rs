@@ -73,12 +73,11 @@ impl ApiError {
 }
 
 /// The HTTP status for a store rejection code.
-fn status_for(code: &str) -> StatusCode {
+pub(crate) fn status_for(code: &str) -> StatusCode {
     match code {
         "not_found" => StatusCode::NOT_FOUND,
-        "already_exists" | "duplicate" | "in_use" | "key_mismatch" | "patch_test_failed" => {
-            StatusCode::CONFLICT
-        }
+        "already_exists" | "duplicate" | "in_use" | "key_mismatch" | "missing_reference"
+        | "patch_test_failed" => StatusCode::CONFLICT,
         "precondition_failed" => StatusCode::PRECONDITION_FAILED,
         "stale_user" => StatusCode::CONFLICT,
         "forbidden" => StatusCode::FORBIDDEN,

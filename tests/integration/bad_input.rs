@@ -61,8 +61,8 @@ async fn garbage_is_refused_and_changes_nothing() {
         (Method::POST, "/api/v1/machines", br#"{"name":"m1"}"#.to_vec(), 409, "duplicate"),
         (Method::POST, "/api/v1/machines", br#"{"name":"other","hardware_addrs":["52:54:00:00:00:01"]}"#.to_vec(), 409, "duplicate"),
         // References to missing profiles and bootenvs.
-        (Method::POST, "/api/v1/machines", br#"{"name":"x","profiles":["nope"]}"#.to_vec(), 400, "missing_reference"),
-        (Method::POST, "/api/v1/machines", br#"{"name":"x","bootenv":"nope"}"#.to_vec(), 400, "missing_reference"),
+        (Method::POST, "/api/v1/machines", br#"{"name":"x","profiles":["nope"]}"#.to_vec(), 409, "missing_reference"),
+        (Method::POST, "/api/v1/machines", br#"{"name":"x","bootenv":"nope"}"#.to_vec(), 409, "missing_reference"),
         // Invalid CIDR; pool outside its subnet.
         (Method::POST, "/api/v1/subnets", br#"{"name":"bad","cidr":"198.18.0.0/33"}"#.to_vec(), 400, "invalid_value"),
         (Method::POST, "/api/v1/subnets", br#"{"name":"bad","cidr":"198.18.1.0/24","pools":[{"start":"198.18.2.1","end":"198.18.2.9"}]}"#.to_vec(), 400, "pool_outside_subnet"),
