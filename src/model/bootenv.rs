@@ -13,9 +13,9 @@ use super::validate::{
     ValidationError, MAX_TEMPLATE_LEN,
 };
 
-const MAX_INITRDS: usize = 16;
-const MAX_TEMPLATES: usize = 64;
-const MAX_BOOTENV_PARAMS: usize = 256;
+pub const MAX_INITRDS: usize = 16;
+pub const MAX_TEMPLATES: usize = 64;
+pub const MAX_BOOTENV_PARAMS: usize = 256;
 /// All template text in one bootenv (boot params, paths, inline contents) together: bigger files
 /// belong in stored templates named by `template_id`. Bounds the parse time of one write.
 const MAX_BOOTENV_TEMPLATE_TEXT: usize = MAX_TEMPLATE_LEN;

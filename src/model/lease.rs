@@ -9,7 +9,7 @@ use super::object::{Object, ObjectKind};
 use super::validate::{check_host_address, code, normalize_mac, ValidationError};
 
 /// A DHCP client identifier is at most 255 bytes (one option); as hex, twice that.
-const MAX_CLIENT_ID_HEX: usize = 510;
+pub const MAX_CLIENT_ID_HEX: usize = 510;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]

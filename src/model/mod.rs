@@ -42,20 +42,22 @@ mod token;
 mod user;
 pub mod validate;
 
-pub use bootenv::{ArchBoot, BootEnv, TemplateRef};
+pub use bootenv::{ArchBoot, BootEnv, TemplateRef, MAX_BOOTENV_PARAMS, MAX_INITRDS, MAX_TEMPLATES};
 pub use decode::{decode, decode_value, MAX_DOCUMENT_LEN};
-pub use lease::{Lease, LeaseState};
+pub use lease::{Lease, LeaseState, MAX_CLIENT_ID_HEX};
 pub use machine::{Arch, Machine};
 pub use object::{Object, ObjectKind, UnknownKind};
 pub use param::{check_compiled, check_param_value, Param};
 pub use params::{effective_params, lookup_param, EffectiveParam, ParamSource, MAX_PROFILE_DEPTH};
 pub use prefs::{
     Prefs, DEFAULT_MAX_API_TOKEN_TTL_SECS, DEFAULT_MAX_OBJECT_BYTES, MAX_API_TOKEN_TTL_SECS,
-    MAX_TOKEN_TTL_SECS, PREFS_KEY,
+    MAX_MAX_OBJECT_BYTES, MAX_TOKEN_TTL_SECS, MIN_MAX_OBJECT_BYTES, PREFS_KEY,
 };
 pub use profile::{Profile, GLOBAL_PROFILE};
 pub use reservation::Reservation;
-pub use subnet::{DhcpOption, Picker, PoolRange, Subnet, SubnetMode};
+pub use subnet::{
+    DhcpOption, Picker, PoolRange, Subnet, SubnetMode, MAX_OPTIONS, MAX_OPTION_VALUE_LEN, MAX_POOLS,
+};
 pub use template::{check_template, Template, TemplateError};
 pub use template_limits::{
     MAX_BLOCK_NESTING, MAX_BRACKET_NESTING, MAX_CALL_NESTING, MAX_TAG_LEN, MAX_TAG_OPERATORS,

@@ -10,11 +10,11 @@ use super::object::{Object, ObjectKind};
 use super::template::check_template_field;
 use super::validate::{check_count, check_len, check_name, code, ValidationError};
 
-const MAX_POOLS: usize = 64;
-const MAX_OPTIONS: usize = 64;
+pub const MAX_POOLS: usize = 64;
+pub const MAX_OPTIONS: usize = 64;
 /// A DHCP option carries at most 255 bytes (more only by RFC 3396 concatenation); 1 KiB of
 /// template leaves room for template syntax and bounds parse time.
-const MAX_OPTION_VALUE_LEN: usize = 1024;
+pub const MAX_OPTION_VALUE_LEN: usize = 1024;
 
 /// A DHCP option Cradle adds to replies. `value` is a tera template rendered per client (so an
 /// option can carry, say, the machine's name), then encoded for `code` by the DHCP server.
