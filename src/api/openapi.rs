@@ -1,43 +1,171 @@
-//! The OpenAPI 3 document served at `/api/v1/openapi.json`, generated from
-//! the model types (their `ToSchema` derives) and the route table below, so
-//! it cannot drift from the code that serves it.
+//! The OpenAPI 3 document served at `/api/v1/openapi.json`.
+//!
+//! The operations are built here with utoipa from the route table in
+//! `mod.rs`; the object schemas come from the model's `ToSchema` derives. The
+//! derives know field types only, so [`refine`] then writes in what the
+//! model's validation enforces (name patterns, lengths, counts, addresses,
+//! bounds), from the same constants, so that a client or fuzzer that follows
+//! the document sends what the server accepts and the server refuses what the
+//! document forbids. Rules JSON Schema cannot state (template syntax, pools
+//! inside their subnet, references to other objects, param values against
+//! their definitions) are answered with the stable codes listed on
+//! `ErrorBody.code` (see [`ERROR_CODES`]).
+//!
+//! The tests at the bottom keep document and server together: every route is
+//! documented with exactly its methods, public routes are documented public,
+//! and every error code the code base emits is listed under its status.
 
 use std::sync::OnceLock;
 
 use axum::Json;
+use serde_json::{json, Map, Value};
+use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::{
-    HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem, PathItemBuilder,
+    HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, ParameterStyle, PathItemBuilder,
 };
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{
-    ComponentsBuilder, ContentBuilder, InfoBuilder, ObjectBuilder, OpenApi, OpenApiBuilder,
-    PathsBuilder, Ref, RefOr, Required, ResponseBuilder, Schema, Type,
+    ComponentsBuilder, ContentBuilder, InfoBuilder, ObjectBuilder, OpenApiBuilder, PathsBuilder,
+    Ref, RefOr, Required, ResponseBuilder, Schema, Type,
 };
+use utoipa::ToSchema;
 
 use super::auth::{TokenGrant, TokenRequest};
-use super::cluster::{JoinTokenGrant, JoinTokenRequest};
+use super::cluster::{
+    JoinTokenGrant, JoinTokenRequest, MAX_JOIN_TOKEN_TTL_SECS, MAX_JOIN_TOKEN_USES,
+};
 use super::error::ErrorBody;
-use super::objects::UserInput;
 use crate::cluster::join::{JoinRequest, JoinResponse};
 use crate::cluster::state::JoinToken;
-use crate::model::{
-    BootEnv, Lease, Machine, ObjectKind, Param, Prefs, Profile, Reservation, Subnet, Template,
-    TokenInfo, User,
+use crate::model::validate::{
+    MAX_DESCRIPTION_LEN, MAX_HARDWARE_ADDRS, MAX_HOSTNAME_LEN, MAX_META, MAX_META_VALUE_LEN,
+    MAX_NAME_LEN, MAX_PARAMS, MAX_PROFILES, MAX_TEMPLATE_LEN,
 };
+use crate::model::{
+    BootEnv, EffectiveParam, Lease, Machine, ObjectKind, Param, Prefs, Profile, Reservation,
+    Subnet, Template, TokenInfo, UserView, DEFAULT_MAX_API_TOKEN_TTL_SECS, MAX_API_TOKEN_TTL_SECS,
+    MAX_BOOTENV_PARAMS, MAX_CLIENT_ID_HEX, MAX_INITRDS, MAX_OPTIONS, MAX_OPTION_VALUE_LEN,
+    MAX_POOLS, MAX_TEMPLATES, PREFS_KEY,
+};
+use crate::model::{MAX_MAX_OBJECT_BYTES, MIN_MAX_OBJECT_BYTES};
+use crate::store::object::indexed_fields;
+use crate::store::query::MAX_LIMIT;
 use crate::store::Event;
 
-pub async fn document() -> Json<&'static OpenApi> {
+pub async fn document() -> Json<&'static Value> {
     Json(openapi())
 }
 
 /// Built once: the document depends only on the code.
-pub fn openapi() -> &'static OpenApi {
-    static DOC: OnceLock<OpenApi> = OnceLock::new();
+pub fn openapi() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
     DOC.get_or_init(build)
 }
 
-/// The schema name of each kind's object.
+/// Every error code the API answers with, by status. `ErrorBody.code`
+/// lists them; a test checks that every code in the source is here.
+pub const ERROR_CODES: &[(u16, &[&str])] = &[
+    (
+        400,
+        &[
+            "bad_request",
+            "malformed_json",
+            "invalid_body",
+            "invalid_query",
+            "invalid_if_match",
+            "invalid_if_none_match",
+            "invalid_patch",
+            "duplicate_key",
+            "too_deep",
+            "too_many_patch_ops",
+            "weak_password",
+            "invalid_ttl",
+            "invalid_uses",
+            "invalid_address",
+            "invalid_csr",
+            "invalid_command",
+            // The model's validation codes (`model::validate::code`).
+            "invalid_json",
+            "unknown_field",
+            "missing_field",
+            "invalid_type",
+            "invalid_value",
+            "required",
+            "invalid_name",
+            "too_long",
+            "too_many",
+            "invalid_mac",
+            "duplicate_mac",
+            "missing_uuid",
+            "duplicate_profile",
+            "self_reference",
+            "invalid_template",
+            "invalid_template_source",
+            "duplicate_template",
+            "invalid_path",
+            "duplicate_param",
+            "invalid_schema",
+            "invalid_default",
+            "invalid_param_value",
+            "invalid_cidr",
+            "pool_outside_subnet",
+            "pool_reversed",
+            "pool_overlap",
+            "invalid_lease_time",
+            "invalid_option_code",
+            "reserved_option_code",
+            "duplicate_option",
+            "invalid_client_id",
+            "invalid_password_hash",
+            "invalid_expiry",
+            "invalid_scope",
+        ],
+    ),
+    (
+        401,
+        &[
+            "unauthorized",
+            "token_expired",
+            "token_revoked",
+            "token_superseded",
+            "invalid_join_token",
+            "join_token_revoked",
+            "join_token_expired",
+            "join_token_used_up",
+        ],
+    ),
+    (403, &["forbidden"]),
+    (404, &["not_found"]),
+    (405, &["method_not_allowed", "read_only"]),
+    (408, &["body_timeout"]),
+    (
+        409,
+        &[
+            "already_exists",
+            "duplicate",
+            "in_use",
+            "key_mismatch",
+            "missing_reference",
+            "patch_test_failed",
+            "removing_self",
+            "last_voter",
+            "stale_user",
+        ],
+    ),
+    (410, &["events_expired"]),
+    (412, &["precondition_failed"]),
+    (413, &["body_too_large", "too_large"]),
+    (415, &["unsupported_media_type"]),
+    (429, &["too_many_requests"]),
+    (500, &["internal"]),
+    (
+        503,
+        &["no_leader", "unavailable", "outcome_unknown", "busy"],
+    ),
+];
+
+/// The schema name of each kind's object as the API shows it.
 pub fn schema_name(kind: ObjectKind) -> &'static str {
     match kind {
         ObjectKind::Machines => "Machine",
@@ -48,14 +176,66 @@ pub fn schema_name(kind: ObjectKind) -> &'static str {
         ObjectKind::Subnets => "Subnet",
         ObjectKind::Reservations => "Reservation",
         ObjectKind::Leases => "Lease",
-        ObjectKind::Users => "User",
+        ObjectKind::Users => "UserView",
         ObjectKind::Tokens => "TokenInfo",
         ObjectKind::Prefs => "Prefs",
     }
 }
 
+/// The schema of each kind's key (its `{key}` path segment).
+fn key_schema_name(kind: ObjectKind) -> &'static str {
+    match kind {
+        ObjectKind::Machines => "MachineKey",
+        ObjectKind::Reservations | ObjectKind::Leases => "HostAddress",
+        ObjectKind::Prefs => "PrefsKey",
+        _ => "Name",
+    }
+}
+
+/// Which methods each kind's routes take. Tokens are issued and revoked, never
+/// replaced or patched; prefs always exist, so they are neither created nor
+/// deleted. (`mod.rs` routes these two kinds separately, so that the router
+/// answers the other methods with 405 and an `Allow` header.)
+struct Methods {
+    create: bool,
+    replace: bool,
+    patch: bool,
+    delete: bool,
+}
+
+fn methods(kind: ObjectKind) -> Methods {
+    match kind {
+        ObjectKind::Tokens => Methods {
+            create: true,
+            replace: false,
+            patch: false,
+            delete: true,
+        },
+        ObjectKind::Prefs => Methods {
+            create: false,
+            replace: true,
+            patch: true,
+            delete: false,
+        },
+        _ => Methods {
+            create: true,
+            replace: true,
+            patch: true,
+            delete: true,
+        },
+    }
+}
+
 fn schema_ref(name: &str) -> RefOr<Schema> {
     RefOr::Ref(Ref::from_schema_name(name))
+}
+
+fn any_object() -> RefOr<Schema> {
+    RefOr::T(ObjectBuilder::new().schema_type(Type::Object).into())
+}
+
+fn array_of(items: RefOr<Schema>) -> RefOr<Schema> {
+    RefOr::T(Schema::Array(utoipa::openapi::schema::Array::new(items)))
 }
 
 fn json_content(schema: RefOr<Schema>) -> utoipa::openapi::Content {
@@ -76,471 +256,937 @@ fn ok_response(description: &str, schema: RefOr<Schema>) -> utoipa::openapi::Res
         .build()
 }
 
-fn path_param(name: &str, description: &str) -> utoipa::openapi::path::Parameter {
+fn etag_header() -> utoipa::openapi::header::Header {
+    HeaderBuilder::new()
+        .schema(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^\"[0-9]+\"$")),
+        )
+        .description(Some("The revision, quoted; send it back in `If-Match`"))
+        .build()
+}
+
+/// A response carrying the object's revision as its `ETag`.
+fn etag_response(description: &str, schema: RefOr<Schema>) -> utoipa::openapi::Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content("application/json", json_content(schema))
+        .header("ETag", etag_header())
+        .build()
+}
+
+fn path_param(name: &str, description: &str, schema: &str) -> utoipa::openapi::path::Parameter {
     ParameterBuilder::new()
         .name(name)
         .parameter_in(ParameterIn::Path)
         .required(Required::True)
         .description(Some(description))
-        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+        .schema(Some(schema_ref(schema)))
         .build()
 }
 
-fn query_param(name: &str, description: &str, kind: Type) -> utoipa::openapi::path::Parameter {
+fn query_param(
+    name: &str,
+    description: &str,
+    schema: impl Into<RefOr<Schema>>,
+) -> utoipa::openapi::path::Parameter {
     ParameterBuilder::new()
         .name(name)
         .parameter_in(ParameterIn::Query)
         .required(Required::False)
         .description(Some(description))
-        .schema(Some(ObjectBuilder::new().schema_type(kind)))
+        .schema(Some(schema))
         .build()
 }
 
-fn header_param(name: &str, description: &str) -> utoipa::openapi::path::Parameter {
+/// A query flag: `true` or `false` (also `1`/`0`, `yes`/`no`; present but
+/// empty means `true`).
+fn flag() -> RefOr<Schema> {
+    schema_ref("Flag")
+}
+
+fn consistent() -> utoipa::openapi::path::Parameter {
+    query_param(
+        "consistent",
+        "Linearizable read: confirm with the leader first",
+        flag(),
+    )
+}
+
+fn header_param(name: &str, description: &str, schema: &str) -> utoipa::openapi::path::Parameter {
     ParameterBuilder::new()
         .name(name)
         .parameter_in(ParameterIn::Header)
         .required(Required::False)
         .description(Some(description))
-        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+        .schema(Some(schema_ref(schema)))
         .build()
 }
 
 fn if_match() -> utoipa::openapi::path::Parameter {
-    header_param("If-Match", "Only if the object is at this revision")
+    header_param(
+        "If-Match",
+        "Only if the object is at this revision (its ETag); `*` for any. A weak tag never \
+         matches (412).",
+        "IfMatch",
+    )
 }
 
-fn required_json(schema: RefOr<Schema>) -> utoipa::openapi::request_body::RequestBody {
+fn if_none_match(reading: bool) -> utoipa::openapi::path::Parameter {
+    header_param(
+        "If-None-Match",
+        if reading {
+            "Unless the object is at one of these revisions: then 304 Not Modified"
+        } else {
+            "Unless the object is at one of these revisions (`*`: unless it exists): then 412"
+        },
+        "IfNoneMatch",
+    )
+}
+
+fn json_body(schema: RefOr<Schema>, required: bool) -> utoipa::openapi::request_body::RequestBody {
     RequestBodyBuilder::new()
-        .required(Some(Required::True))
+        .required(Some(if required {
+            Required::True
+        } else {
+            Required::False
+        }))
         .content("application/json", json_content(schema))
         .build()
 }
 
-fn operation(id: String, summary: String, tag: &str) -> OperationBuilder {
+// The usual meaning of each error status; an operation lists those it can
+// answer with (see `errors`).
+const E400: &str = "Bad input: malformed JSON or query, or a field that fails validation \
+                    (`code` names the rule, `field` where). The codes are listed on `ErrorBody`.";
+const E401: &str = "No valid bearer token (`unauthorized`, `token_expired`, `token_revoked`, \
+                    `token_superseded`: its user's password or admin right changed since)";
+const E403: &str = "The token's scope does not cover this call (`forbidden`)";
+const E404: &str = "No such object (`not_found`)";
+const E503: &str = "No leader or no quorum reachable in time (`no_leader`, `unavailable`; \
+                    nothing was written, retry), a write's outcome is unknown \
+                    (`outcome_unknown`: check before retrying), or password hashing is at \
+                    capacity (`busy`); `Retry-After` when a retry will do";
+const E408: &str = "The request body did not arrive in time (`body_timeout`)";
+const E412: &str = "`If-Match` names another revision, or `If-None-Match` one the object is at \
+                    (`precondition_failed`)";
+const E413: &str = "The body is larger than the server's limit (`body_too_large`), or the \
+                    object would be larger than the `max_object_bytes` pref (`too_large`)";
+
+fn errors(mut op: OperationBuilder, list: &[(u16, &str)]) -> OperationBuilder {
+    for (status, text) in list {
+        let text = match (*status, *text) {
+            (400, "") => E400,
+            (401, "") => E401,
+            (403, "") => E403,
+            (404, "") => E404,
+            (408, "") => E408,
+            (412, "") => E412,
+            (413, "") => E413,
+            (503, "") => E503,
+            (_, text) => text,
+        };
+        let mut response = error_response(text);
+        if matches!(*status, 429 | 503) {
+            response.headers.insert(
+                "Retry-After".to_string(),
+                HeaderBuilder::new()
+                    .schema(
+                        ObjectBuilder::new()
+                            .schema_type(Type::Integer)
+                            .minimum(Some(0)),
+                    )
+                    .description(Some("Seconds to wait before retrying"))
+                    .build(),
+            );
+        }
+        op = op.response(status.to_string(), response);
+    }
+    op
+}
+
+fn operation(id: &str, summary: &str, tag: &str) -> OperationBuilder {
     OperationBuilder::new()
         .operation_id(Some(id))
         .summary(Some(summary))
         .tag(tag)
-        .response("400", error_response("Bad input"))
-        .response("401", error_response("No or invalid token"))
-        .response("403", error_response("Token scope does not allow this"))
-        .response("503", error_response("No leader (code `no_leader`)"))
 }
 
-fn build() -> OpenApi {
-    let mut paths = PathsBuilder::new();
-    for kind in ObjectKind::ALL {
-        let plural = kind.as_str();
-        let object = schema_ref(schema_name(*kind));
-        let body_schema = if *kind == ObjectKind::Users {
-            schema_ref("UserInput")
-        } else if *kind == ObjectKind::Tokens {
-            schema_ref("TokenRequest")
-        } else {
-            object.clone()
-        };
-        let array = RefOr::T(Schema::Array(utoipa::openapi::schema::Array::new(
-            object.clone(),
-        )));
-        let mut list = operation(format!("list_{plural}"), format!("List {plural}"), plural)
+/// An operation anyone may call: `security: []`.
+fn public(op: OperationBuilder) -> OperationBuilder {
+    op.securities(Some(Vec::<SecurityRequirement>::new()))
+}
+
+fn object_paths(mut paths: PathsBuilder, kind: ObjectKind) -> PathsBuilder {
+    let plural = kind.as_str();
+    let object = schema_ref(schema_name(kind));
+    let allowed = methods(kind);
+    let (create_body, replace_body) = match kind {
+        ObjectKind::Users => (schema_ref("UserCreate"), schema_ref("UserReplace")),
+        ObjectKind::Tokens => (schema_ref("TokenRequest"), object.clone()),
+        // A replaced machine keeps its UUID, so the body names it.
+        ObjectKind::Machines => (object.clone(), schema_ref("MachineReplace")),
+        // The object as shown (`revision` may be sent; it is ignored).
+        _ => (object.clone(), object.clone()),
+    };
+
+    let list = errors(
+        operation(&format!("list_{plural}"), &format!("List {plural}"), plural)
+            .description(Some(
+                "Any other query parameter `field=value` filters: indexed fields use the index, \
+                 dotted paths (e.g. `params.rack`) scan. A `cursor` pages in key order and \
+                 cannot be combined with `sort`, `desc` or `offset`.",
+            ))
             .parameter(query_param(
                 "limit",
-                "Page size (1..=10000, default 1000)",
-                Type::Integer,
+                "Page size (default 1000)",
+                schema_ref("Limit"),
             ))
             .parameter(query_param(
                 "offset",
                 "Skip this many matches",
-                Type::Integer,
+                schema_ref("Offset"),
             ))
             .parameter(query_param(
                 "cursor",
                 "Resume after a page's `X-Next-Cursor`",
-                Type::String,
+                schema_ref("Cursor"),
             ))
             .parameter(query_param(
                 "sort",
-                "Dotted field path to sort by",
-                Type::String,
+                "A field, or a dotted path into one, to sort by",
+                schema_ref(&format!("{}Sort", schema_name(kind))),
             ))
-            .parameter(query_param("desc", "Sort descending", Type::Boolean))
-            .parameter(query_param(
-                "consistent",
-                "Linearizable read through the leader",
-                Type::Boolean,
-            ))
+            .parameter(query_param("desc", "Sort descending", flag()))
+            .parameter(consistent())
             .response(
                 "200",
-                ok_response("Matching objects; `X-Next-Cursor` when more remain", array),
-            );
-        list = list.description(Some(
-            "Any other query parameter `field=value` filters: indexed fields use the index, \
-             dotted paths (e.g. `params.rack`) scan.",
-        ));
+                ResponseBuilder::new()
+                    .description("Matching objects")
+                    .content("application/json", json_content(array_of(object.clone())))
+                    .header(
+                        "X-Next-Cursor",
+                        HeaderBuilder::new()
+                            .schema(ObjectBuilder::new().schema_type(Type::String))
+                            .description(Some("Present when more remain: pass as `cursor`"))
+                            .build(),
+                    )
+                    .build(),
+            ),
+        &[(400, ""), (401, ""), (403, ""), (503, "")],
+    );
+    let mut collection = PathItemBuilder::new().operation(HttpMethod::Get, list);
+    if allowed.create {
         let create = operation(
-            format!("create_{plural}"),
-            format!("Create one of {plural}"),
+            &format!("create_{plural}"),
+            &format!("Create one of {plural}"),
             plural,
-        )
-        .request_body(Some(required_json(body_schema.clone())))
-        .response(
-            "201",
-            ok_response("Created; ETag is its revision", object.clone()),
-        )
-        .response(
-            "409",
-            error_response("Already exists, duplicate, missing reference"),
         );
-        paths = paths.path(
-            format!("/api/v1/{plural}"),
-            PathItemBuilder::new()
-                .operation(HttpMethod::Get, list)
-                .operation(HttpMethod::Post, create)
-                .build(),
-        );
+        let create = if kind == ObjectKind::Tokens {
+            errors(
+                create
+                    .description(Some(
+                        "Issues a bearer token for `user` (default: the caller). Without a body, \
+                         for the caller with the caller's scope and the default lifetime.",
+                    ))
+                    .request_body(Some(json_body(create_body, false)))
+                    .response(
+                        "201",
+                        ok_response("The token, shown once", schema_ref("TokenGrant")),
+                    ),
+                &[
+                    (400, ""),
+                    (401, ""),
+                    (403, "The scope asked for is above the user's own, or the token's scope does not cover this call (`forbidden`)"),
+                    (404, "No such user (`not_found`)"),
+                    (408, ""),
+                    (413, ""),
+                    (503, ""),
+                ],
+            )
+        } else {
+            errors(
+                create
+                    .request_body(Some(json_body(create_body, true)))
+                    .response("201", etag_response("Created", object.clone())),
+                &[
+                    (400, ""),
+                    (401, ""),
+                    (403, ""),
+                    (
+                        409,
+                        "The key or a unique field is taken (`already_exists`, `duplicate`), or a \
+                         referenced object does not exist (`missing_reference`)",
+                    ),
+                    (408, ""),
+                    (413, ""),
+                    (503, ""),
+                ],
+            )
+        };
+        collection = collection.operation(HttpMethod::Post, create);
+    }
+    if !allowed.create {
+        collection = collection.description(Some(format!(
+            "{plural} are not created: POST is 405 (`method_not_allowed`, with `Allow`)."
+        )));
+    }
+    paths = paths.path(format!("/api/v1/{plural}"), collection.build());
 
-        let key = path_param("key", "The object's key");
-        let show = operation(
-            format!("show_{plural}"),
-            format!("Show one of {plural}"),
+    let key = path_param("key", "The object's key", key_schema_name(kind));
+    let show = errors(
+        operation(
+            &format!("show_{plural}"),
+            &format!("Show one of {plural}"),
             plural,
         )
         .parameter(key.clone())
-        .parameter(query_param(
-            "consistent",
-            "Linearizable read through the leader",
-            Type::Boolean,
-        ))
+        .parameter(consistent())
+        .parameter(if_none_match(true))
+        .response("200", etag_response("The object", object.clone()))
         .response(
-            "200",
-            ok_response("The object; ETag is its revision", object.clone()),
-        )
-        .response("404", error_response("No such object"));
-        let replace = operation(
-            format!("replace_{plural}"),
-            format!("Replace one of {plural}"),
-            plural,
-        )
-        .parameter(key.clone())
-        .parameter(if_match())
-        .request_body(Some(required_json(body_schema)))
-        .response("200", ok_response("Replaced", object.clone()))
-        .response("412", error_response("Stale If-Match"));
-        let patch = operation(
-            format!("patch_{plural}"),
-            format!("JSON-Patch one of {plural}"),
-            plural,
-        )
-        .parameter(key.clone())
-        .parameter(if_match())
-        .request_body(Some(
-            RequestBodyBuilder::new()
-                .required(Some(Required::True))
-                .content(
-                    "application/json-patch+json",
-                    json_content(RefOr::T(Schema::Array(
-                        utoipa::openapi::schema::Array::new(
-                            ObjectBuilder::new().schema_type(Type::Object),
-                        ),
-                    ))),
-                )
+            "304",
+            ResponseBuilder::new()
+                .description("Not modified: the object is at a revision `If-None-Match` names")
+                .header("ETag", etag_header())
                 .build(),
-        ))
-        .response("200", ok_response("Patched", object.clone()))
-        .response(
-            "409",
-            error_response("A `test` operation failed (code `patch_test_failed`)"),
-        )
-        .response("412", error_response("Stale If-Match"));
+        ),
+        &[(400, ""), (401, ""), (403, ""), (404, ""), (503, "")],
+    );
+    let mut item = PathItemBuilder::new().operation(HttpMethod::Get, show);
+    if allowed.replace {
+        let replace = errors(
+            operation(
+                &format!("replace_{plural}"),
+                &format!("Replace one of {plural}"),
+                plural,
+            )
+            .parameter(key.clone())
+            .parameter(if_match())
+            .parameter(if_none_match(false))
+            .request_body(Some(json_body(replace_body, true)))
+            .response("200", etag_response("Replaced", object.clone())),
+            &[
+                (400, ""),
+                (401, ""),
+                (403, ""),
+                (404, ""),
+                (
+                    409,
+                    "The body names another key (`key_mismatch`), a unique field is taken \
+                     (`duplicate`), a referenced object does not exist (`missing_reference`), or \
+                     the user changed meanwhile (`stale_user`)",
+                ),
+                (408, ""),
+                (412, ""),
+                (413, ""),
+                (503, ""),
+            ],
+        );
+        item = item.operation(HttpMethod::Put, replace);
+    }
+    if allowed.patch {
+        let patch = errors(
+            operation(
+                &format!("patch_{plural}"),
+                &format!("JSON-Patch one of {plural}"),
+                plural,
+            )
+            .description(Some(
+                "An RFC 6902 patch, applied to the object as shown; the result must be a valid \
+                 object. A path the object does not have is `invalid_patch`.",
+            ))
+            .parameter(key.clone())
+            .parameter(if_match())
+            .parameter(if_none_match(false))
+            .request_body(Some(
+                RequestBodyBuilder::new()
+                    .required(Some(Required::True))
+                    .content(
+                        "application/json-patch+json",
+                        json_content(schema_ref("JsonPatch")),
+                    )
+                    .build(),
+            ))
+            .response("200", etag_response("Patched", object.clone())),
+            &[
+                (400, ""),
+                (401, ""),
+                (403, ""),
+                (404, ""),
+                (
+                    409,
+                    "A `test` operation failed (`patch_test_failed`), the patch changes the key \
+                     (`key_mismatch`), a unique field is taken (`duplicate`), or a referenced \
+                     object does not exist (`missing_reference`)",
+                ),
+                (408, ""),
+                (412, ""),
+                (413, ""),
+                (503, ""),
+            ],
+        );
+        item = item.operation(HttpMethod::Patch, patch);
+    }
+    if allowed.delete {
         let delete = operation(
-            format!("delete_{plural}"),
-            format!("Delete one of {plural}"),
+            &format!("delete_{plural}"),
+            &format!("Delete one of {plural}"),
             plural,
         )
         .parameter(key)
         .parameter(if_match())
-        .response(
-            "200",
-            ok_response(
-                "Deleted (tokens: revoked)",
-                RefOr::T(ObjectBuilder::new().schema_type(Type::Object).into()),
-            ),
-        )
-        .response("409", error_response("Still in use"));
-        paths = paths.path(
-            format!("/api/v1/{plural}/{{key}}"),
-            PathItemBuilder::new()
-                .operation(HttpMethod::Get, show)
-                .operation(HttpMethod::Put, replace)
-                .operation(HttpMethod::Patch, patch)
-                .operation(HttpMethod::Delete, delete)
-                .build(),
-        );
+        .parameter(if_none_match(false));
+        let delete = if kind == ObjectKind::Tokens {
+            errors(
+                delete
+                    .description(Some(
+                        "Revokes the token. It stays listed, revoked, until it expires.",
+                    ))
+                    .response("200", etag_response("Revoked", object)),
+                &[
+                    (400, ""),
+                    (401, ""),
+                    (403, ""),
+                    (404, ""),
+                    (412, ""),
+                    (503, ""),
+                ],
+            )
+        } else {
+            errors(
+                delete.response("200", ok_response("Deleted", schema_ref("Deleted"))),
+                &[
+                    (400, ""),
+                    (401, ""),
+                    (403, ""),
+                    (404, ""),
+                    (409, "Other objects still use it (`in_use`)"),
+                    (412, ""),
+                    (503, ""),
+                ],
+            )
+        };
+        item = item.operation(HttpMethod::Delete, delete);
     }
-    for kind in [ObjectKind::Machines, ObjectKind::Profiles] {
-        let plural = kind.as_str();
-        let map = RefOr::T(ObjectBuilder::new().schema_type(Type::Object).into());
-        paths = paths.path(
-            format!("/api/v1/{plural}/{{key}}/params"),
-            PathItem::new(
+    let missing: Vec<&str> = [
+        ("PUT", allowed.replace),
+        ("PATCH", allowed.patch),
+        ("DELETE", allowed.delete),
+    ]
+    .into_iter()
+    .filter_map(|(method, taken)| (!taken).then_some(method))
+    .collect();
+    if !missing.is_empty() {
+        item = item.description(Some(format!(
+            "{} not taken here: 405 (`method_not_allowed`, with `Allow`).",
+            missing.join(" and ")
+        )));
+    }
+    paths.path(format!("/api/v1/{plural}/{{key}}"), item.build())
+}
+
+fn param_paths(mut paths: PathsBuilder, kind: ObjectKind) -> PathsBuilder {
+    let plural = kind.as_str();
+    let key = || path_param("key", "The object's key", key_schema_name(kind));
+    let name = || path_param("name", "The param", "Name");
+    paths = paths.path(
+        format!("/api/v1/{plural}/{{key}}/params"),
+        PathItemBuilder::new()
+            .operation(
                 HttpMethod::Get,
-                operation(
-                    format!("params_{plural}"),
-                    format!("The params set on one of {plural}"),
-                    plural,
-                )
-                .parameter(path_param("key", "The object's key"))
-                .response("200", ok_response("name → value", map.clone())),
-            ),
-        );
-        paths = paths.path(
-            format!("/api/v1/{plural}/{{key}}/params/{{name}}"),
+                errors(
+                    operation(
+                        &format!("params_{plural}"),
+                        &format!("The params set on one of {plural}"),
+                        plural,
+                    )
+                    .parameter(key())
+                    .parameter(consistent())
+                    .response("200", ok_response("name → value", schema_ref("Params"))),
+                    &[(400, ""), (401, ""), (403, ""), (404, ""), (503, "")],
+                ),
+            )
+            .build(),
+    );
+    paths.path(
+        format!("/api/v1/{plural}/{{key}}/params/{{name}}"),
+        PathItemBuilder::new()
+            .operation(
+                HttpMethod::Get,
+                errors(
+                    operation(&format!("param_get_{plural}"), "One param's value", plural)
+                        .parameter(key())
+                        .parameter(name())
+                        .response("200", ok_response("The value", schema_ref("ParamValue"))),
+                    &[
+                        (401, ""),
+                        (403, ""),
+                        (
+                            404,
+                            "No such object, or the param is not set on it (`not_found`)",
+                        ),
+                    ],
+                ),
+            )
+            .operation(
+                HttpMethod::Put,
+                errors(
+                    operation(
+                        &format!("param_set_{plural}"),
+                        "Set one param (body: its JSON value)",
+                        plural,
+                    )
+                    .parameter(key())
+                    .parameter(name())
+                    .parameter(if_match())
+                    .request_body(Some(json_body(schema_ref("ParamValue"), true)))
+                    .response(
+                        "200",
+                        etag_response("All params after the change", schema_ref("Params")),
+                    ),
+                    &[
+                        (400, ""),
+                        (401, ""),
+                        (403, ""),
+                        (404, ""),
+                        (
+                            409,
+                            "A referenced object does not exist (`missing_reference`)",
+                        ),
+                        (408, ""),
+                        (412, ""),
+                        (413, ""),
+                        (503, ""),
+                    ],
+                ),
+            )
+            .operation(
+                HttpMethod::Delete,
+                errors(
+                    operation(&format!("param_delete_{plural}"), "Unset one param", plural)
+                        .parameter(key())
+                        .parameter(name())
+                        .parameter(if_match())
+                        .response(
+                            "200",
+                            etag_response("All params after the change", schema_ref("Params")),
+                        ),
+                    &[
+                        (400, ""),
+                        (401, ""),
+                        (403, ""),
+                        (
+                            404,
+                            "No such object, or the param is not set on it (`not_found`)",
+                        ),
+                        (
+                            409,
+                            "A referenced object does not exist (`missing_reference`)",
+                        ),
+                        (412, ""),
+                        (503, ""),
+                    ],
+                ),
+            )
+            .build(),
+    )
+}
+
+fn other_paths(paths: PathsBuilder) -> PathsBuilder {
+    paths
+        .path(
+            "/api/v1/machines/{key}/effective-params",
             PathItemBuilder::new()
                 .operation(
                     HttpMethod::Get,
-                    operation(
-                        format!("param_get_{plural}"),
-                        "One param's value".into(),
-                        plural,
-                    )
-                    .parameter(path_param("key", "The object's key"))
-                    .parameter(path_param("name", "The param"))
-                    .response("200", ok_response("The value", map.clone())),
-                )
-                .operation(
-                    HttpMethod::Put,
-                    operation(
-                        format!("param_set_{plural}"),
-                        "Set one param (body: the JSON value)".into(),
-                        plural,
-                    )
-                    .parameter(path_param("key", "The object's key"))
-                    .parameter(path_param("name", "The param"))
-                    .response(
-                        "200",
-                        ok_response("All params after the change", map.clone()),
+                    errors(
+                        operation(
+                            "effective_params",
+                            "Resolved params and where each came from",
+                            "machines",
+                        )
+                        .parameter(path_param("key", "The machine's UUID", "MachineKey"))
+                        .parameter(consistent())
+                        .response(
+                            "200",
+                            ok_response("name → {value, source}", schema_ref("EffectiveParams")),
+                        ),
+                        &[(400, ""), (401, ""), (403, ""), (404, ""), (503, "")],
                     ),
-                )
-                .operation(
-                    HttpMethod::Delete,
-                    operation(
-                        format!("param_delete_{plural}"),
-                        "Unset one param".into(),
-                        plural,
-                    )
-                    .parameter(path_param("key", "The object's key"))
-                    .parameter(path_param("name", "The param"))
-                    .response("200", ok_response("All params after the change", map)),
                 )
                 .build(),
-        );
-    }
-    paths = paths
-        .path(
-            "/api/v1/machines/{key}/effective-params",
-            PathItem::new(
-                HttpMethod::Get,
-                operation(
-                    "effective_params".into(),
-                    "Resolved params and where each came from".into(),
-                    "machines",
-                )
-                .parameter(path_param("key", "The machine's UUID"))
-                .response(
-                    "200",
-                    ok_response(
-                        "name → {value, source}",
-                        RefOr::T(ObjectBuilder::new().schema_type(Type::Object).into()),
-                    ),
-                ),
-            ),
         )
         .path(
             "/api/v1/auth/token",
-            PathItem::new(
-                HttpMethod::Post,
-                OperationBuilder::new()
-                    .operation_id(Some("issue_token"))
-                    .summary(Some("Exchange HTTP Basic credentials for a bearer token"))
-                    .tag("auth")
-                    .security(SecurityRequirement::new("basic", Vec::<String>::new()))
-                    .request_body(Some(
-                        RequestBodyBuilder::new()
-                            .content("application/json", json_content(schema_ref("TokenRequest")))
-                            .build(),
-                    ))
-                    .response("200", ok_response("The token", schema_ref("TokenGrant")))
-                    .response("401", error_response("Wrong credentials")),
-            ),
+            PathItemBuilder::new()
+                .operation(
+                    HttpMethod::Post,
+                    errors(
+                        operation(
+                            "issue_token",
+                            "Exchange HTTP Basic credentials for a bearer token",
+                            "auth",
+                        )
+                        .description(Some(
+                            "Without a body: the user's own scope and the default lifetime.",
+                        ))
+                        .securities(Some([SecurityRequirement::new(
+                            "basic",
+                            Vec::<String>::new(),
+                        )]))
+                        .request_body(Some(json_body(schema_ref("LoginRequest"), false)))
+                        .response("200", ok_response("The token", schema_ref("TokenGrant"))),
+                        &[
+                            (400, ""),
+                            (401, "Missing or wrong credentials (`unauthorized`)"),
+                            (
+                                403,
+                                "The scope asked for is above the user's own (`forbidden`)",
+                            ),
+                            (408, ""),
+                            (413, ""),
+                            (
+                                429,
+                                "Too many login attempts from this address, or failed ones for \
+                                 this user (`too_many_requests`)",
+                            ),
+                            (503, ""),
+                        ],
+                    ),
+                )
+                .build(),
         )
         .path(
             "/api/v1/auth/whoami",
-            PathItem::new(
-                HttpMethod::Get,
-                operation("whoami".into(), "The caller's token claims".into(), "auth").response(
-                    "200",
-                    ok_response(
-                        "Claims",
-                        RefOr::T(ObjectBuilder::new().schema_type(Type::Object).into()),
+            PathItemBuilder::new()
+                .operation(
+                    HttpMethod::Get,
+                    errors(
+                        operation("whoami", "The caller's token claims", "auth")
+                            .response("200", ok_response("Claims", schema_ref("Claims"))),
+                        &[(401, ""), (403, "")],
                     ),
-                ),
-            ),
+                )
+                .build(),
         )
         .path(
             "/api/v1/ca",
-            PathItem::new(
-                HttpMethod::Get,
-                OperationBuilder::new()
-                    .operation_id(Some("ca"))
-                    .summary(Some("The cluster CA certificate (PEM), for pinning"))
-                    .tag("auth")
-                    .response("200", ResponseBuilder::new().description("PEM").build()),
-            ),
+            PathItemBuilder::new()
+                .operation(
+                    HttpMethod::Get,
+                    public(operation(
+                        "ca",
+                        "The cluster CA certificate (PEM), for pinning",
+                        "auth",
+                    ))
+                    .response(
+                        "200",
+                        ResponseBuilder::new()
+                            .description("PEM")
+                            .content(
+                                "application/x-pem-file",
+                                json_content(RefOr::T(
+                                    ObjectBuilder::new().schema_type(Type::String).into(),
+                                )),
+                            )
+                            .build(),
+                    ),
+                )
+                .build(),
+        )
+        .path(
+            "/api/v1/openapi.json",
+            PathItemBuilder::new()
+                .operation(
+                    HttpMethod::Get,
+                    public(operation("openapi", "This document", "auth"))
+                        .response("200", ok_response("OpenAPI 3.1", any_object())),
+                )
+                .build(),
         )
         .path(
             "/api/v1/status",
-            PathItem::new(
-                HttpMethod::Get,
-                operation(
-                    "status".into(),
-                    "This node's view of the cluster".into(),
-                    "cluster",
-                )
-                .response(
-                    "200",
-                    ok_response(
-                        "Status",
-                        RefOr::T(ObjectBuilder::new().schema_type(Type::Object).into()),
+            PathItemBuilder::new()
+                .operation(
+                    HttpMethod::Get,
+                    errors(
+                        operation("status", "This node's view of the cluster", "cluster")
+                            .response("200", ok_response("Status", schema_ref("Status"))),
+                        &[(401, ""), (403, "")],
                     ),
-                ),
-            ),
+                )
+                .build(),
         )
         .path(
             "/api/v1/events",
-            PathItem::new(
-                HttpMethod::Get,
-                operation(
-                    "events".into(),
-                    "Server-sent events of every change, in commit order".into(),
-                    "events",
+            PathItemBuilder::new()
+                .operation(
+                    HttpMethod::Get,
+                    errors(
+                        operation(
+                            "events",
+                            "Server-sent events of every change, in commit order",
+                            "events",
+                        )
+                        .parameter(query_param(
+                            "since",
+                            "Resume after this revision (default: now)",
+                            schema_ref("RevisionNumber"),
+                        ))
+                        .parameter(
+                            ParameterBuilder::new()
+                                .name("kind")
+                                .parameter_in(ParameterIn::Query)
+                                .required(Required::False)
+                                .description(Some("Only these kinds (repeat for more)"))
+                                .style(Some(ParameterStyle::Form))
+                                .explode(Some(true))
+                                .schema(Some(array_of(schema_ref("ObjectKind"))))
+                                .build(),
+                        )
+                        .parameter(header_param(
+                            "Last-Event-ID",
+                            "Resume after this revision (what a reconnecting EventSource sends; \
+                             ignored unless a number)",
+                            "LastEventId",
+                        ))
+                        .response(
+                            "200",
+                            ResponseBuilder::new()
+                                .description(
+                                    "`text/event-stream`: each event's `id` is its revision, \
+                                     its `event` the action, its `data` an Event",
+                                )
+                                .content(
+                                    "text/event-stream",
+                                    json_content(schema_ref("EventMessage")),
+                                )
+                                .build(),
+                        ),
+                        &[
+                            (400, ""),
+                            (401, ""),
+                            (403, ""),
+                            (
+                                410,
+                                "`since` is older than the kept events (`events_expired`)",
+                            ),
+                        ],
+                    ),
                 )
-                .parameter(query_param(
-                    "since",
-                    "Resume after this revision",
-                    Type::Integer,
-                ))
-                .parameter(query_param(
-                    "kind",
-                    "Only this kind (repeatable)",
-                    Type::String,
-                ))
-                .parameter(header_param("Last-Event-ID", "Resume after this revision"))
-                .response(
-                    "200",
-                    ResponseBuilder::new()
-                        .description("`text/event-stream`; each `data:` is an Event")
-                        .content("text/event-stream", json_content(schema_ref("Event")))
-                        .build(),
-                )
-                .response(
-                    "410",
-                    error_response("`since` is older than the kept events"),
-                ),
-            ),
-        );
+                .build(),
+        )
+}
 
-    let object_schema = || RefOr::T(ObjectBuilder::new().schema_type(Type::Object).into());
-    paths = paths
+fn cluster_paths(paths: PathsBuilder) -> PathsBuilder {
+    let admin = "The token is not an admin token (`forbidden`)";
+    paths
         .path(
             "/api/v1/cluster/tokens",
             PathItemBuilder::new()
                 .operation(
                     HttpMethod::Get,
-                    operation("list_join_tokens".into(), "Join tokens (never their secrets)".into(), "cluster")
-                        .response("200", ok_response("Join tokens", RefOr::T(Schema::Array(utoipa::openapi::schema::Array::new(schema_ref("JoinToken")))))),
+                    errors(
+                        operation(
+                            "list_join_tokens",
+                            "Join tokens (never their secrets)",
+                            "cluster",
+                        )
+                        .response(
+                            "200",
+                            ok_response("Join tokens", array_of(schema_ref("JoinToken"))),
+                        ),
+                        &[(401, ""), (403, admin)],
+                    ),
                 )
                 .operation(
                     HttpMethod::Post,
-                    operation("create_join_token".into(), "Issue a join token and its `cradle join` command".into(), "cluster")
-                        .request_body(Some(
-                            RequestBodyBuilder::new()
-                                .content("application/json", json_content(schema_ref("JoinTokenRequest")))
-                                .build(),
-                        ))
-                        .response("201", ok_response("The token, shown once", schema_ref("JoinTokenGrant"))),
+                    errors(
+                        operation(
+                            "create_join_token",
+                            "Issue a join token and its `cradle join` command",
+                            "cluster",
+                        )
+                        .request_body(Some(json_body(schema_ref("JoinTokenRequest"), false)))
+                        .response(
+                            "201",
+                            ok_response("The token, shown once", schema_ref("JoinTokenGrant")),
+                        ),
+                        &[
+                            (400, ""),
+                            (401, ""),
+                            (403, admin),
+                            (408, ""),
+                            (413, ""),
+                            (503, ""),
+                        ],
+                    ),
                 )
                 .build(),
         )
         .path(
             "/api/v1/cluster/tokens/{id}",
-            PathItem::new(
-                HttpMethod::Delete,
-                operation("revoke_join_token".into(), "Revoke a join token".into(), "cluster")
-                    .parameter(path_param("id", "The token id"))
-                    .response("200", ok_response("Revoked", object_schema()))
-                    .response("404", error_response("No such token")),
-            ),
+            PathItemBuilder::new()
+                .operation(
+                    HttpMethod::Delete,
+                    errors(
+                        operation("revoke_join_token", "Revoke a join token", "cluster")
+                            .parameter(path_param("id", "The token id", "JoinTokenId"))
+                            .response("200", ok_response("Revoked", schema_ref("Revoked"))),
+                        &[
+                            (401, ""),
+                            (403, admin),
+                            (404, "No such token (`not_found`)"),
+                            (503, ""),
+                        ],
+                    ),
+                )
+                .build(),
         )
         .path(
             "/api/v1/cluster/join",
-            PathItem::new(
-                HttpMethod::Post,
-                OperationBuilder::new()
-                    .operation_id(Some("join"))
-                    .summary(Some("Spend a join token: register a node and sign its CSR"))
-                    .tag("cluster")
-                    .request_body(Some(required_json(schema_ref("JoinRequest"))))
-                    .response("200", ok_response("The node's id and certificate", schema_ref("JoinResponse")))
-                    .response("400", error_response("Bad CSR or address"))
-                    .response(
-                        "401",
-                        error_response("Token invalid, expired, used up or revoked (`invalid_join_token`, `join_token_*`)"),
+            PathItemBuilder::new()
+                .operation(
+                    HttpMethod::Post,
+                    errors(
+                        public(operation(
+                            "join",
+                            "Spend a join token: register a node and sign its CSR",
+                            "cluster",
+                        ))
+                        .description(Some(
+                            "Authenticated by the join token in the body, not by a bearer token \
+                             (the joining node has none yet).",
+                        ))
+                        .request_body(Some(json_body(schema_ref("JoinRequest"), true)))
+                        .response(
+                            "200",
+                            ok_response(
+                                "The node's id and certificate",
+                                schema_ref("JoinResponse"),
+                            ),
+                        ),
+                        &[
+                            (
+                                400,
+                                "Bad body, CSR or address (`invalid_body`, `invalid_csr`, \
+                                 `invalid_address`)",
+                            ),
+                            (
+                                401,
+                                "The token is malformed, unknown, expired, used up or revoked \
+                                 (`invalid_join_token`, `join_token_expired`, \
+                                 `join_token_used_up`, `join_token_revoked`)",
+                            ),
+                            (408, ""),
+                            (413, ""),
+                            (
+                                429,
+                                "Too many refused joins from this address (`too_many_requests`)",
+                            ),
+                            (503, ""),
+                        ],
                     ),
-            ),
+                )
+                .build(),
         )
         .path(
             "/api/v1/cluster/nodes",
-            PathItem::new(
-                HttpMethod::Get,
-                operation("list_nodes".into(), "Members: addresses, role, lag".into(), "cluster")
-                    .response("200", ok_response("Members", RefOr::T(Schema::Array(utoipa::openapi::schema::Array::new(object_schema()))))),
-            ),
+            PathItemBuilder::new()
+                .operation(
+                    HttpMethod::Get,
+                    errors(
+                        operation("list_nodes", "Members: addresses, role, lag", "cluster")
+                            .response(
+                                "200",
+                                ok_response("Members", array_of(schema_ref("ClusterNode"))),
+                            ),
+                        &[(401, ""), (403, admin)],
+                    ),
+                )
+                .build(),
         )
         .path(
             "/api/v1/cluster/nodes/{id}",
-            PathItem::new(
-                HttpMethod::Delete,
-                operation("remove_node".into(), "Remove a member (membership change)".into(), "cluster")
-                    .parameter(path_param("id", "The node id"))
-                    .parameter(query_param("force", "Allow removing the answering node or the last voter", Type::Boolean))
-                    .response("200", ok_response("Removed", object_schema()))
-                    .response("409", error_response("`removing_self` or `last_voter` without force")),
-            ),
-        );
+            PathItemBuilder::new()
+                .operation(
+                    HttpMethod::Delete,
+                    errors(
+                        operation(
+                            "remove_node",
+                            "Remove a member (membership change)",
+                            "cluster",
+                        )
+                        .parameter(path_param("id", "The node id", "NodeId"))
+                        .parameter(query_param(
+                            "force",
+                            "Allow removing the answering node or the last voter",
+                            flag(),
+                        ))
+                        .response("200", ok_response("Removed", schema_ref("RemovedNode"))),
+                        &[
+                            (400, ""),
+                            (401, ""),
+                            (403, admin),
+                            (404, "No such member (`not_found`)"),
+                            (
+                                409,
+                                "Without `force`: the answering node (`removing_self`) or the \
+                                 last voter (`last_voter`)",
+                            ),
+                            (503, ""),
+                        ],
+                    ),
+                )
+                .build(),
+        )
+}
+
+/// Adds `T` and every schema it refers to.
+fn add<T: ToSchema>(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+    schemas.push((T::name().into_owned(), T::schema()));
+    T::schemas(schemas);
+}
+
+fn build() -> Value {
+    let mut paths = PathsBuilder::new();
+    for kind in ObjectKind::ALL {
+        paths = object_paths(paths, *kind);
+    }
+    for kind in [ObjectKind::Machines, ObjectKind::Profiles] {
+        paths = param_paths(paths, kind);
+    }
+    paths = other_paths(paths);
+    paths = cluster_paths(paths);
+
+    let mut schemas = Vec::new();
+    add::<Machine>(&mut schemas);
+    add::<Profile>(&mut schemas);
+    add::<Param>(&mut schemas);
+    add::<BootEnv>(&mut schemas);
+    add::<Template>(&mut schemas);
+    add::<Subnet>(&mut schemas);
+    add::<Reservation>(&mut schemas);
+    add::<Lease>(&mut schemas);
+    add::<UserView>(&mut schemas);
+    add::<TokenInfo>(&mut schemas);
+    add::<Prefs>(&mut schemas);
+    add::<EffectiveParam>(&mut schemas);
+    add::<ObjectKind>(&mut schemas);
+    add::<Event>(&mut schemas);
+    add::<ErrorBody>(&mut schemas);
+    add::<TokenRequest>(&mut schemas);
+    add::<TokenGrant>(&mut schemas);
+    add::<JoinToken>(&mut schemas);
+    add::<JoinTokenRequest>(&mut schemas);
+    add::<JoinTokenGrant>(&mut schemas);
+    add::<JoinRequest>(&mut schemas);
+    add::<JoinResponse>(&mut schemas);
 
     let components = ComponentsBuilder::new()
-        .schema_from::<Machine>()
-        .schema_from::<Profile>()
-        .schema_from::<Param>()
-        .schema_from::<BootEnv>()
-        .schema_from::<Template>()
-        .schema_from::<Subnet>()
-        .schema_from::<Reservation>()
-        .schema_from::<Lease>()
-        .schema_from::<User>()
-        .schema_from::<TokenInfo>()
-        .schema_from::<Prefs>()
-        .schema_from::<Event>()
-        .schema_from::<ErrorBody>()
-        .schema_from::<UserInput>()
-        .schema_from::<TokenRequest>()
-        .schema_from::<TokenGrant>()
-        .schema_from::<JoinToken>()
-        .schema_from::<JoinTokenRequest>()
-        .schema_from::<JoinTokenGrant>()
-        .schema_from::<JoinRequest>()
-        .schema_from::<JoinResponse>()
+        .schemas_from_iter(schemas)
         .security_scheme(
             "bearer",
             SecurityScheme::Http(
@@ -556,13 +1202,16 @@ fn build() -> OpenApi {
         )
         .build();
 
-    OpenApiBuilder::new()
+    let doc = OpenApiBuilder::new()
         .info(
             InfoBuilder::new()
                 .title("Cradle API")
                 .version(env!("CARGO_PKG_VERSION"))
                 .description(Some(
-                    "Fleet state of a Cradle network-boot cluster. Every member serves every call.",
+                    "Fleet state of a Cradle network-boot cluster. Every member serves every \
+                     call. Errors are JSON `ErrorBody`s with a stable `code`. Integers are \
+                     written without a fraction (`3`, not `3.0`); string lengths are limits \
+                     on bytes of UTF-8.",
                 ))
                 .build(),
         )
@@ -572,5 +1221,1104 @@ fn build() -> OpenApi {
             "bearer",
             Vec::<String>::new(),
         )]))
-        .build()
+        .build();
+    let mut doc = serde_json::to_value(&doc).expect("the OpenAPI document serializes");
+    refine(&mut doc);
+    doc
+}
+
+// ---------------------------------------------------------------------------
+// Refinement: what the model's validation enforces, as JSON Schema.
+
+/// An entity tag as `If-Match` and `If-None-Match` read it: a revision,
+/// quoted, weak (`W/"12"`) or bare.
+const ENTITY_TAG: &str = r#"(W/"[0-9]{1,19}"|"[0-9]{1,19}"|[0-9]{1,19})"#;
+
+/// `check_name`: a letter or digit first, then letters, digits, `.`, `-`, `_`.
+pub const NAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._-]*$";
+
+/// The IPv4 addresses `check_host_address` refuses: unspecified, broadcast,
+/// loopback, multicast.
+const NOT_HOST_PATTERN: &str = r"^(0\.0\.0\.0|255\.255\.255\.255|127\..*|22[4-9]\..*|23[0-9]\..*)$";
+
+/// One octet of a dotted quad as Rust parses it (no leading zeros).
+const OCTET: &str = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
+
+/// A MAC address in the spellings `parse_mac` reads (`aa:bb:cc:dd:ee:ff`,
+/// `aa-bb-…`, `aabb.ccdd.eeff`, `aabbccddeeff`), unicast: the first octet's
+/// low bit is clear.
+fn mac_pattern() -> String {
+    let h = "[0-9A-Fa-f]";
+    let first = format!("{h}[02468aceACE]");
+    format!(
+        "^({first}(:{h}{h}){{5}}|{first}(-{h}{h}){{5}}|{first}{h}{h}\\.{h}{{4}}\\.{h}{{4}}|{first}{h}{{10}})$"
+    )
+}
+
+fn ref_to(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+fn nullable(schema: Value) -> Value {
+    json!({ "oneOf": [schema, { "type": "null" }] })
+}
+
+fn name_schema(max: usize) -> Value {
+    json!({ "type": "string", "pattern": NAME_PATTERN, "minLength": 1, "maxLength": max })
+}
+
+fn names(max_items: usize) -> Value {
+    json!({ "type": "array", "items": ref_to("Name"), "maxItems": max_items })
+}
+
+/// What Rust's `char::is_whitespace` and `char::is_control` match, as the
+/// inside of a regex character class.
+const WHITESPACE_OR_CONTROL: &str =
+    r"\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000";
+
+/// `check_boot_path`: not empty, no whitespace or control characters, at most
+/// 4096 bytes (a `..` segment is refused too: `invalid_path`).
+fn boot_path() -> Value {
+    json!({
+        "type": "string",
+        "pattern": format!("^[^{WHITESPACE_OR_CONTROL}]+$"),
+        "maxLength": 4096,
+    })
+}
+
+fn description() -> Value {
+    json!({
+        "type": "string",
+        "maxLength": MAX_DESCRIPTION_LEN,
+        "description": format!("For people; at most {MAX_DESCRIPTION_LEN} bytes of UTF-8."),
+    })
+}
+
+/// Schemas that are not a type of the code base: keys, bounds, request
+/// bodies and small responses.
+fn extra_schemas() -> Vec<(&'static str, Value)> {
+    let octet = OCTET;
+    let ipv4 = format!("{octet}\\.{octet}\\.{octet}\\.{octet}");
+    vec![
+        ("Name", name_schema(MAX_NAME_LEN)),
+        ("HostName", name_schema(MAX_HOSTNAME_LEN)),
+        (
+            "MachineKey",
+            json!({ "type": "string", "format": "uuid", "description": "A machine's UUID" }),
+        ),
+        ("PrefsKey", json!({ "type": "string", "enum": [PREFS_KEY] })),
+        (
+            "HostAddress",
+            json!({
+                "type": "string",
+                "format": "ipv4",
+                "pattern": format!("^{ipv4}$"),
+                "not": { "pattern": NOT_HOST_PATTERN },
+                "description": "An IPv4 address a host can have: not 0.0.0.0, broadcast, \
+                                loopback or multicast",
+            }),
+        ),
+        (
+            "Cidr",
+            json!({
+                "type": "string",
+                "pattern": format!("^{ipv4}/(30|[12]?[0-9])$"),
+                "description": "An IPv4 network of at least 4 addresses (prefix up to /30); \
+                                stored as its network address",
+                "example": "10.0.0.0/24",
+            }),
+        ),
+        (
+            "Mac",
+            json!({
+                "type": "string",
+                "pattern": mac_pattern(),
+                "not": { "pattern": "^[0:.-]*$" },
+                "description": "A unicast Ethernet MAC, stored as `aa:bb:cc:dd:ee:ff`",
+            }),
+        ),
+        (
+            "Limit",
+            json!({ "type": "integer", "minimum": 1, "maximum": MAX_LIMIT }),
+        ),
+        (
+            "Offset",
+            json!({ "type": "integer", "minimum": 0, "maximum": usize::MAX }),
+        ),
+        (
+            "RevisionNumber",
+            json!({ "type": "integer", "minimum": 0, "maximum": u64::MAX }),
+        ),
+        ("LastEventId", json!({ "type": "string" })),
+        (
+            "Flag",
+            json!({
+                "type": "string",
+                "enum": ["true", "false", "1", "0", "yes", "no", ""],
+                "description": "`true` or `false`; `1`/`0` and `yes`/`no` too; empty means `true`",
+            }),
+        ),
+        (
+            "EventMessage",
+            json!({
+                "description": "One server-sent event",
+                "type": "object",
+                "required": ["data", "event"],
+                "properties": {
+                    "id": { "type": "string", "pattern": "^[0-9]+$",
+                            "description": "The revision" },
+                    "event": { "type": "string",
+                               "enum": ["created", "updated", "deleted", "error"] },
+                    "data": { "type": "string" },
+                },
+                "oneOf": [
+                    {
+                        "required": ["id"],
+                        "properties": {
+                            "event": { "enum": ["created", "updated", "deleted"] },
+                            "data": {
+                                "contentMediaType": "application/json",
+                                "contentSchema": ref_to("Event"),
+                            },
+                        },
+                    },
+                    {
+                        "description": "The stream failed; it ends after this",
+                        "properties": { "event": { "const": "error" } },
+                    },
+                ],
+            }),
+        ),
+        (
+            "Cursor",
+            json!({
+                "type": "string",
+                "pattern": "^[A-Za-z0-9_-]*$",
+                "description": "Opaque; only what `X-Next-Cursor` gave (`invalid_query` otherwise)",
+            }),
+        ),
+        (
+            "IfMatch",
+            json!({
+                "type": "string",
+                "pattern": format!(r"^[ \t]*(\*|{ENTITY_TAG})[ \t]*$"),
+                "description": "`*`, or one entity tag: a revision as the ETag gives it \
+                                (`\"12\"`; `12` is read the same)",
+            }),
+        ),
+        (
+            "IfNoneMatch",
+            json!({
+                "type": "string",
+                "pattern": format!(
+                    r"^[ \t]*(\*|{ENTITY_TAG}([ \t]*,[ \t]*{ENTITY_TAG})*)[ \t]*$"
+                ),
+                "description": "`*`, or a list of entity tags (weak ones match too)",
+            }),
+        ),
+        (
+            "JoinTokenId",
+            json!({ "type": "string", "pattern": "^[0-9a-f]+$" }),
+        ),
+        (
+            "NodeId",
+            json!({ "type": "integer", "minimum": 0, "maximum": u64::MAX }),
+        ),
+        (
+            "Params",
+            json!({
+                "type": "object",
+                "description": "Param name → value; values are checked against the param's \
+                                definition, when there is one (`invalid_param_value`)",
+                "propertyNames": ref_to("Name"),
+                "maxProperties": MAX_PARAMS,
+            }),
+        ),
+        ("ParamValue", json!({ "description": "Any JSON value" })),
+        (
+            "EffectiveParams",
+            json!({ "type": "object", "additionalProperties": ref_to("EffectiveParam") }),
+        ),
+        (
+            "Deleted",
+            json!({
+                "type": "object",
+                "required": ["revision"],
+                "properties": { "revision": { "type": "integer", "minimum": 0 } },
+                "additionalProperties": false,
+            }),
+        ),
+        (
+            "Revoked",
+            json!({
+                "type": "object",
+                "required": ["revision", "revoked"],
+                "properties": {
+                    "revision": { "type": "integer", "minimum": 0 },
+                    "revoked": { "type": "boolean" },
+                },
+                "additionalProperties": false,
+            }),
+        ),
+        (
+            "RemovedNode",
+            json!({
+                "type": "object",
+                "required": ["revision", "removed"],
+                "properties": {
+                    "revision": { "type": "integer", "minimum": 0 },
+                    "removed": { "type": "integer", "minimum": 0 },
+                },
+                "additionalProperties": false,
+            }),
+        ),
+        (
+            "Claims",
+            json!({
+                "type": "object",
+                "required": ["jti", "sub", "scope", "iat", "exp"],
+                "properties": {
+                    "jti": { "type": "string", "description": "The token's id" },
+                    "sub": { "type": "string", "description": "The user" },
+                    "scope": ref_to("Scope"),
+                    "iat": { "type": "integer", "minimum": 0 },
+                    "exp": { "type": "integer", "minimum": 0 },
+                },
+                "additionalProperties": false,
+            }),
+        ),
+        (
+            "ClusterNode",
+            json!({
+                "type": "object",
+                "required": ["id", "api_addr", "rpc_addr", "joined_at_unix", "removed", "role",
+                             "matched_index", "lag"],
+                "properties": {
+                    "id": { "type": "integer", "minimum": 0 },
+                    "api_addr": { "type": "string" },
+                    "rpc_addr": { "type": "string" },
+                    "joined_at_unix": { "type": "integer", "minimum": 0 },
+                    "removed": { "type": "boolean" },
+                    "role": { "type": "string",
+                              "enum": ["leader", "voter", "learner", "pending", "removed"] },
+                    "matched_index": { "type": ["integer", "null"], "minimum": 0 },
+                    "lag": { "type": ["integer", "null"], "minimum": 0 },
+                },
+                "additionalProperties": false,
+            }),
+        ),
+        (
+            "Status",
+            json!({
+                "type": "object",
+                "required": ["node_id", "health", "role", "leader", "term", "revision", "members",
+                             "version"],
+                "properties": {
+                    "node_id": { "type": "integer", "minimum": 0 },
+                    "health": { "type": "string", "enum": ["ok", "no_leader", "no_quorum"] },
+                    "time_unix": { "type": "integer", "minimum": 0 },
+                    "role": { "type": "string",
+                              "enum": ["leader", "follower", "candidate", "learner", "shutdown"] },
+                    "leader": { "type": ["integer", "null"], "minimum": 0 },
+                    "term": { "type": "integer", "minimum": 0 },
+                    "revision": { "type": "integer", "minimum": 0 },
+                    "members": { "type": "array", "items": { "type": "object" } },
+                    "version": { "type": "string" },
+                },
+            }),
+        ),
+        (
+            "JsonPatch",
+            json!({ "type": "array", "items": ref_to("PatchOperation") }),
+        ),
+        ("PatchOperation", patch_operation()),
+        ("UserCreate", user_input(true)),
+        ("UserReplace", user_input(false)),
+    ]
+}
+
+/// One RFC 6902 operation: `op` and `path` always, `value` for add, replace
+/// and test, `from` for move and copy. Paths are JSON Pointers (RFC 6901).
+fn patch_operation() -> Value {
+    let pointer = json!({ "type": "string", "pattern": "^(/([^~/]|~[01])*)*$" });
+    let op = |name: &str, extra: Option<&str>| {
+        let mut required = vec!["op", "path"];
+        let mut properties = json!({ "op": { "const": name }, "path": pointer });
+        if let Some(extra) = extra {
+            required.push(extra);
+            properties[extra] = if extra == "from" {
+                pointer.clone()
+            } else {
+                json!({})
+            };
+        }
+        json!({ "type": "object", "required": required, "properties": properties })
+    };
+    json!({
+        "oneOf": [
+            op("add", Some("value")),
+            op("remove", None),
+            op("replace", Some("value")),
+            op("move", Some("from")),
+            op("copy", Some("from")),
+            op("test", Some("value")),
+        ],
+    })
+}
+
+/// The body that creates (`password` required) or replaces (absent keeps the
+/// current password) a user.
+fn user_input(create: bool) -> Value {
+    let password = json!({
+        "type": "string",
+        "minLength": 8,
+        "writeOnly": true,
+        "description": if create {
+            "At least 8 characters"
+        } else {
+            "At least 8 characters; absent keeps the current password"
+        },
+    });
+    let password = if create { password } else { nullable(password) };
+    let mut required = vec!["name"];
+    if create {
+        required.push("password");
+    }
+    json!({
+        "type": "object",
+        "required": required,
+        "properties": {
+            "name": ref_to("Name"),
+            "password": password,
+            "admin": { "type": "boolean" },
+            "description": description(),
+            "revision": { "type": "integer", "minimum": 0, "readOnly": true },
+        },
+        "additionalProperties": false,
+    })
+}
+
+/// `properties.<field>` of a component schema.
+fn field<'a>(schemas: &'a mut Map<String, Value>, schema: &str, field: &str) -> &'a mut Value {
+    schemas
+        .get_mut(schema)
+        .and_then(|s| s.get_mut("properties"))
+        .and_then(|p| p.get_mut(field))
+        .unwrap_or_else(|| panic!("schema {schema} has no field {field}"))
+}
+
+/// Replaces a field's schema, keeping its description.
+fn set(schemas: &mut Map<String, Value>, schema: &str, name: &str, mut new: Value) {
+    let slot = field(schemas, schema, name);
+    if let (Some(text), Some(map)) = (slot.get("description").cloned(), new.as_object_mut()) {
+        map.entry("description").or_insert(text);
+    }
+    *slot = new;
+}
+
+/// Merges keywords into a field's schema.
+fn merge(schemas: &mut Map<String, Value>, schema: &str, name: &str, keywords: Value) {
+    let slot = field(schemas, schema, name);
+    if let (Some(slot), Value::Object(keywords)) = (slot.as_object_mut(), keywords) {
+        slot.extend(keywords);
+    }
+}
+
+/// utoipa writes Rust's unsigned integers as OpenAPI's signed `int32` and
+/// `int64` formats with `minimum: 0`; their real upper bound is larger.
+fn unsigned_bounds(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            let unsigned = map.get("minimum") == Some(&json!(0));
+            let max = match map.get("format").and_then(Value::as_str) {
+                Some("int32") if unsigned => Some(json!(u32::MAX)),
+                Some("int64") if unsigned => Some(json!(u64::MAX)),
+                _ => None,
+            };
+            if let Some(max) = max {
+                map.remove("format");
+                map.entry("maximum").or_insert(max);
+            }
+            map.values_mut().for_each(unsigned_bounds);
+        }
+        Value::Array(items) => items.iter_mut().for_each(unsigned_bounds),
+        _ => {}
+    }
+}
+
+fn refine(doc: &mut Value) {
+    unsigned_bounds(&mut doc["components"]);
+    let schemas = doc["components"]["schemas"]
+        .as_object_mut()
+        .expect("the document has component schemas");
+    for (name, schema) in extra_schemas() {
+        schemas.insert(name.to_string(), schema);
+    }
+    let name = || ref_to("Name");
+    let host = || ref_to("HostAddress");
+    let options = || {
+        json!({
+            "type": "array",
+            "maxItems": MAX_OPTIONS,
+            "items": ref_to("DhcpOption"),
+            "description": "One entry per code",
+        })
+    };
+
+    // Machines.
+    set(schemas, "Machine", "name", ref_to("HostName"));
+    set(
+        schemas,
+        "Machine",
+        "uuid",
+        json!({
+            "type": "string",
+            "format": "uuid",
+            "not": { "const": "00000000-0000-0000-0000-000000000000" },
+            "description": "Assigned by the server when absent on create",
+        }),
+    );
+    set(
+        schemas,
+        "Machine",
+        "hardware_addrs",
+        json!({ "type": "array", "items": ref_to("Mac"), "maxItems": MAX_HARDWARE_ADDRS }),
+    );
+    set(schemas, "Machine", "address", nullable(host()));
+    set(
+        schemas,
+        "Machine",
+        "bootenv",
+        json!({ "anyOf": [{ "const": "" }, name()] }),
+    );
+    set(
+        schemas,
+        "Machine",
+        "profiles",
+        json!({ "type": "array", "items": name(), "maxItems": MAX_PROFILES, "uniqueItems": true }),
+    );
+    set(schemas, "Machine", "params", ref_to("Params"));
+    set(
+        schemas,
+        "Machine",
+        "meta",
+        json!({
+            "type": "object",
+            "propertyNames": name(),
+            "additionalProperties": { "type": "string", "maxLength": MAX_META_VALUE_LEN },
+            "maxProperties": MAX_META,
+        }),
+    );
+    set(schemas, "Machine", "description", description());
+
+    // Profiles.
+    set(schemas, "Profile", "name", name());
+    set(schemas, "Profile", "description", description());
+    set(schemas, "Profile", "params", ref_to("Params"));
+    set(
+        schemas,
+        "Profile",
+        "profiles",
+        json!({
+            "type": "array", "items": name(), "maxItems": MAX_PROFILES, "uniqueItems": true,
+            "description": "Nested profiles, consulted in order after this profile's own \
+                            params; never the profile itself (`self_reference`)",
+        }),
+    );
+
+    // Params.
+    set(schemas, "Param", "name", name());
+    set(schemas, "Param", "description", description());
+    merge(
+        schemas,
+        "Param",
+        "schema",
+        json!({ "type": ["object", "boolean"],
+                "description": "A JSON Schema the values must satisfy; absent means any value" }),
+    );
+
+    // Bootenvs.
+    set(schemas, "BootEnv", "name", name());
+    set(schemas, "BootEnv", "description", description());
+    merge(
+        schemas,
+        "BootEnv",
+        "templates",
+        json!({ "maxItems": MAX_TEMPLATES }),
+    );
+    for list in ["required_params", "optional_params"] {
+        set(schemas, "BootEnv", list, names(MAX_BOOTENV_PARAMS));
+    }
+    set(schemas, "ArchBoot", "kernel", boot_path());
+    set(
+        schemas,
+        "ArchBoot",
+        "initrds",
+        json!({ "type": "array", "items": boot_path(), "maxItems": MAX_INITRDS }),
+    );
+    set(schemas, "ArchBoot", "loader", nullable(boot_path()));
+    set(schemas, "TemplateRef", "name", name());
+    merge(schemas, "TemplateRef", "path", json!({ "minLength": 1 }));
+    set(schemas, "TemplateRef", "template_id", nullable(name()));
+    if let Some(template_ref) = schemas.get_mut("TemplateRef") {
+        template_ref["description"] =
+            json!("A file of the bootenv: exactly one of `template_id` and `contents`.");
+        template_ref["oneOf"] = json!([
+            { "required": ["template_id"],
+              "properties": { "template_id": { "type": "string" }, "contents": { "type": "null" } } },
+            { "required": ["contents"],
+              "properties": { "contents": { "type": "string" }, "template_id": { "type": "null" } } },
+        ]);
+    }
+
+    // Templates.
+    set(schemas, "Template", "id", name());
+    set(schemas, "Template", "description", description());
+    merge(
+        schemas,
+        "Template",
+        "body",
+        json!({ "maxLength": MAX_TEMPLATE_LEN }),
+    );
+
+    // Subnets, reservations, leases.
+    set(schemas, "Subnet", "name", name());
+    set(schemas, "Subnet", "cidr", ref_to("Cidr"));
+    merge(schemas, "Subnet", "pools", json!({ "maxItems": MAX_POOLS }));
+    set(schemas, "PoolRange", "start", host());
+    set(schemas, "PoolRange", "end", host());
+    for secs in ["lease_secs", "reserved_lease_secs"] {
+        merge(schemas, "Subnet", secs, json!({ "minimum": 1 }));
+    }
+    set(schemas, "Subnet", "options", options());
+    set(schemas, "Subnet", "next_server", nullable(host()));
+    set(
+        schemas,
+        "DhcpOption",
+        "code",
+        json!({
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 254,
+            "not": { "enum": [51, 53, 54] },
+            "description": "Not 0 or 255 (framing) nor 51, 53, 54 (set by Cradle)",
+        }),
+    );
+    merge(
+        schemas,
+        "DhcpOption",
+        "value",
+        json!({ "maxLength": MAX_OPTION_VALUE_LEN, "description": "A template" }),
+    );
+    set(schemas, "Reservation", "address", host());
+    set(schemas, "Reservation", "hardware_addr", ref_to("Mac"));
+    set(schemas, "Reservation", "subnet", name());
+    set(schemas, "Reservation", "options", options());
+    set(schemas, "Reservation", "next_server", nullable(host()));
+    set(schemas, "Reservation", "description", description());
+    set(schemas, "Lease", "address", host());
+    set(
+        schemas,
+        "Lease",
+        "client_id",
+        json!({
+            "type": "string",
+            "pattern": format!(
+                "^[:-]*([0-9A-Fa-f][:-]*[0-9A-Fa-f][:-]*){{1,{}}}$",
+                MAX_CLIENT_ID_HEX / 2
+            ),
+        }),
+    );
+    set(
+        schemas,
+        "Lease",
+        "hardware_addr",
+        json!({ "anyOf": [{ "const": "" }, ref_to("Mac")] }),
+    );
+    set(schemas, "Lease", "via", nullable(host()));
+
+    // Users, tokens, prefs.
+    set(schemas, "UserView", "name", name());
+    set(schemas, "TokenInfo", "id", name());
+    set(schemas, "TokenInfo", "user", name());
+    set(
+        schemas,
+        "TokenRequest",
+        "ttl_secs",
+        nullable(json!({
+            "type": "integer",
+            "minimum": 1,
+            "maximum": MAX_API_TOKEN_TTL_SECS,
+            "description": format!(
+                "Lifetime in seconds: at most the `max_api_token_ttl_secs` pref (default \
+                 {DEFAULT_MAX_API_TOKEN_TTL_SECS}; `invalid_ttl` above it), which is at most \
+                 {MAX_API_TOKEN_TTL_SECS}"
+            ),
+        })),
+    );
+    set(schemas, "TokenRequest", "description", description());
+    set(schemas, "TokenRequest", "user", nullable(name()));
+    set(
+        schemas,
+        "Scope",
+        "object",
+        nullable(json!({
+            "type": "string",
+            "pattern": format!("^[^{WHITESPACE_OR_CONTROL}/]+$"),
+            "maxLength": 253,
+        })),
+    );
+    if let Some(scope) = schemas.get_mut("Scope") {
+        // `object` narrows a `kind`: without one it is `invalid_scope`.
+        scope["anyOf"] = json!([
+            { "not": { "required": ["object"] } },
+            { "properties": { "object": { "type": "null" } } },
+            { "required": ["kind"], "properties": { "kind": ref_to("ObjectKind") } },
+        ]);
+    }
+    let mut login = schemas["TokenRequest"].clone();
+    if let Some(properties) = login["properties"].as_object_mut() {
+        properties.remove("user");
+    }
+    login["description"] = json!("`POST /auth/token`: a token for the caller.");
+    schemas.insert("LoginRequest".into(), login);
+    for ttl in ["unknown_token_ttl_secs", "known_token_ttl_secs"] {
+        merge(
+            schemas,
+            "Prefs",
+            ttl,
+            json!({ "minimum": 1, "maximum": crate::model::MAX_TOKEN_TTL_SECS }),
+        );
+    }
+    merge(
+        schemas,
+        "Prefs",
+        "max_api_token_ttl_secs",
+        json!({ "minimum": 1, "maximum": MAX_API_TOKEN_TTL_SECS }),
+    );
+    merge(
+        schemas,
+        "Prefs",
+        "max_object_bytes",
+        json!({ "minimum": MIN_MAX_OBJECT_BYTES, "maximum": MAX_MAX_OBJECT_BYTES }),
+    );
+    set(schemas, "Prefs", "default_bootenv", name());
+    set(schemas, "Prefs", "unknown_bootenv", name());
+
+    // Join tokens.
+    merge(
+        schemas,
+        "JoinTokenRequest",
+        "ttl_secs",
+        json!({ "minimum": 1, "maximum": MAX_JOIN_TOKEN_TTL_SECS }),
+    );
+    merge(
+        schemas,
+        "JoinTokenRequest",
+        "uses",
+        json!({ "minimum": 1, "maximum": MAX_JOIN_TOKEN_USES }),
+    );
+    for addr in ["rpc_addr", "api_addr"] {
+        merge(
+            schemas,
+            "JoinRequest",
+            addr,
+            json!({ "pattern": "^[!-~]*:[!-~]*$", "maxLength": 255,
+                    "description": "`host:port`, printable ASCII" }),
+        );
+    }
+
+    // What a list may sort by: a field, or a dotted path into one, or an
+    // indexed field (`invalid_query` otherwise).
+    for kind in ObjectKind::ALL {
+        let escape = |name: &str| -> String {
+            name.chars()
+                .flat_map(|c| {
+                    let special = "\\.^$|()[]{}*+?".contains(c);
+                    special.then_some('\\').into_iter().chain([c])
+                })
+                .collect()
+        };
+        let fields: Vec<String> = kind.field_names().iter().map(|f| escape(f)).collect();
+        let indexed: Vec<String> = indexed_fields(*kind).iter().map(|f| escape(f)).collect();
+        let mut pattern = format!("^(({})(\\..*)?", fields.join("|"));
+        if !indexed.is_empty() {
+            pattern.push_str(&format!("|{}", indexed.join("|")));
+        }
+        pattern.push_str(")$");
+        schemas.insert(
+            format!("{}Sort", schema_name(*kind)),
+            json!({ "type": "string", "pattern": pattern }),
+        );
+    }
+
+    let mut machine = schemas["Machine"].clone();
+    if let Some(required) = machine["required"].as_array_mut() {
+        required.push(json!("uuid"));
+    }
+    machine["description"] = json!("A machine as sent to replace it: with its UUID.");
+    schemas.insert("MachineReplace".into(), machine);
+
+    // The error codes, by status.
+    let mut table = String::from(
+        "Stable, machine-readable: clients match on this, never on `message`. By status:",
+    );
+    for (status, codes) in ERROR_CODES {
+        let list: Vec<String> = codes.iter().map(|c| format!("`{c}`")).collect();
+        table.push_str(&format!("\n- {status}: {}", list.join(", ")));
+    }
+    set(
+        schemas,
+        "ErrorBody",
+        "code",
+        json!({ "type": "string", "description": table }),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+
+    const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
+
+    /// One `.route(...)` of `mod.rs`: its path under `/api/v1`, its methods,
+    /// and whether it is public (not wrapped in `needs(..)`, the guard).
+    #[derive(Debug)]
+    struct Route {
+        path: String,
+        methods: BTreeSet<String>,
+        public: bool,
+    }
+
+    /// The routes as `api::router` declares them, read from its source.
+    fn routes() -> Vec<Route> {
+        let source = include_str!("mod.rs");
+        let source = &source[..source.find("#[cfg(test)]").unwrap_or(source.len())];
+        let mut out = Vec::new();
+        for (at, _) in source.match_indices(".route(") {
+            let body = &source[at + ".route(".len()..];
+            // The call's arguments: up to the parenthesis that closes it.
+            let mut depth = 1;
+            let end = body
+                .char_indices()
+                .find(|&(_, c)| {
+                    depth += match c {
+                        '(' => 1,
+                        ')' => -1,
+                        _ => 0,
+                    };
+                    depth == 0
+                })
+                .map(|(i, _)| i)
+                .expect("balanced parentheses");
+            let args = &body[..end];
+            let path = args.split('"').nth(1).expect("a path literal").to_string();
+            let mut methods = BTreeSet::new();
+            for method in METHODS {
+                for (i, _) in args.match_indices(&format!("{method}(")) {
+                    let before = args[..i].chars().last().unwrap_or(' ');
+                    if !(before.is_alphanumeric() || before == '_' || before == ':') {
+                        methods.insert(method.to_string());
+                    }
+                }
+            }
+            out.push(Route {
+                path,
+                methods,
+                public: !args.contains("needs("),
+            });
+        }
+        assert!(out.len() > 10, "found only {} routes in mod.rs", out.len());
+        out
+    }
+
+    /// The route the router picks for a concrete path: static segments win
+    /// over `{param}` ones, left to right (as in axum's matcher).
+    fn route_for<'a>(routes: &'a [Route], path: &str) -> Option<&'a Route> {
+        let segments: Vec<&str> = path.split('/').collect();
+        routes
+            .iter()
+            .filter(|r| {
+                let own: Vec<&str> = r.path.split('/').collect();
+                own.len() == segments.len()
+                    && own
+                        .iter()
+                        .zip(&segments)
+                        .all(|(a, b)| a.starts_with('{') || a == b)
+            })
+            .max_by_key(|r| {
+                r.path
+                    .split('/')
+                    .map(|s| !s.starts_with('{'))
+                    .collect::<Vec<bool>>()
+            })
+    }
+
+    #[test]
+    fn every_route_is_documented_and_every_operation_routed() {
+        let doc = openapi();
+        let routes = routes();
+        let mut served = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            let concrete = path.strip_prefix("/api/v1").expect("under /api/v1");
+            // Documented `{key}`-style segments stand for any value: only
+            // the router's own `{param}` segments match them.
+            let route = route_for(&routes, concrete)
+                .unwrap_or_else(|| panic!("{path} is documented but not routed"));
+            served.insert(route.path.clone());
+            let documented: BTreeSet<String> = item
+                .as_object()
+                .expect("path item")
+                .keys()
+                .filter(|k| METHODS.contains(&k.as_str()))
+                .cloned()
+                .collect();
+            assert_eq!(
+                documented, route.methods,
+                "{path}: documented methods differ from the route {}",
+                route.path
+            );
+            for method in &documented {
+                // Public: its own `security` that does not ask for a bearer
+                // token (`[]`, or HTTP Basic for `/auth/token`).
+                let is_public = item[method]
+                    .get("security")
+                    .is_some_and(|s| !s.to_string().contains("bearer"));
+                assert_eq!(
+                    is_public,
+                    route.public,
+                    "{method} {path}: documented {} but routed {}",
+                    if is_public {
+                        "public"
+                    } else {
+                        "with a bearer token"
+                    },
+                    if route.public {
+                        "public"
+                    } else {
+                        "behind the token middleware"
+                    }
+                );
+            }
+        }
+        for route in &routes {
+            assert!(
+                served.contains(&route.path),
+                "route {} is not documented",
+                route.path
+            );
+        }
+    }
+
+    fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("read src") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                rust_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    /// The first string literal at the start of `text` (after whitespace), or
+    /// a `code::NAME` constant (any path to a `code` module) resolved through
+    /// `consts`.
+    fn literal(text: &str, consts: &BTreeMap<String, String>) -> Option<String> {
+        let text = text.trim_start();
+        if let Some(rest) = text.strip_prefix('"') {
+            return rest.split('"').next().map(str::to_string);
+        }
+        let path: String = text
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
+            .collect();
+        let (_, name) = path.rsplit_once("code::")?;
+        consts.get(name).cloned()
+    }
+
+    fn status_named(name: &str) -> Option<u16> {
+        (100..600).find(|&n| {
+            axum::http::StatusCode::from_u16(n)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .is_some_and(|r| r.to_ascii_uppercase().replace([' ', '-'], "_") == name)
+        })
+    }
+
+    /// `(status, code)` pairs the code base can answer with, read from its
+    /// source: `ApiError` constructors, store rejections, the model's codes
+    /// and the framework rejections `api::json_errors` names.
+    fn emitted_codes() -> BTreeSet<(u16, String)> {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        rust_files(&src, &mut files);
+        // The `code` modules' constants (the model's and the store limits').
+        let mut consts = BTreeMap::new();
+        let mut model_codes = Vec::new();
+        for file in &files {
+            let text = std::fs::read_to_string(file).expect("read source");
+            let Some(start) = text.find("pub mod code {") else {
+                continue;
+            };
+            let block = &text[start..];
+            let block = &block[..block.find("\n}").unwrap_or(block.len())];
+            for line in block.lines() {
+                let line = line.trim();
+                if let Some(rest) = line.strip_prefix("pub const ") {
+                    if let Some((name, value)) = rest.split_once(": &str = ") {
+                        let value = value.trim_matches(['"', ';']).to_string();
+                        if file.ends_with("model/validate.rs") {
+                            model_codes.push(value.clone());
+                        }
+                        consts.insert(name.to_string(), value);
+                    }
+                }
+            }
+        }
+        let mut out = BTreeSet::new();
+        // Any of the model's validation codes can come back from a write.
+        for value in model_codes {
+            out.insert((super::super::error::status_for(&value).as_u16(), value));
+        }
+        for file in files {
+            let text = std::fs::read_to_string(&file).expect("read source");
+            let text = &text[..text.find("#[cfg(test)]").unwrap_or(text.len())];
+            let after = |needle: &str| -> Vec<&str> {
+                text.match_indices(needle)
+                    .map(|(i, _)| &text[i + needle.len()..])
+                    .collect()
+            };
+            for rest in after("ApiError::new(") {
+                let rest = rest.trim_start();
+                let Some(rest) = rest.strip_prefix("StatusCode::") else {
+                    continue;
+                };
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || *c == '_')
+                    .collect();
+                let status = status_named(&name)
+                    .unwrap_or_else(|| panic!("unknown status {name} in {}", file.display()));
+                let code = rest[name.len()..].trim_start().trim_start_matches(',');
+                if let Some(code) = literal(code, &consts) {
+                    out.insert((status, code));
+                }
+            }
+            for rest in after("ApiError::bad_request(") {
+                if let Some(code) = literal(rest, &consts) {
+                    out.insert((400, code));
+                }
+            }
+            for rest in after("Rejection::new(") {
+                if let Some(code) = literal(rest, &consts) {
+                    out.insert((super::super::error::status_for(&code).as_u16(), code));
+                }
+            }
+            for (helper, status, code) in [
+                ("ApiError::not_found(", 404, "not_found"),
+                ("ApiError::unauthorized(", 401, "unauthorized"),
+                ("ApiError::forbidden(", 403, "forbidden"),
+                ("ApiError::internal(", 500, "internal"),
+            ] {
+                if text.contains(helper) {
+                    out.insert((status, code.to_string()));
+                }
+            }
+            // `StatusCode::NAME => "code"` (the framework's rejections).
+            for (i, _) in text.match_indices("StatusCode::") {
+                let rest = &text[i + "StatusCode::".len()..];
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || *c == '_')
+                    .collect();
+                let tail = rest[name.len()..].trim_start();
+                if let Some(tail) = tail.strip_prefix("=>") {
+                    if let (Some(status), Some(code)) =
+                        (status_named(&name), literal(tail, &consts))
+                    {
+                        out.insert((status, code));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_error_code_is_documented_with_its_status() {
+        let emitted = emitted_codes();
+        assert!(emitted.len() > 40, "found only {} codes", emitted.len());
+        let listed: BTreeSet<(u16, String)> = ERROR_CODES
+            .iter()
+            .flat_map(|(status, codes)| codes.iter().map(|c| (*status, c.to_string())))
+            .collect();
+        let missing: Vec<_> = emitted.difference(&listed).collect();
+        assert!(
+            missing.is_empty(),
+            "error codes the code base emits but ERROR_CODES does not list: {missing:?}"
+        );
+        // Every status but 500 that the code base answers with is some
+        // operation's documented response.
+        let doc = openapi();
+        let mut documented = BTreeSet::new();
+        for item in doc["paths"].as_object().expect("paths").values() {
+            for op in item.as_object().expect("path item").values() {
+                if let Some(responses) = op.get("responses").and_then(Value::as_object) {
+                    documented.extend(responses.keys().filter_map(|s| s.parse::<u16>().ok()));
+                }
+            }
+        }
+        for (status, code) in &emitted {
+            // 405 is how the router answers methods a path does not take:
+            // not an operation's response but the lack of one.
+            if *status != 500 && *status != 405 && *status != 415 {
+                assert!(
+                    documented.contains(status),
+                    "{status} ({code}) is answered but no operation documents it"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_reference_resolves() {
+        let doc = openapi();
+        let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+        fn walk(v: &Value, schemas: &Map<String, Value>) {
+            match v {
+                Value::Object(map) => {
+                    if let Some(Value::String(r)) = map.get("$ref") {
+                        let name = r
+                            .strip_prefix("#/components/schemas/")
+                            .unwrap_or_else(|| panic!("unexpected reference {r}"));
+                        assert!(schemas.contains_key(name), "unresolved reference {r}");
+                    }
+                    map.values().for_each(|v| walk(v, schemas));
+                }
+                Value::Array(items) => items.iter().for_each(|v| walk(v, schemas)),
+                _ => {}
+            }
+        }
+        walk(doc, schemas);
+    }
+
+    #[test]
+    fn users_are_shown_without_their_hash() {
+        let doc = openapi();
+        let view = &doc["components"]["schemas"]["UserView"]["properties"];
+        assert!(view.get("password_hash").is_none());
+        assert_eq!(
+            doc["paths"]["/api/v1/users/{key}"]["get"]["responses"]["200"]["content"]
+                ["application/json"]["schema"]["$ref"],
+            "#/components/schemas/UserView"
+        );
+        let create = &doc["components"]["schemas"]["UserCreate"];
+        assert!(create["required"]
+            .as_array()
+            .is_some_and(|r| r.contains(&json!("password"))));
+    }
 }
