@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: unit and integration tests, then (as root, where
-# network namespaces can be made) the chaos scenarios. Ends with one line:
+# The whole test suite: unit and integration tests, the API contract test
+# (schemathesis against a running server), then (as root, where network
+# namespaces can be made) the chaos scenarios. Ends with one line:
 # "all: N passed, M failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,12 +18,23 @@ if [ "$cargo_status" -ne 0 ] && [ "$failed" -eq 0 ]; then
   failed=1 # a build failure or a crashed test binary
 fi
 
+cargo build --locked --bin cradle
+bin="${CARGO_TARGET_DIR:-target}/debug/cradle"
+
+# The contract test: the OpenAPI document against a running server.
+echo "== packaging/contract-test.sh"
+if packaging/contract-test.sh "$bin"; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1))
+  echo "contract test failed: packaging/contract-test.sh"
+fi
+
 if [ "$(id -u)" -eq 0 ] && command -v ip >/dev/null 2>&1; then
-  cargo build --locked --bin cradle
   for scenario in chaos/*.sh; do
     [ -f "$scenario" ] || continue
     echo "== $scenario"
-    if bash "$scenario" target/debug/cradle; then
+    if bash "$scenario" "$bin"; then
       passed=$((passed + 1))
     else
       failed=$((failed + 1))
