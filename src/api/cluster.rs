@@ -10,7 +10,6 @@ use axum::Extension;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use subtle::ConstantTimeEq as _;
 
 use super::auth::{source_ip, too_many};
 use super::objects::{flag, parse_json, parse_json_object, query_pairs};
@@ -18,7 +17,8 @@ use super::{ApiError, ApiResult, AppState};
 use crate::auth::random_secret;
 use crate::cluster::join::{JoinRequest, JoinResponse};
 use crate::cluster::state::{
-    hash_secret, node_common_name, parse_join_token, JoinToken, TOKEN_ID_HEX, TOKEN_SECRET_HEX,
+    check_join_token, hash_secret, node_common_name, parse_join_token, JoinRefusal, JoinToken,
+    TOKEN_ID_HEX, TOKEN_SECRET_HEX,
 };
 use crate::store::{Command, Rejection};
 
@@ -170,50 +170,6 @@ pub async fn join(
     }
 }
 
-/// The local check of a join token, with the codes the log's check uses.
-fn check_join_token(
-    token: Option<&JoinToken>,
-    secret_sha256: &str,
-    now_unix: u64,
-) -> Result<(), Rejection> {
-    let invalid = || {
-        Rejection::new(
-            "invalid_join_token",
-            "the join token is not valid for this cluster",
-        )
-        .at("token")
-    };
-    let token = token.ok_or_else(invalid)?;
-    // Compared in constant time: the hash is of a secret.
-    let same: bool = token
-        .secret_sha256
-        .as_bytes()
-        .ct_eq(secret_sha256.as_bytes())
-        .into();
-    if !same {
-        return Err(invalid());
-    }
-    if token.revoked {
-        return Err(Rejection::new(
-            "join_token_revoked",
-            "the join token has been revoked",
-        ));
-    }
-    if now_unix >= token.expires_at_unix {
-        return Err(Rejection::new(
-            "join_token_expired",
-            "the join token has expired",
-        ));
-    }
-    if token.uses_left == 0 {
-        return Err(Rejection::new(
-            "join_token_used_up",
-            "the join token has no uses left",
-        ));
-    }
-    Ok(())
-}
-
 async fn join_checked(state: &AppState, body: Bytes) -> ApiResult<Json<JoinResponse>> {
     let request: JoinRequest = parse_json_object(&body)?;
     let (token_id, secret) = parse_join_token(&request.token).ok_or_else(|| {
@@ -229,7 +185,15 @@ async fn join_checked(state: &AppState, body: Bytes) -> ApiResult<Json<JoinRespo
         state.store.join_token(token_id)?.as_ref(),
         &secret_sha256,
         state.now(),
-    )?;
+    )
+    .map_err(|refusal| {
+        let e = Rejection::new(refusal.code(), refusal.to_string());
+        if refusal == JoinRefusal::Invalid {
+            e.at("token")
+        } else {
+            e
+        }
+    })?;
     for (field, addr) in [
         ("rpc_addr", &request.rpc_addr),
         ("api_addr", &request.api_addr),

@@ -20,6 +20,63 @@ pub struct JoinToken {
     pub description: String,
 }
 
+/// Why a join token does not admit a node. The same check runs on the node
+/// that receives the join (before anything is proposed) and in apply
+/// (against committed state), so both answer with the same codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum JoinRefusal {
+    #[error("the join token is not valid for this cluster")]
+    Invalid,
+    #[error("the join token has been revoked")]
+    Revoked,
+    #[error("the join token has expired")]
+    Expired,
+    #[error("the join token has no uses left")]
+    UsedUp,
+}
+
+impl JoinRefusal {
+    /// The stable error code.
+    pub fn code(self) -> &'static str {
+        match self {
+            JoinRefusal::Invalid => "invalid_join_token",
+            JoinRefusal::Revoked => "join_token_revoked",
+            JoinRefusal::Expired => "join_token_expired",
+            JoinRefusal::UsedUp => "join_token_used_up",
+        }
+    }
+}
+
+/// Whether `token` (as found by its id, if at all) admits a node presenting
+/// a secret hashing to `secret_sha256` at `now_unix`.
+pub fn check_join_token(
+    token: Option<&JoinToken>,
+    secret_sha256: &str,
+    now_unix: u64,
+) -> Result<(), JoinRefusal> {
+    use subtle::ConstantTimeEq as _;
+    let token = token.ok_or(JoinRefusal::Invalid)?;
+    // Compared in constant time: the hash is of a secret.
+    let same: bool = token
+        .secret_sha256
+        .as_bytes()
+        .ct_eq(secret_sha256.as_bytes())
+        .into();
+    if !same {
+        return Err(JoinRefusal::Invalid);
+    }
+    if token.revoked {
+        return Err(JoinRefusal::Revoked);
+    }
+    if now_unix >= token.expires_at_unix {
+        return Err(JoinRefusal::Expired);
+    }
+    if token.uses_left == 0 {
+        return Err(JoinRefusal::UsedUp);
+    }
+    Ok(())
+}
+
 /// A member the cluster knows of, whatever its Raft role.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClusterNode {

@@ -12,7 +12,7 @@ use cradle_raft::{StateMachineApp, Txn};
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-use crate::cluster::state::{ClusterNode, JoinToken};
+use crate::cluster::state::{check_join_token, ClusterNode, JoinToken};
 use crate::model::{
     check_param_value, expiry_term, ObjectKind, Param, ScopeLevel, TokenInfo,
     DEFAULT_MAX_API_TOKEN_TTL_SECS, DEFAULT_MAX_OBJECT_BYTES, PREFS_KEY,
@@ -306,34 +306,12 @@ impl Applier<'_, '_> {
         api_addr: String,
     ) -> Outcome {
         let key = join_token_key(token_id);
-        let invalid = || {
-            Rejection::new(
-                "invalid_join_token",
-                "the join token is not valid for this cluster",
-            )
+        let token: Option<JoinToken> = self.get_record(&key)?;
+        check_join_token(token.as_ref(), secret_sha256, now_unix)
+            .map_err(|refusal| Rejection::new(refusal.code(), refusal.to_string()))?;
+        let Some(mut token) = token else {
+            return Err(Rejection::new("invalid_join_token", "no such join token"));
         };
-        let mut token: JoinToken = self.get_record(&key)?.ok_or_else(invalid)?;
-        if token.secret_sha256 != secret_sha256 {
-            return Err(invalid());
-        }
-        if token.revoked {
-            return Err(Rejection::new(
-                "join_token_revoked",
-                "the join token has been revoked",
-            ));
-        }
-        if now_unix >= token.expires_at_unix {
-            return Err(Rejection::new(
-                "join_token_expired",
-                "the join token has expired",
-            ));
-        }
-        if token.uses_left == 0 {
-            return Err(Rejection::new(
-                "join_token_used_up",
-                "the join token has no uses left",
-            ));
-        }
         token.uses_left -= 1;
         self.put_record(&key, &token)?;
         let id = self
