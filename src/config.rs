@@ -159,6 +159,13 @@ pub enum LogFormat {
     Json,
 }
 
+/// Whether to write ANSI colour to a stream: only to a terminal, and never
+/// when `NO_COLOR` is set to anything but the empty string
+/// (<https://no-color.org>).
+pub fn use_colour(stream_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stream_is_terminal && no_color.is_none_or(|value| value.is_empty())
+}
+
 impl ServerSettings {
     /// The host part peers and clients are told to use.
     pub fn advertised_host(&self) -> String {
@@ -171,5 +178,28 @@ impl ServerSettings {
         } else {
             ip.to_string()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        let check = |terminal: bool, no_color: Option<&str>, expected: bool| {
+            assert_eq!(
+                use_colour(terminal, no_color.map(OsStr::new)),
+                expected,
+                "terminal {terminal}, NO_COLOR {no_color:?}"
+            );
+        };
+        check(true, None, true);
+        check(true, Some(""), true);
+        check(true, Some("1"), false);
+        check(false, None, false);
+        check(false, Some(""), false);
+        check(false, Some("1"), false);
     }
 }

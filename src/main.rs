@@ -85,8 +85,13 @@ fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("CRADLE_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    let colour = cradle::config::use_colour(
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     // A second call (join, then serve) keeps the first subscriber.
     let _ = match format {

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::common::{InProcess, ADMIN_PASSWORD};
+use crate::common::{free_port, InProcess, ADMIN_PASSWORD};
 
 struct Run {
     ok: bool,
@@ -189,4 +189,55 @@ async fn cli_logs_in_with_a_pinned_ca_and_manages_objects() {
         run.stderr
     );
     node.running.shutdown().await;
+}
+
+#[test]
+fn cli_log_lines_carry_no_colour_when_stderr_is_not_a_terminal() {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::{Command, Stdio};
+
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cradle"))
+        .arg("server")
+        .env("CRADLE_DATA_DIR", data.path())
+        .env("CRADLE_API_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("CRADLE_RPC_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("CRADLE_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("CRADLE_LOG", "info")
+        .env_remove("NO_COLOR")
+        .env_remove("CRADLE_LOG_FORMAT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start cradle server");
+    let stderr = child.stderr.take().unwrap();
+    // Lines until the node says it serves (or exits); the reader ends when
+    // the child is killed, so the test cannot hang on it.
+    let reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let done = line.contains("cradle serving");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !reader.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines = reader.join().unwrap();
+    assert!(
+        lines.iter().any(|l| l.contains("cradle serving")),
+        "{lines:#?}"
+    );
+    for line in &lines {
+        assert!(!line.contains('\x1b'), "ANSI escape in {line:?}");
+    }
 }
