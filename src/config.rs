@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-/// Settings for `cradle server`.
+/// Settings of every node: `cradle server`, `init` and `join`.
 #[derive(Debug, Clone, Args)]
 pub struct ServerSettings {
     /// Directory for the database, TLS material and snapshots. Created if missing.
@@ -48,9 +48,10 @@ pub struct ServerSettings {
     #[arg(long, env = "CRADLE_TLS_SAN", value_delimiter = ',')]
     pub tls_san: Vec<String>,
 
-    /// Password for the `admin` user created on first start. If unset, a
-    /// random one is generated and printed once.
-    #[arg(long, env = "CRADLE_ADMIN_PASSWORD", hide_env_values = true)]
+    /// Password for the `admin` user created on first start: set from
+    /// [`ServerArgs`], since only a founding node creates it. `cradle join`
+    /// has no such flag.
+    #[arg(skip)]
     pub admin_password: Option<String>,
 
     /// Raft heartbeat interval.
@@ -151,6 +152,29 @@ pub struct ServerSettings {
     /// Log format: `text` or `json` (one object per line, for journald).
     #[arg(long, env = "CRADLE_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// Settings for `cradle server` and `cradle init`: every node setting, and
+/// those only a node that may found a cluster uses.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    #[command(flatten)]
+    pub settings: ServerSettings,
+
+    /// Password for the `admin` user created on first start. If unset, a
+    /// random one is generated and printed once.
+    #[arg(long, env = "CRADLE_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+}
+
+impl ServerArgs {
+    /// The node's settings, carrying the founding-only ones.
+    pub fn into_settings(self) -> ServerSettings {
+        ServerSettings {
+            admin_password: self.admin_password,
+            ..self.settings
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -19,7 +19,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Server(settings) | Command::Init(settings) => serve(settings).await,
+            Command::Server(args) | Command::Init(args) => serve(args.into_settings()).await,
             Command::Join(args) => {
                 init_logging(args.settings.log_format);
                 cradle::tls::install_crypto_provider();

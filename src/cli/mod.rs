@@ -118,9 +118,9 @@ pub struct ClientOptions {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a Cradle node (founding a new cluster on an empty data dir)
-    Server(crate::config::ServerSettings),
+    Server(crate::config::ServerArgs),
     /// Found a new cluster on an empty data dir and run its first node
-    Init(crate::config::ServerSettings),
+    Init(crate::config::ServerArgs),
     /// Join an existing cluster with a join token, then run as a member
     Join(JoinArgs),
     /// Cluster join tokens
@@ -1672,5 +1672,36 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(error.contains("g.json: not valid JSON"), "{error}");
+    }
+
+    #[test]
+    fn admin_password_is_a_flag_of_founding_commands_only() {
+        let help = |name: &str| {
+            let mut command = Cli::command();
+            let sub = command.find_subcommand_mut(name).expect(name);
+            sub.render_long_help().to_string()
+        };
+        assert!(help("server").contains("--admin-password"));
+        assert!(help("init").contains("--admin-password"));
+        assert!(!help("join").contains("admin-password"), "{}", help("join"));
+        let join = [
+            "join",
+            "--token",
+            "a.b",
+            "--ca-hash",
+            "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            "https://n1:8443",
+        ];
+        assert!(parse(&join).is_ok());
+        let mut with_password = join.to_vec();
+        with_password.extend(["--admin-password", "x"]);
+        assert!(parse(&with_password).is_err());
+        let Command::Server(args) = parse(&["server", "--admin-password", "pw"])
+            .unwrap()
+            .command
+        else {
+            panic!("not server");
+        };
+        assert_eq!(args.into_settings().admin_password.as_deref(), Some("pw"));
     }
 }

@@ -30,7 +30,7 @@ pub fn settings_with(
     #[derive(clap::Parser)]
     struct Wrapper {
         #[command(flatten)]
-        settings: cradle::config::ServerSettings,
+        args: cradle::config::ServerArgs,
     }
     let data = data_dir.display().to_string();
     let api = format!("127.0.0.1:{api_port}");
@@ -52,7 +52,9 @@ pub fn settings_with(
         "--heartbeat-ms",
         "50",
     ];
-    Wrapper::parse_from(base.iter().chain(extra)).settings
+    Wrapper::parse_from(base.iter().chain(extra))
+        .args
+        .into_settings()
 }
 
 /// A node running inside the test process.
