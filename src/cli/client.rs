@@ -23,9 +23,11 @@ use serde_json::Value;
 use super::input::Filter;
 use crate::tls;
 
-/// How long to wait for a TCP connection and TLS handshake.
+/// How long to wait for a TCP connection and TLS handshake unless the
+/// caller says otherwise (`cradle --timeout`).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long one API call may take (not the event stream, which is endless).
+/// How long one API call may take (not the event stream, which is endless),
+/// or the connect timeout if that is longer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest response body read (one page of up to 10,000 objects fits).
 pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
@@ -133,9 +135,15 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 
 /// A transport failure, with a hint when it is a usual certificate problem.
 fn transport(url: &Url, error: &reqwest::Error) -> ClientError {
+    let mut detail = with_certificate_hint(error_chain(error));
+    if error.is_timeout() {
+        detail.push_str(
+            " (no answer in time: is the member up and reachable? `--timeout` sets how long to wait)",
+        );
+    }
     ClientError::Transport {
         url: without_query(url),
-        detail: with_certificate_hint(error_chain(error)),
+        detail,
     }
 }
 
@@ -263,10 +271,13 @@ pub struct Reply {
     pub next_cursor: Option<String>,
 }
 
-fn http_client(config: rustls::ClientConfig) -> Result<reqwest::Client, ClientError> {
+fn http_client(
+    config: rustls::ClientConfig,
+    connect_timeout: Duration,
+) -> Result<reqwest::Client, ClientError> {
     reqwest::Client::builder()
         .use_preconfigured_tls(config)
-        .connect_timeout(CONNECT_TIMEOUT)
+        .connect_timeout(connect_timeout)
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("cradle/", env!("CARGO_PKG_VERSION")))
         .build()
@@ -279,22 +290,26 @@ pub struct Client {
     http: reqwest::Client,
     endpoint: Endpoint,
     token: Option<String>,
+    request_timeout: Duration,
 }
 
 impl Client {
     /// A client verifying the server against `ca_pem` and sending `token`
-    /// as `Authorization: Bearer` (when given).
+    /// as `Authorization: Bearer` (when given). `connect_timeout` bounds the
+    /// TCP connection and TLS handshake.
     pub fn new(
         endpoint: Endpoint,
         ca_pem: &str,
         token: Option<String>,
+        connect_timeout: Duration,
     ) -> Result<Client, ClientError> {
         let config =
             tls::client_config_for_ca(ca_pem).map_err(|e| ClientError::Ca(e.to_string()))?;
         Ok(Client {
-            http: http_client(config)?,
+            http: http_client(config, connect_timeout)?,
             endpoint,
             token,
+            request_timeout: REQUEST_TIMEOUT.max(connect_timeout),
         })
     }
 
@@ -315,7 +330,7 @@ impl Client {
         let mut request = self
             .http
             .request(method, url.clone())
-            .timeout(REQUEST_TIMEOUT)
+            .timeout(self.request_timeout)
             .header(header::ACCEPT, "application/json");
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
@@ -376,7 +391,7 @@ impl Client {
         let response = self
             .http
             .post(url.clone())
-            .timeout(REQUEST_TIMEOUT)
+            .timeout(self.request_timeout)
             .basic_auth(user, Some(password))
             .json(request)
             .send()
@@ -663,7 +678,10 @@ pub struct UnverifiedCa {
 /// yet trusted. Only for `cradle login`, before the user's pin is checked:
 /// nothing secret is sent, and nothing received is trusted until
 /// [`super::session::check_pin`] accepts the CA's fingerprint.
-pub async fn fetch_ca_unverified(endpoint: &Endpoint) -> Result<UnverifiedCa, ClientError> {
+pub async fn fetch_ca_unverified(
+    endpoint: &Endpoint,
+    connect_timeout: Duration,
+) -> Result<UnverifiedCa, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let recorder = Arc::new(RecordingVerifier {
         provider: provider.clone(),
@@ -675,11 +693,11 @@ pub async fn fetch_ca_unverified(endpoint: &Endpoint) -> Result<UnverifiedCa, Cl
         .dangerous()
         .with_custom_certificate_verifier(recorder.clone())
         .with_no_client_auth();
-    let http = http_client(config)?;
+    let http = http_client(config, connect_timeout)?;
     let url = endpoint.api_url(&["ca"], &[]);
     let response = http
         .get(url.clone())
-        .timeout(REQUEST_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT.max(connect_timeout))
         .send()
         .await
         .map_err(|e| transport(&url, &e))?;
@@ -1108,7 +1126,9 @@ mod tests {
         let endpoint = Endpoint::parse(&format!("https://127.0.0.1:{}", addr.port())).unwrap();
 
         // Before trust: the CA is read and the presented chain recorded.
-        let offered = fetch_ca_unverified(&endpoint).await.unwrap();
+        let offered = fetch_ca_unverified(&endpoint, CONNECT_TIMEOUT)
+            .await
+            .unwrap();
         assert_eq!(offered.ca_pem, identity.ca_pem);
         assert_eq!(offered.presented, identity.chain);
         check_presented_chain(&endpoint, &offered.presented, &offered.ca_pem).unwrap();
@@ -1124,7 +1144,8 @@ mod tests {
         assert!(error.contains("does not name this host"), "{error}");
 
         // Pinned: credentials, bearer tokens, paging and errors.
-        let anonymous = Client::new(endpoint.clone(), &identity.ca_pem, None).unwrap();
+        let anonymous =
+            Client::new(endpoint.clone(), &identity.ca_pem, None, CONNECT_TIMEOUT).unwrap();
         let error = anonymous
             .issue_token("admin", "wrong", &json!({}))
             .await
@@ -1146,7 +1167,13 @@ mod tests {
             "{error:?}"
         );
 
-        let client = Client::new(endpoint.clone(), &identity.ca_pem, Some("t0k".into())).unwrap();
+        let client = Client::new(
+            endpoint.clone(),
+            &identity.ca_pem,
+            Some("t0k".into()),
+            CONNECT_TIMEOUT,
+        )
+        .unwrap();
         let all = client
             .list("machines", Pager::new(&[], None, false, None, 0, true))
             .await
@@ -1166,7 +1193,8 @@ mod tests {
         );
 
         // A server under another CA is refused, with the reason.
-        let stranger = Client::new(endpoint, &other_ca, Some("t0k".into())).unwrap();
+        let stranger =
+            Client::new(endpoint, &other_ca, Some("t0k".into()), CONNECT_TIMEOUT).unwrap();
         let error = stranger
             .get(&["machines"], &[])
             .await

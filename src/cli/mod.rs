@@ -45,6 +45,11 @@ use session::{Overrides, PinError, Session, SessionError};
 /// `--password-stdin` is not given.
 pub const ENV_PASSWORD: &str = "CRADLE_PASSWORD";
 
+/// `--timeout` unless given: the connect timeout the client always had.
+const DEFAULT_TIMEOUT_SECS: u64 = client::CONNECT_TIMEOUT.as_secs();
+/// Largest `--timeout`: an hour; a member that takes longer is down.
+const MAX_TIMEOUT_SECS: u64 = 3_600;
+
 /// Consecutive failed reconnects after which `cradle events` gives up.
 const MAX_EVENT_RECONNECTS: u32 = 10;
 /// Longest pause between reconnects of `cradle events`.
@@ -81,7 +86,7 @@ pub struct Cli {
 
 /// How client subcommands reach the API. Each defaults to what `cradle
 /// login` saved in the config directory.
-#[derive(Debug, Clone, Default, Args)]
+#[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Client options")]
 pub struct ClientOptions {
     /// API endpoint of any cluster member, e.g. https://node1:8443 [default:
@@ -113,6 +118,24 @@ pub struct ClientOptions {
     /// else]
     #[arg(short, long, global = true, env = "CRADLE_OUTPUT", value_enum)]
     pub output: Option<OutputFormat>,
+    /// Seconds to wait for a member to accept the connection (TCP and TLS
+    /// handshake); an API call may take 60 s, or this long if longer
+    #[arg(
+        long = "timeout",
+        global = true,
+        env = "CRADLE_TIMEOUT",
+        value_name = "SECS",
+        default_value_t = DEFAULT_TIMEOUT_SECS,
+        value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_SECS)
+    )]
+    pub timeout_secs: u64,
+}
+
+impl ClientOptions {
+    /// `--timeout` as a duration.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -881,7 +904,12 @@ fn connect(options: &ClientOptions) -> Result<Client, CliError> {
     };
     let target = session::resolve(overrides, saved)?;
     let endpoint = Endpoint::parse(&target.endpoint)?;
-    Ok(Client::new(endpoint, &target.ca_pem, Some(target.token))?)
+    Ok(Client::new(
+        endpoint,
+        &target.ca_pem,
+        Some(target.token),
+        options.connect_timeout(),
+    )?)
 }
 
 fn config_dir(options: &ClientOptions) -> Result<PathBuf, SessionError> {
@@ -1162,7 +1190,7 @@ async fn login(args: LoginArgs, options: &ClientOptions) -> Result<(), CliError>
     };
 
     // Read what the server offers, then trust it only if the user vouched.
-    let offered = client::fetch_ca_unverified(&endpoint).await?;
+    let offered = client::fetch_ca_unverified(&endpoint, options.connect_timeout()).await?;
     let fingerprint = tls::fingerprint_pem(&offered.ca_pem)
         .map_err(|e| ClientError::Ca(format!("{endpoint}/api/v1/ca: {e}")))?;
     session::check_pin(
@@ -1174,7 +1202,12 @@ async fn login(args: LoginArgs, options: &ClientOptions) -> Result<(), CliError>
 
     // From here on every connection verifies against the pinned CA.
     let password = input::read_password(args.password_stdin, ENV_PASSWORD)?;
-    let api = Client::new(endpoint.clone(), &offered.ca_pem, None)?;
+    let api = Client::new(
+        endpoint.clone(),
+        &offered.ca_pem,
+        None,
+        options.connect_timeout(),
+    )?;
     let mut request = Map::new();
     request.insert("description".into(), json!("cradle login"));
     set_some(&mut request, "ttl_secs", args.ttl.map(Value::from));
@@ -1672,6 +1705,23 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(error.contains("g.json: not valid JSON"), "{error}");
+    }
+
+    #[test]
+    fn timeout_is_whole_seconds_from_one_to_an_hour() {
+        let timeout = |args: &[&str]| parse(args).map(|cli| cli.client.timeout_secs);
+        assert_eq!(timeout(&["status"]).unwrap(), 10);
+        assert_eq!(timeout(&["--timeout", "3", "status"]).unwrap(), 3);
+        assert_eq!(
+            timeout(&["machines", "list", "--timeout", "3600"]).unwrap(),
+            3600
+        );
+        for bad in ["0", "3601", "-1", "1.5", "10s"] {
+            let flag = format!("--timeout={bad}");
+            let e = timeout(&[&flag, "status"]).unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{bad}");
+            assert!(e.to_string().contains("--timeout"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use super::state::parse_join_token;
 use super::Identity;
-use crate::cli::client::{check_presented_chain, fetch_ca_unverified, Body, Client, Endpoint};
+use crate::cli::client::{
+    check_presented_chain, fetch_ca_unverified, Body, Client, Endpoint, CONNECT_TIMEOUT,
+};
 use crate::cli::session::check_pin;
 use crate::config::ServerSettings;
 use crate::tls;
@@ -60,7 +62,7 @@ pub async fn join(
         bail!("the join token is malformed: expected <id>.<secret> as `cradle token create` prints it");
     }
     let endpoint = Endpoint::parse(url)?;
-    let offered = fetch_ca_unverified(&endpoint)
+    let offered = fetch_ca_unverified(&endpoint, CONNECT_TIMEOUT)
         .await
         .with_context(|| format!("fetching the cluster CA from {url}"))?;
     let presented = tls::fingerprint_pem(&offered.ca_pem)?;
@@ -77,7 +79,7 @@ pub async fn join(
         rpc_addr: format!("{host}:{}", settings.rpc_listen.port()),
         api_addr: format!("{host}:{}", settings.api_listen.port()),
     };
-    let client = Client::new(endpoint, &offered.ca_pem, None)?;
+    let client = Client::new(endpoint, &offered.ca_pem, None, CONNECT_TIMEOUT)?;
     let reply = client
         .call(
             reqwest::Method::POST,

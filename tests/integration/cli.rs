@@ -191,6 +191,42 @@ async fn cli_logs_in_with_a_pinned_ca_and_manages_objects() {
     node.running.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_timeout_bounds_a_call_to_a_member_that_never_answers() {
+    // Accepts TCP connections (the kernel completes them) but never speaks
+    // TLS, like a hung member.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("https://{}", silent.local_addr().unwrap());
+    let config = tempfile::tempdir().unwrap();
+    let run = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        cradle(
+            config.path(),
+            &["--timeout", "1", "login", &endpoint, "--user", "admin"],
+            None,
+        ),
+    )
+    .await
+    .expect("the call gives up well within 30 s");
+    assert!(!run.ok);
+    assert!(
+        run.stderr.contains(&endpoint) && run.stderr.contains("--timeout"),
+        "{}",
+        run.stderr
+    );
+
+    // Zero is refused before anything is sent.
+    let run = cradle(
+        config.path(),
+        &["--timeout", "0", "login", &endpoint, "--user", "admin"],
+        None,
+    )
+    .await;
+    assert!(!run.ok);
+    assert!(run.stderr.contains("'--timeout <SECS>'"), "{}", run.stderr);
+    drop(silent);
+}
+
 #[test]
 fn cli_log_lines_carry_no_colour_when_stderr_is_not_a_terminal() {
     use std::io::{BufRead as _, BufReader};
