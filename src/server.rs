@@ -16,6 +16,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::api::{self, AppState};
 use crate::auth;
+use crate::cluster::info::ClusterInfo;
 use crate::cluster::{self, state::node_common_name, state::ClusterNode, Identity};
 use crate::config::ServerSettings;
 use crate::model::User;
@@ -172,6 +173,12 @@ pub async fn start(settings: ServerSettings) -> anyhow::Result<Running> {
     } else {
         None
     };
+    // Once bootstrapped, so a script that waits for the file finds a cluster
+    // it can log in to. Written again on a later start if it went missing.
+    if identity.founder && !ClusterInfo::exists(&settings.data_dir) {
+        ClusterInfo::new(&ca_fingerprint, &host, api_addr.port(), identity.node_id)
+            .write(&settings.data_dir)?;
+    }
     tasks.push(tokio::spawn(cluster::reconcile_forever(
         store.clone(),
         stopped.clone(),

@@ -1,6 +1,7 @@
 //! Cluster membership: who the members are and how one becomes one.
 //!
-//! This module owns the node's identity on disk (`node.json`), join tokens
+//! This module owns the node's identity on disk (`node.json`), what a
+//! founding node tells scripts (`info`: `cluster.json`), join tokens
 //! and the node registry (`state`), the joining side of the join protocol
 //! (`join`), the admission of peer certificates, and the leader's reconciler
 //! that turns the registry into Raft membership: registered nodes are added
@@ -12,6 +13,7 @@
 //! no ability to admit new ones. The API never serves it; only nodes, which
 //! hold the replicated state anyway, can read it.
 
+pub mod info;
 pub mod join;
 pub mod state;
 

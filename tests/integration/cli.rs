@@ -277,3 +277,40 @@ fn cli_log_lines_carry_no_colour_when_stderr_is_not_a_terminal() {
         assert!(!line.contains('\x1b'), "ANSI escape in {line:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_founding_node_writes_cluster_json() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let node = InProcess::start().await;
+    let path = node.dir.path().join("cluster.json");
+    let info: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(info["ca_fingerprint"], node.running.ca_fingerprint.as_str());
+    assert!(node.running.ca_fingerprint.starts_with("sha256:"));
+    assert_eq!(
+        info["api_url"],
+        format!("https://127.0.0.1:{}", node.running.api_addr.port()).as_str()
+    );
+    assert_eq!(info["node_id"], 1);
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o644);
+    assert!(!node.dir.path().join("cluster.json.tmp").exists());
+
+    // What the file says is enough to log in.
+    let config = tempfile::tempdir().unwrap();
+    let run = cradle(
+        config.path(),
+        &[
+            "login",
+            info["api_url"].as_str().unwrap(),
+            "--user",
+            "admin",
+            "--ca-hash",
+            info["ca_fingerprint"].as_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    assert!(run.ok, "{}", run.stderr);
+    node.running.shutdown().await;
+}
