@@ -8,7 +8,8 @@
 //!   validation, and param resolution.
 //! - [`store`]: the replicated state: commands through Raft, the
 //!   deterministic apply, indexes, list queries, the change feed.
-//! - [`auth`]: password hashing, bearer tokens, scopes.
+//! - [`auth`]: password hashing (on a bounded pool), bearer tokens, scopes.
+//! - [`clock`]: the wall clock, read in one place.
 //! - [`tls`]: the CA, server certificates, rustls configurations.
 //! - [`api`]: the HTTPS REST API, the only module that knows HTTP.
 //! - [`cli`]: the `cradle` client verbs.
@@ -23,6 +24,7 @@
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod model;

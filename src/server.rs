@@ -235,7 +235,7 @@ async fn purge_expired_tokens_forever(
         }
         for _ in 0..TOKEN_PURGE_ROUNDS {
             match store
-                .purge_expired_tokens(crate::api::unix_now(), TOKEN_PURGE_BATCH)
+                .purge_expired_tokens(crate::clock::unix_now(), TOKEN_PURGE_BATCH)
                 .await
             {
                 Ok(purged) if purged >= u64::from(TOKEN_PURGE_BATCH) => continue,
@@ -298,7 +298,7 @@ async fn bootstrap(
         id: node_id,
         rpc_addr: info.rpc_addr,
         api_addr: info.api_addr,
-        joined_at_unix: crate::api::unix_now(),
+        joined_at_unix: crate::clock::unix_now(),
         removed: false,
     };
     store

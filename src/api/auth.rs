@@ -65,6 +65,12 @@ impl Target {
     }
 }
 
+/// The kind a route's `{kind}` names; an unknown one is a 404.
+fn parse_kind(kind: &str) -> ApiResult<ObjectKind> {
+    kind.parse::<ObjectKind>()
+        .map_err(|_| ApiError::not_found(format!("no object kind {kind:?}")))
+}
+
 /// The level a call on `kind` needs: users and tokens are admin business;
 /// prefs may be read with `read` but changed only by an admin (they set the
 /// cluster's limits, token lifetimes among them); otherwise reads need
@@ -166,7 +172,7 @@ pub async fn issue_token(
     let request: TokenRequest = if body.is_empty() {
         TokenRequest::default()
     } else {
-        super::objects::parse_json_object(&body)?
+        super::body::parse_json_object(&body)?
     };
     if request.user.is_some() {
         return Err(ApiError::bad_request(
@@ -327,7 +333,7 @@ pub async fn guard(
             let Some(kind) = params.get("kind") else {
                 return ApiError::internal("route has no {kind} parameter").into_response();
             };
-            match super::objects::parse_kind(kind) {
+            match parse_kind(kind) {
                 Ok(kind) => Some(Target {
                     kind,
                     key: params.get("key").cloned(),

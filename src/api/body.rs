@@ -146,6 +146,18 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     })
 }
 
+/// [`parse_json`] for bodies that are JSON objects. serde reads a struct from
+/// an array too (its fields in order), which no client means: refuse that.
+pub fn parse_json_object<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    if body.trim_ascii_start().first() == Some(&b'[') {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "expected a JSON object",
+        ));
+    }
+    parse_json(body)
+}
+
 fn too_deep() -> ApiError {
     ApiError::bad_request(
         limits::code::TOO_DEEP,

@@ -19,13 +19,13 @@ pub mod status;
 pub mod throttle;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
 
 use crate::auth::HashPool;
+use crate::clock::unix_now;
 use crate::config::ServerSettings;
 use crate::model::{ObjectKind, ScopeLevel};
 use crate::store::Store;
@@ -63,13 +63,6 @@ impl AppState {
     pub fn now(&self) -> u64 {
         (self.clock)()
     }
-}
-
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 pub fn router(state: AppState) -> Router {

@@ -17,24 +17,7 @@ use super::{ApiError, ApiResult, AppState};
 use crate::model::{ObjectKind, User};
 use crate::store::{Command, Done, ListQuery};
 
-pub use super::body::parse_json;
-
-/// [`parse_json`] for bodies that are JSON objects. serde reads a struct from
-/// an array too (its fields in order), which no client means: refuse that.
-pub fn parse_json_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
-    if body.trim_ascii_start().first() == Some(&b'[') {
-        return Err(ApiError::bad_request(
-            "invalid_body",
-            "expected a JSON object",
-        ));
-    }
-    parse_json(body)
-}
-
-pub fn parse_kind(kind: &str) -> ApiResult<ObjectKind> {
-    kind.parse::<ObjectKind>()
-        .map_err(|_| ApiError::not_found(format!("no object kind {kind:?}")))
-}
+pub use super::body::{parse_json, parse_json_object};
 
 pub use super::body::if_match_revision as if_match;
 

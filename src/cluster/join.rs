@@ -95,7 +95,7 @@ pub async fn join(
     if response.ca_pem.trim() != offered.ca_pem.trim() {
         bail!("the cluster answered with a different CA than the pinned one; refusing");
     }
-    let now = crate::api::unix_now();
+    let now = crate::clock::unix_now();
     if now.abs_diff(response.server_time_unix) > CLOCK_SKEW_WARN_SECS {
         tracing::warn!(
             local = now,

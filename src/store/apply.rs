@@ -14,8 +14,7 @@ use tokio::sync::broadcast;
 
 use crate::cluster::state::{check_join_token, ClusterNode, JoinToken};
 use crate::model::{
-    check_param_value, expiry_term, ObjectKind, Param, ScopeLevel, TokenInfo,
-    DEFAULT_MAX_API_TOKEN_TTL_SECS, DEFAULT_MAX_OBJECT_BYTES, PREFS_KEY,
+    check_param_value, expiry_term, ObjectKind, Param, Prefs, ScopeLevel, TokenInfo, PREFS_KEY,
 };
 
 use super::command::{Command, Rejection, Reply};
@@ -54,6 +53,7 @@ impl StateMachineApp for CradleApp {
             txn,
             events: Vec::new(),
             event_retention: self.event_retention,
+            prefs: std::cell::RefCell::new(None),
         };
         let reply = if frames::is_framed(payload) {
             // Each command of a batch decodes, applies and answers on its
@@ -118,6 +118,8 @@ struct Applier<'t, 'db> {
     txn: &'t mut Txn<'db>,
     events: Vec<Event>,
     event_retention: u64,
+    /// The prefs as of the last read; forgotten when a command writes them.
+    prefs: std::cell::RefCell<Option<Prefs>>,
 }
 
 type Outcome = Result<Reply, Rejection>;
@@ -353,11 +355,22 @@ impl Applier<'_, '_> {
     /// The `max_object_bytes` pref as committed (the default before
     /// bootstrap creates the prefs).
     fn max_object_bytes(&self) -> Result<usize, Rejection> {
-        let limit = match self.load(ObjectKind::Prefs, PREFS_KEY)? {
-            Some(AnyObject::Prefs(prefs)) => prefs.max_object_bytes,
-            _ => DEFAULT_MAX_OBJECT_BYTES,
-        };
+        let limit = self.prefs()?.max_object_bytes;
         Ok(usize::try_from(limit).unwrap_or(usize::MAX))
+    }
+
+    /// The committed prefs (the defaults before bootstrap creates them),
+    /// read once per entry: every command checks a limit they hold.
+    fn prefs(&self) -> Result<Prefs, Rejection> {
+        if let Some(prefs) = self.prefs.borrow().as_ref() {
+            return Ok(prefs.clone());
+        }
+        let prefs = match self.load(ObjectKind::Prefs, PREFS_KEY)? {
+            Some(AnyObject::Prefs(prefs)) => prefs,
+            _ => Prefs::default(),
+        };
+        *self.prefs.borrow_mut() = Some(prefs.clone());
+        Ok(prefs)
     }
 
     fn create(&mut self, kind: ObjectKind, value: Value) -> Outcome {
@@ -492,6 +505,9 @@ impl Applier<'_, '_> {
         self.txn
             .delete(CF_OBJECTS, &object_key(kind, key))
             .map_err(storage)?;
+        if kind == ObjectKind::Prefs {
+            *self.prefs.borrow_mut() = None;
+        }
         let revision = self.next_revision()?;
         self.record(Event {
             revision,
@@ -537,10 +553,7 @@ impl Applier<'_, '_> {
             )
             .at("scope.level"));
         }
-        let max_ttl = match self.load(ObjectKind::Prefs, PREFS_KEY)? {
-            Some(AnyObject::Prefs(prefs)) => prefs.max_api_token_ttl_secs,
-            _ => DEFAULT_MAX_API_TOKEN_TTL_SECS,
-        };
+        let max_ttl = self.prefs()?.max_api_token_ttl_secs;
         let ttl = token.expires_at_unix.saturating_sub(token.created_at_unix);
         if ttl > max_ttl {
             return Err(Rejection::new(
@@ -660,6 +673,9 @@ impl Applier<'_, '_> {
         self.txn
             .put(CF_OBJECTS, &object_key(kind, &key), &bytes)
             .map_err(storage)?;
+        if kind == ObjectKind::Prefs {
+            *self.prefs.borrow_mut() = None;
+        }
         for (field, term) in object.index_terms() {
             self.txn
                 .put(CF_INDEX, &index_key(kind, field, &term, &key), b"")

@@ -284,17 +284,7 @@ impl Store {
         &self,
         id: &str,
     ) -> Result<Option<crate::cluster::state::JoinToken>, StoreError> {
-        let db = self.raft.db();
-        let cf = cf(&db, CF_CLUSTER)?;
-        match db
-            .get_cf(cf, join_token_key(id))
-            .map_err(|e| StoreError::Internal(e.to_string()))?
-        {
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StoreError::Internal(format!("corrupt join token record: {e}"))),
-            None => Ok(None),
-        }
+        self.cluster_record(&join_token_key(id))
     }
 
     pub fn join_tokens(&self) -> Result<Vec<crate::cluster::state::JoinToken>, StoreError> {
@@ -310,15 +300,25 @@ impl Store {
         &self,
         id: u64,
     ) -> Result<Option<crate::cluster::state::ClusterNode>, StoreError> {
+        self.cluster_record(&node_key(id))
+    }
+
+    fn cluster_record<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
         let db = self.raft.db();
         let cf = cf(&db, CF_CLUSTER)?;
         match db
-            .get_cf(cf, node_key(id))
+            .get_cf(cf, key)
             .map_err(|e| StoreError::Internal(e.to_string()))?
         {
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StoreError::Internal(format!("corrupt node record: {e}"))),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                StoreError::Internal(format!(
+                    "corrupt cluster record {}: {e}",
+                    String::from_utf8_lossy(key)
+                ))
+            }),
             None => Ok(None),
         }
     }

@@ -622,7 +622,7 @@ async fn tokens_end_with_their_users_rights() {
         .unwrap()
         .len();
     assert!(before >= 4);
-    let far_future = cradle::api::unix_now() + 8 * 24 * 3600;
+    let far_future = cradle::clock::unix_now() + 8 * 24 * 3600;
     let purged = node
         .running
         .store
