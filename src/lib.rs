@@ -15,6 +15,8 @@
 //! - [`cli`]: the `cradle` client verbs.
 //! - [`cluster`]: membership: node identity, join tokens and the join
 //!   protocol, peer admission, the leader's membership reconciler.
+//! - [`service`]: the one shape of every listener (bind before Raft, run with
+//!   a cap, one shutdown with a bounded drain) and of the background tasks.
 //! - [`server`]: wiring a node together and shutting it down.
 //!
 //! Consensus lives in the separate `cradle-raft` crate (`raft/`), the only
@@ -29,5 +31,6 @@ pub mod cluster;
 pub mod config;
 pub mod model;
 pub mod server;
+pub mod service;
 pub mod store;
 pub mod tls;

@@ -49,8 +49,11 @@ async fn serve(settings: ServerSettings) -> anyhow::Result<()> {
     serve_logged(settings).await
 }
 
+/// Runs a node until SIGTERM or Ctrl-C (then exits 0 once it has stopped),
+/// or until one of its services fails (then stops it and exits non-zero with
+/// the reason). A start that fails has already stopped what it started.
 async fn serve_logged(settings: ServerSettings) -> anyhow::Result<()> {
-    let running = cradle::server::start(settings).await?;
+    let mut running = cradle::server::start(settings).await?;
     if let Some(password) = &running.generated_admin_password {
         // Printed once, on the first start only; it is not stored in clear.
         println!("Created user `admin` with password: {password}");
@@ -60,10 +63,20 @@ async fn serve_logged(settings: ServerSettings) -> anyhow::Result<()> {
         "Log in with: cradle login https://{} --user admin --ca-hash {}",
         running.api_addr, running.ca_fingerprint
     );
-    wait_for_signal().await;
+    let failed = tokio::select! {
+        () = wait_for_signal() => None,
+        failure = running.failed() => Some(failure),
+    };
     tracing::info!("shutting down");
     running.shutdown().await;
-    Ok(())
+    match failed {
+        None => Ok(()),
+        Some(failure) => Err(anyhow::anyhow!(
+            "the {} service stopped: {}",
+            failure.name,
+            failure.error
+        )),
+    }
 }
 
 async fn wait_for_signal() {

@@ -1111,8 +1111,8 @@ mod tests {
             app,
             limits,
         );
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        tokio::spawn(listener.run(stopped));
+        let (stop, stopped) = crate::service::Shutdown::new();
+        tokio::spawn(crate::service::Service::run(listener, stopped));
         (addr, stop)
     }
 

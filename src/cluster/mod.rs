@@ -25,7 +25,9 @@ use std::time::Duration;
 use cradle_raft::{NodeInfo, PeerAdmission, RaftRole};
 use serde::{Deserialize, Serialize};
 
+use crate::service::Shutdown;
 use crate::store::Store;
+use tokio::task::JoinSet;
 
 /// Beyond this many voters, new nodes stay learners (they still serve
 /// everything): more voters make every commit slower and add no safety a
@@ -111,20 +113,31 @@ fn node_id_of(der: &[u8]) -> Option<u64> {
 const ADMISSION_CACHE: usize = 256;
 
 /// Runs on every node; acts only while this node leads.
-pub async fn reconcile_forever(store: Store, mut stop: tokio::sync::watch::Receiver<bool>) {
+///
+/// Learner adds run as tasks of their own (a node that is not up yet can
+/// take a while to answer), owned here: on shutdown they are stopped with the
+/// loop, and a later leader adds them again from the registry.
+pub async fn reconcile_forever(store: Store, mut shutdown: Shutdown) {
     let busy: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    let mut adds = JoinSet::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(RECONCILE_EVERY) => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = shutdown.requested() => break,
         }
-        if let Err(e) = reconcile_once(&store, &busy).await {
+        while adds.try_join_next().is_some() {}
+        if let Err(e) = reconcile_once(&store, &busy, &mut adds).await {
             tracing::debug!(error = %e, "membership reconcile");
         }
     }
+    adds.shutdown().await;
 }
 
-async fn reconcile_once(store: &Store, busy: &Arc<Mutex<HashSet<u64>>>) -> anyhow::Result<()> {
+async fn reconcile_once(
+    store: &Store,
+    busy: &Arc<Mutex<HashSet<u64>>>,
+    adds: &mut JoinSet<()>,
+) -> anyhow::Result<()> {
     let raft = store.raft().clone();
     let status = raft.status();
     if status.state != RaftRole::Leader {
@@ -161,7 +174,7 @@ async fn reconcile_once(store: &Store, busy: &Arc<Mutex<HashSet<u64>>>) -> anyho
             rpc_addr: node.rpc_addr.clone(),
             api_addr: node.api_addr.clone(),
         };
-        tokio::spawn(async move {
+        adds.spawn(async move {
             tracing::info!(node = id, %info, "adding a learner");
             if let Err(e) = raft.add_learner(id, info).await {
                 tracing::warn!(node = id, error = %e, "adding a learner");

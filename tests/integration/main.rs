@@ -13,3 +13,4 @@ mod events;
 mod join_tokens;
 mod restart;
 mod security;
+mod service;
