@@ -25,7 +25,7 @@ use crate::cluster::{self, state::node_common_name, state::ClusterNode, Identity
 use crate::config::ServerSettings;
 use crate::model::User;
 use crate::service::{self, Failure, Service, ServiceError, Services, Shutdown};
-use crate::store::{apply::CradleApp, Command, Store};
+use crate::store::{apply::CradleApp, Command, Store, WeakStore};
 use crate::tls;
 
 /// Capacity of the in-process event channel; slower subscribers catch up
@@ -167,7 +167,7 @@ pub async fn start(settings: ServerSettings) -> anyhow::Result<Running> {
 
     let (events, _) = broadcast::channel(EVENT_CHANNEL);
     let app = Arc::new(CradleApp::new(events.clone(), settings.event_retention));
-    let store_slot: Arc<OnceLock<Store>> = Arc::default();
+    let store_slot: Arc<OnceLock<WeakStore>> = Arc::default();
     let node_info = NodeInfo {
         rpc_addr: format!("{host}:{}", rpc_addr.port()),
         api_addr: format!("{host}:{}", api_addr.port()),
@@ -198,7 +198,7 @@ pub async fn start(settings: ServerSettings) -> anyhow::Result<Running> {
     });
     let (store, batcher) = Store::new(raft.clone(), events);
     services.spawn_task("store batcher", |shutdown| batcher.run(shutdown));
-    let _ = store_slot.set(store.clone());
+    let _ = store_slot.set(store.downgrade());
     let ready = async {
         if identity.founder && !raft.is_initialized().await {
             tracing::info!("empty data dir: initializing a one-voter cluster");

@@ -437,7 +437,10 @@ mod tests {
         let addr = taken.local_addr().unwrap();
         let e = bind_tcp("API", addr).await.unwrap_err();
         let text = e.to_string();
-        assert!(text.contains("API") && text.contains(&addr.to_string()), "{text}");
+        assert!(
+            text.contains("API") && text.contains(&addr.to_string()),
+            "{text}"
+        );
         let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap();
         let e = bind_udp("DHCP", addr).await.unwrap_err();

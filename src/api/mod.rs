@@ -19,6 +19,7 @@ pub mod status;
 pub mod throttle;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post, MethodRouter};
@@ -28,8 +29,13 @@ use crate::auth::HashPool;
 use crate::clock::unix_now;
 use crate::config::ServerSettings;
 use crate::model::{ObjectKind, ScopeLevel};
+use crate::service::Limit;
 use crate::store::Store;
 use auth::Need;
+
+/// A list waits this many times `--api-busy-wait-ms` for a list slot: lists
+/// are fewer and longer than other requests.
+const LIST_WAIT_FACTOR: u32 = 10;
 
 pub use error::{ApiError, ApiResult, ErrorBody};
 
@@ -46,11 +52,18 @@ pub struct AppState {
     pub hash_pool: HashPool,
     /// Rate limits on login and join.
     pub throttle: Arc<throttle::Throttle>,
+    /// Requests handled at once (`--api-max-requests`).
+    pub requests: Limit,
+    /// Lists run at once on blocking threads (`--api-max-lists`).
+    pub lists: Limit,
 }
 
 impl AppState {
     pub fn new(store: Store, settings: Arc<ServerSettings>, ca_pem: String) -> Self {
+        let busy_wait = Duration::from_millis(settings.api_busy_wait_ms);
         AppState {
+            requests: Limit::new(settings.api_max_requests, busy_wait),
+            lists: Limit::new(settings.api_max_lists, busy_wait * LIST_WAIT_FACTOR),
             store,
             settings,
             ca_pem: Arc::new(ca_pem),
@@ -67,6 +80,7 @@ impl AppState {
 
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings.max_body_bytes;
+    let requests = state.requests.clone();
     // Each route with what it needs, side by side: the guard judges the
     // scope on the parameters as routed (see `auth::guard`).
     let needs = |need: Need, route: MethodRouter<AppState>| {
@@ -170,7 +184,36 @@ pub fn router(state: AppState) -> Router {
             max_body,
             body::bounded,
         ))
+        // Outermost: a request over the cap costs nothing but its refusal.
+        .layer(axum::middleware::from_fn_with_state(
+            requests,
+            limit_requests,
+        ))
         .with_state(state)
+}
+
+/// Holds a place under `--api-max-requests` while a request is handled;
+/// over the cap, waits briefly, then answers `503 busy`.
+async fn limit_requests(
+    axum::extract::State(requests): axum::extract::State<Limit>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    match requests.acquire().await {
+        Ok(_permit) => next.run(request).await,
+        Err(busy) => busy_error(&busy, "requests").into_response(),
+    }
+}
+
+/// `503 busy` for a request refused by a [`Limit`].
+pub fn busy_error(busy: &crate::service::Busy, what: &str) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "busy",
+        format!("the node is busy ({} {what} in progress); retry", busy.max),
+    )
+    .retry_after(1)
 }
 
 /// Turns the framework's own plain-text rejections (body too large, method

@@ -440,12 +440,12 @@ async fn main() -> anyhow::Result<()> {
         Ok(result) => result?,
         Err(_) => listers.abort_all(),
     }
-    let mut list_latencies = list_latencies
-        .lock()
-        .map(|l| l.clone())
-        .unwrap_or_default();
+    let mut list_latencies = list_latencies.lock().map(|l| l.clone()).unwrap_or_default();
     list_latencies.sort();
-    let (lists, refused) = (lists.load(Ordering::Relaxed), refused.load(Ordering::Relaxed));
+    let (lists, refused) = (
+        lists.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed),
+    );
     let rss_mib = measure::process_rss_mib(std::process::id());
 
     let p = |v: &[Duration], q: f64| ms(percentile(v, q));

@@ -26,7 +26,7 @@ use cradle_raft::{NodeInfo, PeerAdmission, RaftRole};
 use serde::{Deserialize, Serialize};
 
 use crate::service::Shutdown;
-use crate::store::Store;
+use crate::store::{Store, WeakStore};
 use tokio::task::JoinSet;
 
 /// Beyond this many voters, new nodes stay learners (they still serve
@@ -74,12 +74,19 @@ impl Identity {
 /// Admits peers whose certificate names a node that has not been removed.
 /// Until the store exists (the first moments of start-up) every certificate
 /// the TLS handshake accepted (signed by the cluster CA) is admitted.
-pub fn peer_admission(store: Arc<OnceLock<Store>>) -> PeerAdmission {
+///
+/// The store is held weakly: the Raft node holds this check, and a strong
+/// store would keep the node (and its database) alive after shutdown.
+pub fn peer_admission(store: Arc<OnceLock<WeakStore>>) -> PeerAdmission {
     // Certificates are parsed once: every heartbeat and append is checked.
     let names: Mutex<HashMap<Vec<u8>, Option<u64>>> = Mutex::default();
     PeerAdmission(Arc::new(move |der: &[u8]| {
         let Some(store) = store.get() else {
             return true;
+        };
+        let Some(store) = store.upgrade() else {
+            // The node is stopping.
+            return false;
         };
         let id = match names.lock() {
             Ok(mut names) => {

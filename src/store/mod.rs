@@ -95,7 +95,36 @@ pub struct Store {
     proposals: mpsc::Sender<Proposal>,
 }
 
+/// A [`Store`] that does not keep the node alive: for callbacks the Raft
+/// node itself holds (peer admission), which would otherwise make a cycle
+/// that keeps the database open after shutdown.
+#[derive(Clone)]
+pub struct WeakStore {
+    raft: std::sync::Weak<RaftNode>,
+    events: broadcast::Sender<Event>,
+    proposals: mpsc::WeakSender<Proposal>,
+}
+
+impl WeakStore {
+    /// The store, while the node runs.
+    pub fn upgrade(&self) -> Option<Store> {
+        Some(Store {
+            raft: self.raft.upgrade()?,
+            events: self.events.clone(),
+            proposals: self.proposals.upgrade()?,
+        })
+    }
+}
+
 impl Store {
+    pub fn downgrade(&self) -> WeakStore {
+        WeakStore {
+            raft: Arc::downgrade(&self.raft),
+            events: self.events.clone(),
+            proposals: self.proposals.downgrade(),
+        }
+    }
+
     /// Wraps a running Raft node whose state machine app is [`apply::CradleApp`]
     /// built with the same `events` sender. Submissions wait in a queue until
     /// the returned [`Batcher`] runs (the node runs it as a background task,
