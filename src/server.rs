@@ -21,8 +21,9 @@ use tokio::sync::broadcast;
 use crate::api::{self, AppState};
 use crate::auth;
 use crate::cluster::info::ClusterInfo;
-use crate::cluster::{self, state::node_common_name, state::ClusterNode, Identity};
+use crate::cluster::{state::node_common_name, state::ClusterNode, Identity};
 use crate::config::ServerSettings;
+use crate::membership;
 use crate::model::User;
 use crate::service::{self, Failure, Service, ServiceError, Services, Shutdown};
 use crate::store::{apply::CradleApp, Command, Store, WeakStore};
@@ -183,7 +184,7 @@ pub async fn start(settings: ServerSettings) -> anyhow::Result<Running> {
     node_config.snapshot_every_entries = settings.snapshot_every;
     node_config.no_leader_wait_ms = settings.no_leader_wait_ms;
     node_config.peer_tls = Some(peer_tls);
-    node_config.peer_admission = Some(cluster::peer_admission(store_slot.clone()));
+    node_config.peer_admission = Some(membership::peer_admission(store_slot.clone()));
     let raft = Arc::new(
         RaftNode::open(node_config, app)
             .await
@@ -232,7 +233,7 @@ pub async fn start(settings: ServerSettings) -> anyhow::Result<Running> {
     {
         let store = store.clone();
         services.spawn_task("membership reconciler", |shutdown| {
-            cluster::reconcile_forever(store, shutdown)
+            membership::reconcile_forever(store, shutdown)
         });
     }
     {
