@@ -17,7 +17,7 @@
 //!
 //! When a request reaches a cap, in key order from the start (no offset),
 //! the page ends there, possibly short or even empty, with a cursor to go on
-//! from; otherwise it fails with [`QUERY_TOO_BROAD`], asking for an indexed
+//! from; otherwise it fails with `query_too_broad`, asking for an indexed
 //! filter or an indexed sort. The caller runs lists off the async workers
 //! (the API does, on its bounded read pool).
 
@@ -31,6 +31,7 @@ use serde_json::Value;
 use super::keys::*;
 use super::object::indexed_fields;
 use super::{cf, Rejection, StoreError};
+use crate::error_code as code;
 use crate::model::ObjectKind;
 
 /// Most objects one page may hold.
@@ -43,8 +44,6 @@ pub const MAX_SCAN_OBJECTS: usize = 2 * MAX_LIMIT;
 /// decoded) one request reads: far cheaper than objects, so an offset deep
 /// into a large kind still pages.
 pub const MAX_SCAN_KEYS: usize = 1_000_000;
-/// The code of a request that would read more than the caps allow.
-pub const QUERY_TOO_BROAD: &str = "query_too_broad";
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ListQuery {
@@ -82,7 +81,7 @@ fn check_field(kind: ObjectKind, field: &str, what: &str) -> Result<(), StoreErr
     fields.sort();
     fields.dedup();
     Err(Rejection::new(
-        "invalid_query",
+        code::INVALID_QUERY,
         format!(
             "{} have no field {first:?} to {what} by (fields: {})",
             kind.as_str(),
@@ -137,7 +136,7 @@ impl Budget {
 
 fn too_broad(why: &str) -> StoreError {
     Rejection::new(
-        QUERY_TOO_BROAD,
+        code::QUERY_TOO_BROAD,
         format!(
             "{why}: a list reads at most {MAX_SCAN_OBJECTS} objects; \
              add a filter on an indexed field, or sort by one (e.g. name)"
@@ -310,7 +309,7 @@ pub fn list(db: &DB, kind: ObjectKind, query: &ListQuery) -> Result<Page, StoreE
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
         return Err(Rejection::new(
-            "invalid_query",
+            code::INVALID_QUERY,
             format!("limit must be between 1 and {MAX_LIMIT}"),
         )
         .at("limit")
@@ -318,7 +317,7 @@ pub fn list(db: &DB, kind: ObjectKind, query: &ListQuery) -> Result<Page, StoreE
     }
     if query.cursor.is_some() && (query.sort.is_some() || query.offset > 0 || query.descending) {
         return Err(Rejection::new(
-            "invalid_query",
+            code::INVALID_QUERY,
             "a cursor pages in key order; it cannot be combined with sort, desc or offset",
         )
         .at("cursor")
@@ -611,7 +610,7 @@ fn decode_cursor(cursor: &str) -> Result<String, StoreError> {
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .ok_or_else(|| {
-            Rejection::new("invalid_query", "cursor is not one this server issued")
+            Rejection::new(code::INVALID_QUERY, "cursor is not one this server issued")
                 .at("cursor")
                 .into()
         })
@@ -830,7 +829,7 @@ mod tests {
 
         let e = list(&db, kind, &query(&[], Some("params.rack"), false, 10, 0)).unwrap_err();
         assert!(
-            matches!(&e, StoreError::Rejected(r) if r.code == QUERY_TOO_BROAD),
+            matches!(&e, StoreError::Rejected(r) if r.code == code::QUERY_TOO_BROAD),
             "{e:?}"
         );
         // An offset past the cap with a filter to match: refused too.
@@ -841,7 +840,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            matches!(&e, StoreError::Rejected(r) if r.code == QUERY_TOO_BROAD),
+            matches!(&e, StoreError::Rejected(r) if r.code == code::QUERY_TOO_BROAD),
             "{e:?}"
         );
 
