@@ -260,3 +260,55 @@ async fn json_errors(response: axum::response::Response) -> axum::response::Resp
     }
     json
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt as _;
+
+    /// Over `--api-max-requests`, a request waits the busy wait, then gets
+    /// `503 busy` with `Retry-After`; once the first is done, room is back.
+    #[tokio::test(start_paused = true)]
+    async fn requests_over_the_cap_wait_briefly_then_are_refused() {
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let released = Arc::new(tokio::sync::Mutex::new(Some(released)));
+        let limit = Limit::new(1, Duration::from_millis(100));
+        let router: Router = Router::new()
+            .route(
+                "/slow",
+                get(move || {
+                    let released = released.clone();
+                    async move {
+                        if let Some(wait) = released.lock().await.take() {
+                            let _ = wait.await;
+                        }
+                        "done"
+                    }
+                }),
+            )
+            .layer(axum::middleware::from_fn_with_state(limit, limit_requests));
+        let request = || Request::get("/slow").body(Body::empty()).unwrap();
+
+        let first = tokio::spawn(router.clone().oneshot(request()));
+        // Let the first request take the only place.
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let started = tokio::time::Instant::now();
+        let refused = router.clone().oneshot(request()).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(started.elapsed(), Duration::from_millis(100));
+        assert_eq!(refused.headers()["retry-after"], "1");
+        let body = axum::body::to_bytes(refused.into_body(), 4096)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["code"], "busy");
+
+        release.send(()).unwrap();
+        assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
+        let again = router.oneshot(request()).await.unwrap();
+        assert_eq!(again.status(), StatusCode::OK);
+    }
+}
