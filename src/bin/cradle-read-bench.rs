@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
+use cradle::service;
 use measure::percentile;
 use serde_json::{json, Value};
 
@@ -66,7 +67,19 @@ const LISTERS_STOP: Duration = Duration::from_secs(5);
 /// How long the node gets to stop at the end.
 const NODE_STOP: Duration = Duration::from_secs(15);
 
-/// The node's runtime, with the node and the echo task on it.
+/// Datagrams echoed in flight at once.
+const ECHO_IN_FLIGHT: usize = 64;
+
+/// Answers every datagram with itself.
+struct Echo;
+
+impl service::Datagrams for Echo {
+    async fn answer(&self, packet: &[u8], _from: SocketAddr) -> Option<Vec<u8>> {
+        Some(packet.to_vec())
+    }
+}
+
+/// The node's runtime, with the node and the echo service on it.
 struct Node {
     api_addr: SocketAddr,
     echo_addr: SocketAddr,
@@ -94,30 +107,33 @@ impl Node {
                         return;
                     }
                 };
-                let echo = match tokio::net::UdpSocket::bind("127.0.0.1:0").await {
+                // The stand-in for DHCP, run the way DHCP will be: a
+                // `UdpService` on the node's runtime.
+                let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+                let echo = match service::bind_udp("echo", any).await {
                     Ok(echo) => echo,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e.into()));
                         return;
                     }
                 };
+                let echo = service::UdpService::new(
+                    "echo",
+                    echo,
+                    Arc::new(Echo),
+                    service::Limit::new(ECHO_IN_FLIGHT, Duration::ZERO),
+                    Duration::from_secs(1),
+                );
                 let echo_addr = echo.local_addr().ok();
-                let echo_task = tokio::spawn(async move {
-                    let mut buf = [0u8; 512];
-                    loop {
-                        let Ok((n, from)) = echo.recv_from(&mut buf).await else {
-                            return;
-                        };
-                        let _ = echo.send_to(&buf[..n], from).await;
-                    }
-                });
+                let mut services = service::Services::new(Duration::from_secs(5));
+                services.spawn(echo);
                 let _ = ready_tx.send(
                     echo_addr
                         .map(|echo| (running.api_addr, echo))
                         .context("echo socket address"),
                 );
                 let _ = stopped.await;
-                echo_task.abort();
+                services.shutdown().await;
                 running.shutdown().await;
             });
         });
