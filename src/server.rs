@@ -101,14 +101,15 @@ impl Service for PeerRpc {
     }
 }
 
-/// Every listening socket of a node, bound before anything else starts.
-struct Bound {
+/// Every listening socket of a node, bound before anything else starts
+/// (before `cradle join` spends its token, too).
+pub struct Bound {
     api: TcpListener,
     rpc: TcpListener,
 }
 
 impl Bound {
-    async fn bind(settings: &ServerSettings) -> Result<Bound, service::BindError> {
+    pub async fn bind(settings: &ServerSettings) -> Result<Bound, service::BindError> {
         Ok(Bound {
             api: service::bind_tcp("API", settings.api_listen).await?,
             rpc: service::bind_tcp("peer RPC", settings.rpc_listen).await?,
@@ -119,13 +120,18 @@ impl Bound {
 /// Starts a node: listening sockets, TLS material, Raft, bootstrap, then
 /// every service and background task.
 pub async fn start(settings: ServerSettings) -> anyhow::Result<Running> {
+    // First, so that a port conflict is the first and only thing reported.
+    let bound = Bound::bind(&settings).await?;
+    start_bound(settings, bound).await
+}
+
+/// [`start`] on sockets already bound.
+pub async fn start_bound(settings: ServerSettings, bound: Bound) -> anyhow::Result<Running> {
     tls::install_crypto_provider();
     // Before anything opens files: API connections, RocksDB and peer RPC
     // share this process's open-files limit.
     let api_limits =
         api::listener::Limits::from_settings(&settings, API_DRAIN_WAIT).fit_open_files_limit();
-    // First, so that a port conflict is the first and only thing reported.
-    let bound = Bound::bind(&settings).await?;
     let settings = Arc::new(settings);
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;

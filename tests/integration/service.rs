@@ -89,6 +89,38 @@ fn a_taken_port_fails_the_start_fast_with_the_address() {
     }
 }
 
+/// `cradle join` on a taken port fails before it contacts the cluster, so
+/// a join token is never spent on a node that cannot start.
+#[test]
+fn a_join_on_a_taken_port_fails_before_joining() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api = taken.local_addr().unwrap();
+    // Nothing listens there: reaching it would fail differently.
+    let nowhere = format!("https://127.0.0.1:{}", free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cradle"))
+        .args(["join", "--token", "abc.def", "--ca-hash"])
+        .arg(format!("sha256:{}", "0".repeat(64)))
+        .arg(&nowhere)
+        .env("CRADLE_DATA_DIR", dir.path())
+        .env("CRADLE_API_LISTEN", api.to_string())
+        .env("CRADLE_RPC_LISTEN", loopback(free_port()).to_string())
+        .env("CRADLE_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn cradle join");
+    let (status, _) = wait_exit(&mut child, FAST_EXIT);
+    let stderr = stderr_of(&mut child);
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!("binding the API listener on {api}")),
+        "{stderr}"
+    );
+    assert!(!dir.path().join(cradle::cluster::IDENTITY_FILE).exists());
+}
+
 /// In-process: the start returns the error, and the socket it had already
 /// bound (peer RPC) is free again.
 #[tokio::test]
