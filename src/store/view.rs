@@ -465,3 +465,240 @@ impl<'a> View<'a> {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::Arc;
+
+    use cradle_raft::{NodeConfig, NodeInfo, RaftNode};
+    use serde_json::{json, Value};
+    use tokio::sync::broadcast;
+
+    use super::*;
+    use crate::model::ParamSource;
+    use crate::store::apply::CradleApp;
+    use crate::store::{Command, Store};
+
+    /// A one-node store in `dir` keeping `retention` events, with a live
+    /// channel of `channel` events.
+    pub(crate) async fn test_store(dir: &std::path::Path, retention: u64, channel: usize) -> Store {
+        let (events, _) = broadcast::channel(channel);
+        let app = Arc::new(CradleApp::new(events.clone(), retention));
+        let info = NodeInfo {
+            rpc_addr: "127.0.0.1:1".into(),
+            api_addr: "127.0.0.1:2".into(),
+        };
+        let raft = Arc::new(
+            RaftNode::open(NodeConfig::new(1, dir, info), app)
+                .await
+                .unwrap(),
+        );
+        raft.initialize_single().await.unwrap();
+        Store::new(raft, events)
+    }
+
+    pub(crate) async fn create(store: &Store, kind: ObjectKind, object: Value) -> u64 {
+        store
+            .submit(Command::Create { kind, object })
+            .await
+            .unwrap_or_else(|e| panic!("creating {kind:?}: {e}"))
+            .revision
+    }
+
+    const MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 1];
+    const UUID: &str = "6f1c1f5e-8d7a-4c1e-9a53-1d2b3c4d5e6f";
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn lookups_find_by_every_index_and_stay_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path(), 1_000, 1_024).await;
+        for (name, cidr) in [
+            ("wide", "10.0.0.0/16"),
+            ("narrow", "10.0.5.0/24"),
+            ("other", "192.168.1.0/24"),
+        ] {
+            create(
+                &store,
+                ObjectKind::Subnets,
+                json!({"name": name, "cidr": cidr}),
+            )
+            .await;
+        }
+        create(
+            &store,
+            ObjectKind::Machines,
+            json!({"uuid": UUID, "name": "m1", "hardware_addrs": ["52:54:00:00:00:01"],
+                "address": "10.0.5.20"}),
+        )
+        .await;
+        for (address, subnet) in [("10.0.9.30", "wide"), ("10.0.5.30", "narrow")] {
+            create(
+                &store,
+                ObjectKind::Reservations,
+                json!({"address": address, "hardware_addr": "52:54:00:00:00:01", "subnet": subnet}),
+            )
+            .await;
+        }
+        create(
+            &store,
+            ObjectKind::Leases,
+            json!({"address": "10.0.5.40", "client_id": "01:52:54:00:00:00:01",
+                "hardware_addr": "52:54:00:00:00:01", "expires_at_unix": 1}),
+        )
+        .await;
+
+        let view = store.view().unwrap();
+        let name = |s: Option<Subnet>| s.map(|s| s.name);
+        assert_eq!(
+            name(view.subnet_containing(ip("10.0.5.7")).unwrap()).as_deref(),
+            Some("narrow")
+        );
+        assert_eq!(
+            name(view.subnet_containing(ip("10.0.9.1")).unwrap()).as_deref(),
+            Some("wide")
+        );
+        assert_eq!(
+            name(view.subnet_containing(ip("192.168.1.255")).unwrap()).as_deref(),
+            Some("other")
+        );
+        assert_eq!(
+            name(view.subnet_containing(ip("172.16.0.1")).unwrap()),
+            None
+        );
+        assert_eq!(
+            name(
+                view.subnet_for_interface("10.0.5.1/16".parse().unwrap())
+                    .unwrap()
+            )
+            .as_deref(),
+            Some("narrow")
+        );
+
+        let uuid: Uuid = UUID.parse().unwrap();
+        let machine = view.machine_by_mac(MAC).unwrap().unwrap();
+        assert_eq!(machine.uuid, uuid);
+        assert_eq!(
+            view.machine_by_address(ip("10.0.5.20")).unwrap(),
+            Some(machine.clone())
+        );
+        assert_eq!(view.machine_by_uuid(uuid).unwrap(), Some(machine));
+        assert_eq!(view.machine_by_mac([0x52, 0x54, 0, 0, 0, 2]).unwrap(), None);
+        assert_eq!(view.machine_by_address(ip("10.0.5.21")).unwrap(), None);
+
+        let addresses =
+            |rs: Vec<Reservation>| rs.into_iter().map(|r| r.address).collect::<Vec<_>>();
+        assert_eq!(
+            addresses(view.reservations_by_mac(MAC).unwrap()),
+            [ip("10.0.5.30"), ip("10.0.9.30")]
+        );
+        assert_eq!(
+            view.reservation_by_mac("wide", MAC)
+                .unwrap()
+                .map(|r| r.address),
+            Some(ip("10.0.9.30"))
+        );
+        assert_eq!(view.reservation_by_mac("other", MAC).unwrap(), None);
+
+        let lease = view.lease_by_address(ip("10.0.5.40")).unwrap().unwrap();
+        assert_eq!(lease.client_id, "01525400000001");
+        for spelling in [
+            "01525400000001",
+            "01:52:54:00:00:00:01",
+            "01-52-54-00-00-00-01",
+        ] {
+            assert_eq!(
+                view.leases_by_client_id(spelling).unwrap(),
+                std::slice::from_ref(&lease)
+            );
+        }
+        drop(view);
+
+        // One client holding more leases than a lookup returns.
+        for n in 0..MAX_MATCHES + 3 {
+            create(
+                &store,
+                ObjectKind::Leases,
+                json!({"address": format!("10.0.6.{}", n + 1), "client_id": "ff00",
+                    "expires_at_unix": 1}),
+            )
+            .await;
+        }
+        let view = store.view().unwrap();
+        assert_eq!(view.leases_by_client_id("ff00").unwrap().len(), MAX_MATCHES);
+        store.raft().shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_view_keeps_showing_one_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path(), 1_000, 1_024).await;
+        let first = create(&store, ObjectKind::Profiles, json!({"name": "a"})).await;
+        let before = store.view().unwrap();
+        let second = create(&store, ObjectKind::Profiles, json!({"name": "b"})).await;
+        let after = store.view().unwrap();
+
+        assert_eq!(before.revision(), first);
+        assert!(before.profile("a").unwrap().is_some());
+        assert!(before.profile("b").unwrap().is_none());
+        assert_eq!(before.events_after(0, 10).unwrap().len(), 1);
+        assert_eq!(after.revision(), second);
+        assert!(after.profile("b").unwrap().is_some());
+        assert!(after.applied_index() > before.applied_index());
+        assert_eq!(before.prefs().unwrap(), Prefs::default());
+        store.raft().shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn effective_params_resolve_within_the_view() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path(), 1_000, 1_024).await;
+        create(
+            &store,
+            ObjectKind::Params,
+            json!({"name": "ntp", "schema": {"type": "string"}, "default": "pool.ntp.org"}),
+        )
+        .await;
+        create(&store, ObjectKind::Params, json!({"name": "rack"})).await;
+        create(
+            &store,
+            ObjectKind::Profiles,
+            json!({"name": "site", "params": {"rack": "r1", "dns": "10.0.0.53"}}),
+        )
+        .await;
+        create(
+            &store,
+            ObjectKind::Machines,
+            json!({"uuid": UUID, "name": "m1", "profiles": ["site"], "params": {"dns": "1.1.1.1"}}),
+        )
+        .await;
+        let view = store.view().unwrap();
+        let resolved = view.effective_params(UUID).unwrap();
+        let sources: Vec<(&str, &Value, &ParamSource)> = resolved
+            .params
+            .iter()
+            .map(|(n, p)| (n.as_str(), &p.value, &p.source))
+            .collect();
+        let site = ParamSource::Profile {
+            name: "site".into(),
+        };
+        assert_eq!(
+            sources,
+            [
+                ("dns", &json!("1.1.1.1"), &ParamSource::Machine),
+                ("ntp", &json!("pool.ntp.org"), &ParamSource::Default),
+                ("rack", &json!("r1"), &site),
+            ]
+        );
+        // No bootstrap here, so no global profile: reported, not guessed.
+        assert_eq!(resolved.missing_profiles, ["global"]);
+        assert!(matches!(
+            view.effective_params("6f1c1f5e-8d7a-4c1e-9a53-000000000000"),
+            Err(ParamsError::NoSuchMachine(_))
+        ));
+        store.raft().shutdown().await.unwrap();
+    }
+}

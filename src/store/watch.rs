@@ -14,7 +14,9 @@
 //! to; the event log in RocksDB is the source of truth. The watch reads the
 //! log whenever the broadcast cannot be trusted to be complete: at start,
 //! after a revision gap, after the receiver lagged, after a snapshot
-//! install. Per watch, memory is bounded: one chunk of at most
+//! install, and when more than [`CATCH_UP_EVENTS`] wait in its receiver (a
+//! slow subscriber is served from the log, and reset once the log no longer
+//! has what it needs). Per watch, memory is bounded: one chunk of at most
 //! [`CATCH_UP_EVENTS`] events or [`CATCH_UP_BYTES`] (plus the broadcast
 //! ring, which all subscribers share and which drops what a slow one did
 //! not take). Filtering by what a subscriber may see comes after the gap
@@ -109,7 +111,7 @@ impl Cursor {
     fn live(&self, revision: u64) -> Live {
         if revision <= self.last {
             Live::Skip
-        } else if revision == self.last + 1 {
+        } else if Some(revision) == self.last.checked_add(1) {
             Live::Deliver
         } else {
             Live::CatchUp
@@ -129,10 +131,10 @@ impl Cursor {
             }
             return Step::CaughtUp;
         };
-        let consecutive = first.revision == self.last + 1
+        let consecutive = Some(first.revision) == self.last.checked_add(1)
             && events
                 .windows(2)
-                .all(|pair| pair[1].revision == pair[0].revision + 1);
+                .all(|pair| Some(pair[1].revision) == pair[0].revision.checked_add(1));
         if !consecutive {
             return self.reset(epoch, revision, ResetReason::Expired);
         }
@@ -182,7 +184,7 @@ impl Watch {
         let since = since.unwrap_or(revision);
         if since < revision {
             let oldest = view.oldest_event()?;
-            if oldest.is_none_or(|oldest| oldest > since + 1) {
+            if oldest.is_none_or(|oldest| oldest > since.saturating_add(1)) {
                 return Err(WatchError::Expired {
                     oldest: oldest.unwrap_or(revision + 1),
                     revision,
@@ -222,6 +224,16 @@ impl Watch {
                 }
                 continue;
             }
+            if self.live.len() > CATCH_UP_EVENTS {
+                // Far behind the live feed: read from the log, in bounded
+                // chunks, which is what decides what can still be
+                // delivered. The ring only caches the log's tail; a
+                // subscriber past the log's retention is reset even if the
+                // ring happens to still hold what it needs, so whether it is
+                // reset does not depend on the ring's size.
+                self.catching_up = true;
+                continue;
+            }
             tokio::select! {
                 biased;
                 changed = self.installs.changed() => {
@@ -251,8 +263,12 @@ impl Watch {
     /// Reads the next chunk of the event log into the backlog; returns a
     /// reset when the log cannot continue from where the watch stands.
     fn catch_up(&mut self) -> Result<Option<Change>, WatchError> {
-        // Whatever install happened so far, this view includes it.
+        // Whatever install happened so far, this view includes it; whatever
+        // commits after it, the fresh receiver gets. What the old receiver
+        // held is at or before the view: dropping it loses nothing, and a
+        // stale backlog does not count as being behind.
         self.installs.borrow_and_update();
+        self.live = self.live.resubscribe();
         let view = self.store.view()?;
         let events = view.events_within(self.cursor.last, CATCH_UP_EVENTS, CATCH_UP_BYTES)?;
         match self
@@ -279,14 +295,10 @@ impl Watch {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use cradle_raft::{NodeConfig, NodeInfo, RaftNode};
     use serde_json::json;
 
     use super::*;
     use crate::model::ObjectKind;
-    use crate::store::apply::CradleApp;
     use crate::store::{Action, Command};
 
     fn event(revision: u64) -> Event {
@@ -380,22 +392,8 @@ mod tests {
         );
     }
 
-    /// A one-node store with `retention` events kept and a live channel of
-    /// `channel` events.
     async fn store(dir: &std::path::Path, retention: u64, channel: usize) -> Store {
-        let (events, _) = broadcast::channel(channel);
-        let app = Arc::new(CradleApp::new(events.clone(), retention));
-        let info = NodeInfo {
-            rpc_addr: "127.0.0.1:1".into(),
-            api_addr: "127.0.0.1:2".into(),
-        };
-        let raft = Arc::new(
-            RaftNode::open(NodeConfig::new(1, dir, info), app)
-                .await
-                .unwrap(),
-        );
-        raft.initialize_single().await.unwrap();
-        Store::new(raft, events)
+        crate::store::view::tests::test_store(dir, retention, channel).await
     }
 
     async fn create_profiles(store: &Store, names: std::ops::Range<u64>) -> Vec<u64> {
@@ -479,6 +477,31 @@ mod tests {
         // The oldest kept event's predecessor is still a valid start.
         let mut watch = store.watch(Some(after[0] - 5)).unwrap();
         assert_eq!(revision_of(&next(&mut watch).await), after[0] - 4);
+        store.raft().shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_far_behind_the_live_feed_is_judged_by_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        // The live channel could hold everything; the log keeps 5.
+        let store = store(dir.path(), 5, 1_024).await;
+        let mut watch = store.watch(None).unwrap();
+        let first = create_profiles(&store, 0..1).await;
+        assert_eq!(revision_of(&next(&mut watch).await), first[0]);
+        let written = create_profiles(&store, 1..(CATCH_UP_EVENTS as u64 + 10)).await;
+        assert_eq!(
+            next(&mut watch).await,
+            Change::Reset {
+                revision: *written.last().unwrap(),
+                reason: ResetReason::Expired
+            }
+        );
+        // Behind by less than the catch-up step: served from the live feed
+        // even past retention, in order.
+        let few = create_profiles(&store, 1_000..1_010).await;
+        for revision in few {
+            assert_eq!(revision_of(&next(&mut watch).await), revision);
+        }
         store.raft().shutdown().await.unwrap();
     }
 }
