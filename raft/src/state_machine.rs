@@ -80,12 +80,16 @@ impl Readers {
         }
     }
 
+    /// A RocksDB snapshot that is not half of an install, and the install
+    /// epoch it belongs to.
+    fn snapshot(&self) -> (SnapshotWithThreadMode<'_, DB>, u64) {
+        let _read = self.install.read().unwrap_or_else(|p| p.into_inner());
+        (self.db.snapshot(), self.epoch.load(Ordering::Acquire))
+    }
+
     /// A consistent view of the committed state as of now.
     pub(crate) fn view(&self) -> Result<ReadView<'_>, StoreError> {
-        let (snapshot, install_epoch) = {
-            let _read = self.install.read().unwrap_or_else(|p| p.into_inner());
-            (self.db.snapshot(), self.epoch.load(Ordering::Acquire))
-        };
+        let (snapshot, install_epoch) = self.snapshot();
         let sm_cf = cf_handle(&self.db, CF_SM_META)?;
         let applied: Option<LogId<NodeId>> = match snapshot.get_cf(sm_cf, KEY_LAST_APPLIED)? {
             Some(bytes) => from_json(&bytes, "last applied log id")?,
@@ -326,7 +330,9 @@ impl Shared {
     /// Builds a snapshot from a consistent RocksDB snapshot and makes it
     /// current unless a newer one already is. Blocking.
     fn build(&self) -> Result<(SnapshotMeta<NodeId, NodeInfo>, fs::File), StoreError> {
-        let view = self.db.snapshot();
+        // Not during an install: a half-installed state would be sent on as
+        // a snapshot under the old applied index.
+        let (view, _) = self.readers.snapshot();
         let sm_cf = cf_handle(&self.db, CF_SM_META)?;
         // Read the applied position from the same view as the data, so the
         // snapshot's meta matches its contents exactly.
