@@ -222,6 +222,9 @@ impl Store {
     }
 
     pub fn list(&self, kind: ObjectKind, query: &ListQuery) -> Result<Page, StoreError> {
+        // Still straight from the database, not through a view: a list taken
+        // during a snapshot install can mix the two states (`View::read` is
+        // what it would iterate instead).
         query::list(&self.raft.db(), kind, query)
     }
 

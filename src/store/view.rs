@@ -90,6 +90,12 @@ impl<'a> View<'a> {
         self.read.install_epoch()
     }
 
+    /// The underlying snapshot, for readers that iterate column families
+    /// themselves (list queries).
+    pub fn read(&self) -> &ReadView<'a> {
+        &self.read
+    }
+
     fn raw(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.read.get(cf, key).map_err(internal)
     }
