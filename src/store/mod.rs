@@ -288,6 +288,12 @@ impl Store {
         Watch::start(self.clone(), since)
     }
 
+    /// Follows the changes after `view`, for a cache loaded from it; see
+    /// [`watch`].
+    pub fn watch_after(&self, view: &View<'_>) -> Watch {
+        Watch::after(self.clone(), view)
+    }
+
     /// The raw live feed (events as they commit, no gap handling); use
     /// [`Store::watch`], which delivers every change or says it cannot.
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Event> {

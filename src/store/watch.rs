@@ -2,8 +2,9 @@
 //! order, without gaps, shared by the event stream API and the services that
 //! keep a cache of the state (DHCP's subnet table, the renderer's cache).
 //!
-//! A [`Watch`] starts after a revision its owner has seen (from a [`View`]
-//! it loaded, or a client's `Last-Event-ID`) and yields every later change
+//! A [`Watch`] starts after a revision its owner has seen (a [`View`] it
+//! loaded: `Store::watch_after`, or a client's `Last-Event-ID`:
+//! `Store::watch`) and yields every later change
 //! as [`Change::Event`], each revision exactly one more than the last. When
 //! it cannot (the changes it would need are past the event log's retention,
 //! or a Raft snapshot replaced the state, event log included) it yields
@@ -21,14 +22,12 @@
 //! ring, which all subscribers share and which drops what a slow one did
 //! not take). Filtering by what a subscriber may see comes after the gap
 //! check, in the caller.
-//!
-//! [`View`]: super::View
 
 use std::collections::VecDeque;
 
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use super::{Event, Store, StoreError};
+use super::{Event, Store, StoreError, View};
 
 /// Most events read from the event log per catch-up step.
 pub const CATCH_UP_EVENTS: usize = 128;
@@ -204,6 +203,26 @@ impl Watch {
             backlog: VecDeque::new(),
             catching_up: true,
         })
+    }
+
+    /// A watch of the changes after `view`, for a cache just loaded from
+    /// it: nothing between the load and the watch is missed, and a snapshot
+    /// installed since the view was taken gives a reset.
+    pub(crate) fn after(store: Store, view: &View<'_>) -> Watch {
+        let live = store.subscribe();
+        let installs = store.raft().snapshot_installs();
+        Watch {
+            store,
+            live,
+            installs,
+            cursor: Cursor {
+                last: view.revision(),
+                epoch: view.install_epoch(),
+            },
+            backlog: VecDeque::new(),
+            // The log has what committed between the view and now.
+            catching_up: true,
+        }
     }
 
     /// The revision of the last change delivered (or reset to).
@@ -502,6 +521,27 @@ mod tests {
         for revision in few {
             assert_eq!(revision_of(&next(&mut watch).await), revision);
         }
+        store.raft().shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_cache_loaded_from_a_view_misses_nothing_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 1_000, 1_024).await;
+        create_profiles(&store, 0..3).await;
+        let view = store.view().unwrap();
+        let loaded = view.revision();
+        // Written after the load, before the watch exists.
+        let between = create_profiles(&store, 3..6).await;
+        let mut watch = store.watch_after(&view);
+        drop(view);
+        let later = create_profiles(&store, 6..8).await;
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            seen.push(revision_of(&next(&mut watch).await));
+        }
+        assert_eq!(between[0], loaded + 1);
+        assert_eq!(seen, [between, later].concat());
         store.raft().shutdown().await.unwrap();
     }
 }
