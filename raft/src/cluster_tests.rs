@@ -334,6 +334,13 @@ async fn restarted_node_catches_up_by_snapshot_after_purge() {
         n3.app.installed() >= 1,
         "node 3 caught up by installing a snapshot"
     );
+    // Readers learn of the install: views carry a new install epoch, and
+    // watchers were told.
+    let view = n3.node.read_view().unwrap();
+    assert!(view.install_epoch() >= 1);
+    assert!(view.applied_index() >= target);
+    assert_eq!(*n3.node.snapshot_installs().borrow(), view.install_epoch());
+    drop(view);
     eventually("node 3's state to match the leader's", || {
         let same = dump(&n3.node.db()) == dump(&n1.node.db());
         async move { same }

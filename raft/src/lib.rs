@@ -14,7 +14,8 @@
 //! - `log_store`: openraft's `RaftLogStorage` over RocksDB; every append, vote,
 //!   truncate and purge is fsynced before it is reported done.
 //! - `state_machine`: openraft's `RaftStateMachine`; applies entries through
-//!   the [`StateMachineApp`], builds and installs snapshots.
+//!   the [`StateMachineApp`], builds and installs snapshots; [`ReadView`], a
+//!   consistent view of the state that never shows a half-installed snapshot.
 //! - `network`: the tonic client (one cached channel per peer) and the gRPC
 //!   service for AppendEntries, Vote, chunked InstallSnapshot and forwarding
 //!   (writes, read-index requests and membership changes a follower hands to
@@ -48,6 +49,7 @@ pub use network::PeerTls;
 pub use node::{
     MemberStatus, NodeConfig, NodeError, PeerAdmission, RaftNode, RaftRole, RaftStatus, WriteError,
 };
+pub use state_machine::{ReadView, ViewItem};
 pub use store::{StateMachineApp, StoreError, Txn};
 pub use types::{NodeId, NodeInfo};
 

@@ -27,7 +27,7 @@ use crate::network::{
     Peers, MAX_MESSAGE_BYTES,
 };
 use crate::proto::raft_peer_server::RaftPeerServer;
-use crate::state_machine::StateMachine;
+use crate::state_machine::{ReadView, Readers, StateMachine};
 use crate::store::{open_db, StateMachineApp, StoreError};
 use crate::types::{NodeId, NodeInfo, Payload, TypeConfig};
 
@@ -250,6 +250,7 @@ pub(crate) struct Inner {
     info: NodeInfo,
     pub(crate) raft: Raft<TypeConfig>,
     db: Arc<DB>,
+    readers: Arc<Readers>,
     peers: Arc<Peers>,
     committed: Arc<CommittedIndex>,
     forward_timeout: Duration,
@@ -491,6 +492,7 @@ impl RaftNode {
             .map_err(|e| NodeError::Raft(e.to_string()))?;
         let state_machine =
             StateMachine::open(db.clone(), app, config.data_dir.join("snapshots")).await?;
+        let readers = state_machine.readers();
         let peers = Arc::new(Peers::new(
             config.peer_tls.as_ref().map(PeerTls::client_config),
         ));
@@ -515,6 +517,7 @@ impl RaftNode {
                 info: config.info.clone(),
                 raft,
                 db,
+                readers,
                 peers,
                 committed,
                 forward_timeout: Duration::from_millis(config.forward_timeout_ms),
@@ -530,6 +533,18 @@ impl RaftNode {
     /// The database, for the application's reads of committed state.
     pub fn db(&self) -> Arc<DB> {
         self.inner.db.clone()
+    }
+
+    /// A consistent view of the committed state: every read through it sees
+    /// one RocksDB snapshot, and never a half-installed Raft snapshot.
+    pub fn read_view(&self) -> Result<ReadView<'_>, StoreError> {
+        self.inner.readers.view()
+    }
+
+    /// Changes each time a Raft snapshot replaced the state machine's
+    /// contents (see [`ReadView::install_epoch`]).
+    pub fn snapshot_installs(&self) -> watch::Receiver<u64> {
+        self.inner.readers.subscribe_installs()
     }
 
     /// This node's id.

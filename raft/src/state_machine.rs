@@ -11,11 +11,17 @@
 //! [`crate::snapshot`]); `raft_meta` points at the current one so it
 //! survives a restart. Installing writes an "installing" marker first, so a
 //! crash half-way through is finished from the file on the next open.
+//!
+//! Readers take their views through [`Readers`]: a snapshot install replaces
+//! the application's state in several write batches (bounded memory), and
+//! holds the write side of `Readers`' lock for all of them, so a view (a
+//! RocksDB snapshot taken under the read side) shows the state either before
+//! or after the install, never a mix.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::storage::RaftStateMachine;
@@ -23,12 +29,12 @@ use openraft::{
     AnyError, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend,
     RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
-use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
+use rocksdb::{Direction, IteratorMode, SnapshotWithThreadMode, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 
 use crate::snapshot::{self, SnapshotHeader, SnapshotReader, SnapshotWriter};
 use crate::store::{
-    blocking, cf_handle, StateMachineApp, StoreError, Txn, CF_RAFT_META, CF_SM_META,
+    blocking, cf_handle, StateMachineApp, StoreError, Txn, CF_RAFT_META, CF_SM_META, RESERVED_CFS,
 };
 use crate::types::{NodeId, NodeInfo, Reply, TypeConfig};
 
@@ -43,9 +49,155 @@ const KEY_INSTALLING: &[u8] = b"installing";
 const KEY_CURRENT_SNAPSHOT: &[u8] = b"current_snapshot";
 
 /// Writes of one install batch are flushed once they reach this size, so a
-/// huge snapshot does not sit in memory as one batch. Smaller snapshots are
-/// installed in one atomic batch, so readers never see a half-installed state.
+/// huge snapshot does not sit in memory as one batch. Readers still never see
+/// a half-installed state: see [`Readers`].
 const INSTALL_BATCH_BYTES: usize = 64 << 20;
+
+/// How readers get consistent views of the committed state.
+///
+/// A view is one RocksDB snapshot, taken under the read side of `install`;
+/// a snapshot install holds the write side while it replaces the state, so
+/// no view can begin half-way through one. Applies need no lock: each is one
+/// atomic write batch. The read side is held only for the instant a RocksDB
+/// snapshot takes, so readers wait only while an install is loading (rare: a
+/// follower that fell behind the leader's log).
+pub(crate) struct Readers {
+    db: Arc<DB>,
+    install: RwLock<()>,
+    /// Snapshot installs completed since this process opened the database.
+    epoch: AtomicU64,
+    /// Told the new epoch after each install, so watchers can reload.
+    installed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Readers {
+    pub(crate) fn new(db: Arc<DB>) -> Self {
+        Readers {
+            db,
+            install: RwLock::new(()),
+            epoch: AtomicU64::new(0),
+            installed: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    /// A RocksDB snapshot that is not half of an install, and the install
+    /// epoch it belongs to.
+    fn snapshot(&self) -> (SnapshotWithThreadMode<'_, DB>, u64) {
+        let _read = self.install.read().unwrap_or_else(|p| p.into_inner());
+        (self.db.snapshot(), self.epoch.load(Ordering::Acquire))
+    }
+
+    /// A consistent view of the committed state as of now.
+    pub(crate) fn view(&self) -> Result<ReadView<'_>, StoreError> {
+        let (snapshot, install_epoch) = self.snapshot();
+        let sm_cf = cf_handle(&self.db, CF_SM_META)?;
+        let applied: Option<LogId<NodeId>> = match snapshot.get_cf(sm_cf, KEY_LAST_APPLIED)? {
+            Some(bytes) => from_json(&bytes, "last applied log id")?,
+            None => None,
+        };
+        Ok(ReadView {
+            db: &self.db,
+            snapshot,
+            applied_index: applied.map_or(0, |l| l.index),
+            install_epoch,
+        })
+    }
+
+    /// Runs `load` (which replaces the state) with readers held off, then
+    /// tells watchers a new state was installed.
+    fn installing<T>(&self, load: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let result = {
+            let _write = self.install.write().unwrap_or_else(|p| p.into_inner());
+            let result = load();
+            // Bumped even when the load failed half-way: what readers see
+            // now may differ from what they saw before.
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+            result
+        };
+        self.installed
+            .send_replace(self.epoch.load(Ordering::Acquire));
+        result
+    }
+
+    pub(crate) fn subscribe_installs(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.installed.subscribe()
+    }
+}
+
+/// One consistent view of the committed state: every read through it sees
+/// the same RocksDB snapshot. Reaches only the application's column
+/// families.
+pub struct ReadView<'a> {
+    db: &'a DB,
+    snapshot: SnapshotWithThreadMode<'a, DB>,
+    applied_index: u64,
+    install_epoch: u64,
+}
+
+/// Key/value pairs read through a [`ReadView`].
+pub type ViewItem = Result<(Box<[u8]>, Box<[u8]>), StoreError>;
+
+impl<'a> ReadView<'a> {
+    /// The log index of the last entry applied in this view (0 before any).
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// Snapshot installs this process had seen when the view was taken: two
+    /// views with different epochs may be from unrelated histories (a
+    /// watcher reloads instead of continuing).
+    pub fn install_epoch(&self) -> u64 {
+        self.install_epoch
+    }
+
+    fn cf(&self, name: &str) -> Result<&'a rocksdb::ColumnFamily, StoreError> {
+        if RESERVED_CFS.contains(&name) {
+            return Err(StoreError::ReservedColumnFamily(name.to_string()));
+        }
+        cf_handle(self.db, name)
+    }
+
+    pub fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.snapshot.get_cf(self.cf(cf)?, key)?)
+    }
+
+    /// Keys from `start` on, in key order (`forward`) or from `start` back.
+    pub fn iter_from(
+        &self,
+        cf: &str,
+        start: &[u8],
+        forward: bool,
+    ) -> Result<impl Iterator<Item = ViewItem> + '_, StoreError> {
+        let direction = if forward {
+            Direction::Forward
+        } else {
+            Direction::Reverse
+        };
+        let handle = self.cf(cf)?;
+        Ok(self
+            .snapshot
+            .iterator_cf(handle, IteratorMode::From(start, direction))
+            .map(|item| item.map_err(StoreError::from)))
+    }
+
+    /// Keys from the first (`forward`) or the last.
+    pub fn iter_all(
+        &self,
+        cf: &str,
+        forward: bool,
+    ) -> Result<impl Iterator<Item = ViewItem> + '_, StoreError> {
+        let mode = if forward {
+            IteratorMode::Start
+        } else {
+            IteratorMode::End
+        };
+        let handle = self.cf(cf)?;
+        Ok(self
+            .snapshot
+            .iterator_cf(handle, mode)
+            .map(|item| item.map_err(StoreError::from)))
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct CurrentSnapshot {
@@ -59,6 +211,10 @@ struct Shared {
     db: Arc<DB>,
     app: Arc<dyn StateMachineApp>,
     dir: PathBuf,
+    readers: Arc<Readers>,
+    /// [`INSTALL_BATCH_BYTES`]; smaller in tests, to make installs span
+    /// several batches.
+    install_batch_bytes: usize,
     /// Serializes updates of the current-snapshot pointer and the removal of
     /// old snapshot files between the builder task and install. Only held on
     /// blocking threads.
@@ -174,7 +330,9 @@ impl Shared {
     /// Builds a snapshot from a consistent RocksDB snapshot and makes it
     /// current unless a newer one already is. Blocking.
     fn build(&self) -> Result<(SnapshotMeta<NodeId, NodeInfo>, fs::File), StoreError> {
-        let view = self.db.snapshot();
+        // Not during an install: a half-installed state would be sent on as
+        // a snapshot under the old applied index.
+        let (view, _) = self.readers.snapshot();
         let sm_cf = cf_handle(&self.db, CF_SM_META)?;
         // Read the applied position from the same view as the data, so the
         // snapshot's meta matches its contents exactly.
@@ -303,7 +461,7 @@ impl Shared {
             self.remove_other_files(Some(&file), false)?;
             reader
         };
-        self.load(reader)
+        self.readers.installing(|| self.load(reader))
     }
 
     /// Replaces the application's column families and `sm_meta` with the
@@ -348,7 +506,7 @@ impl Shared {
                     detail: format!("column family index {}", record.cf_index),
                 })?;
             batch.put_cf(*cf, &record.key, &record.value);
-            if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
+            if batch.size_in_bytes() >= self.install_batch_bytes {
                 self.db.write(std::mem::take(&mut batch))?;
             }
         }
@@ -372,6 +530,8 @@ impl StateMachine {
         dir: PathBuf,
     ) -> Result<Self, StoreError> {
         let shared = Arc::new(Shared {
+            readers: Arc::new(Readers::new(db.clone())),
+            install_batch_bytes: INSTALL_BATCH_BYTES,
             db,
             app,
             dir,
@@ -391,7 +551,8 @@ impl StateMachine {
                 tracing::warn!(%file, "finishing a snapshot install interrupted by a crash");
                 let path = opened.dir.join(&file);
                 snapshot::verify(&path)?;
-                opened.load(SnapshotReader::open(&path)?)?;
+                let reader = SnapshotReader::open(&path)?;
+                opened.readers.installing(|| opened.load(reader))?;
                 reinstalled = true;
             }
             let (last_applied, membership) = opened.read_applied()?;
@@ -406,6 +567,13 @@ impl StateMachine {
             last_applied,
             membership,
         })
+    }
+}
+
+impl StateMachine {
+    /// How readers take consistent views of this state machine's state.
+    pub(crate) fn readers(&self) -> Arc<Readers> {
+        self.shared.readers.clone()
     }
 }
 
@@ -767,6 +935,96 @@ mod tests {
                 .count(),
             0
         );
+    }
+
+    /// Every value a view shows in the kv column family, by generation
+    /// (the value's prefix), and how many keys it has.
+    fn generations(view: &ReadView<'_>) -> (BTreeSet<String>, usize) {
+        let mut seen = BTreeSet::new();
+        let mut keys = 0;
+        for item in view.iter_all(CF_KV, true).unwrap() {
+            let (_, value) = item.unwrap();
+            let text = String::from_utf8(value.to_vec()).unwrap();
+            seen.insert(text.split('-').next().unwrap_or_default().to_string());
+            keys += 1;
+        }
+        (seen, keys)
+    }
+
+    #[tokio::test]
+    async fn readers_see_the_state_before_or_after_an_install_never_a_mix() {
+        const KEYS: u64 = 2_000;
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let pad = "x".repeat(100);
+        let (_log_a, mut sm_a, _db_a) = open_stores(dir_a.path(), KvApp::new()).await;
+        sm_a.apply((1..=KEYS).map(|i| normal(i, &format!("put k{i:05} new-{pad}"))))
+            .await
+            .unwrap();
+        let snapshot = sm_a
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        // The target holds an older state of the same keys, plus keys the
+        // snapshot does not have: a mix would show both generations, or the
+        // wrong number of keys.
+        let (_log_b, mut sm_b, _db_b) = open_stores(dir_b.path(), KvApp::new()).await;
+        sm_b.apply((1..=KEYS + 50).map(|i| normal(i, &format!("put k{i:05} old-{pad}"))))
+            .await
+            .unwrap();
+        // Many small batches, so an install takes many writes.
+        Arc::get_mut(&mut sm_b.shared).unwrap().install_batch_bytes = 4 << 10;
+        let readers = sm_b.readers();
+        let mut installs = readers.subscribe_installs();
+        let epoch_before = readers.view().unwrap().install_epoch();
+
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let started = Arc::new(std::sync::Barrier::new(2));
+        let reader = {
+            let (readers, stop, started) = (readers.clone(), stop.clone(), started.clone());
+            std::thread::spawn(move || {
+                started.wait();
+                let mut views = Vec::new();
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                // Bounded in count and time; stops once the install is done.
+                for _ in 0..100_000 {
+                    if stop.load(Ordering::SeqCst) || std::time::Instant::now() > deadline {
+                        break;
+                    }
+                    let view = readers.view().unwrap();
+                    let (seen, keys) = generations(&view);
+                    views.push((seen, keys, view.applied_index(), view.install_epoch()));
+                }
+                views
+            })
+        };
+        started.wait();
+        transfer(snapshot, &mut sm_b, None).await.unwrap();
+        stop.store(true, Ordering::SeqCst);
+        let views = reader.join().unwrap();
+
+        let old = (BTreeSet::from(["old".to_string()]), (KEYS + 50) as usize);
+        let new = (BTreeSet::from(["new".to_string()]), KEYS as usize);
+        assert!(!views.is_empty());
+        for (seen, keys, applied, epoch) in &views {
+            let state = (seen.clone(), *keys);
+            assert!(
+                state == old || state == new,
+                "a view saw {seen:?} over {keys} keys"
+            );
+            // The applied index and the install epoch come from the same
+            // view as the data.
+            if state == old {
+                assert_eq!((*applied, *epoch), (KEYS + 50, epoch_before));
+            } else {
+                assert_eq!((*applied, *epoch), (KEYS, epoch_before + 1));
+            }
+        }
+        let view = readers.view().unwrap();
+        assert_eq!(generations(&view), new);
+        assert!(installs.has_changed().unwrap());
+        assert_eq!(*installs.borrow_and_update(), epoch_before + 1);
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ pub(crate) const CF_RAFT_META: &str = "raft_meta";
 pub(crate) const CF_SM_META: &str = "sm_meta";
 
 /// Column families the application may not claim.
-const RESERVED_CFS: [&str; 4] = ["default", CF_RAFT_LOG, CF_RAFT_META, CF_SM_META];
+pub(crate) const RESERVED_CFS: [&str; 4] = ["default", CF_RAFT_LOG, CF_RAFT_META, CF_SM_META];
 
 /// Errors from the storage layer.
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,10 @@
 //! `GET /api/v1/events`: the change feed as server-sent events, in commit
 //! order, resumable from a revision (`?since=N` or `Last-Event-ID`).
+//!
+//! Built on the store's watch: a resume point past the event log's
+//! retention is refused at connect (`410 events_expired`); a client that
+//! falls behind it mid-stream, or a snapshot install on this node, gets an
+//! `event: reset` carrying the revision to reload at, never a silent skip.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -9,17 +14,13 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::Extension;
 use futures::Stream;
-use tokio::sync::broadcast::error::RecvError;
 
 use super::auth::{may_read, Principal};
 use super::objects::{present, query_pairs};
 use super::{ApiError, ApiResult, AppState};
 use crate::error_code as code;
 use crate::model::ObjectKind;
-use crate::store::Event;
-
-/// Events read from the store per backlog step.
-const BACKLOG_CHUNK: usize = 1_000;
+use crate::store::{Change, Event, ResetReason, StoreError, WatchError};
 
 /// Each event is shown only if the caller's token could GET its object: the
 /// same per-kind and per-object rule, so a read token never sees users or
@@ -54,67 +55,56 @@ pub async fn stream(
             }
         }
     }
-    let store = state.store.clone();
-    // Subscribe before reading the backlog so nothing falls in between.
-    let mut live = store.subscribe();
-    let since = match since {
-        Some(since) => since,
-        None => store.revision()?,
-    };
-    if let Some(oldest) = store.oldest_event()? {
-        if since.saturating_add(1) < oldest {
+    let mut watch = match state.store.watch(since) {
+        Ok(watch) => watch,
+        Err(WatchError::Expired { oldest, .. }) => {
             return Err(ApiError::new(
                 code::EVENTS_EXPIRED,
                 format!("events before revision {oldest} are no longer kept; list the objects and resume from their revision"),
-            ));
+            ))
         }
-    }
+        Err(WatchError::Store(e)) => return Err(e.into()),
+        Err(WatchError::Closed) => {
+            return Err(StoreError::Unavailable("the store is shutting down".into()).into())
+        }
+    };
     let scope = principal.claims.scope;
     let wanted = move |event: &Event| {
         (kinds.is_empty() || kinds.contains(&event.kind))
             && may_read(&scope, event.kind, &event.key)
     };
     let events = async_stream::stream! {
-        let mut last = since;
-        'outer: loop {
-            // Catch up from the stored feed (the first time, and after the
-            // live channel lagged or skipped).
-            loop {
-                let batch = match store.events_after(last, BACKLOG_CHUNK) {
-                    Ok(batch) => batch,
-                    Err(e) => {
-                        yield Ok(SseEvent::default().event("error").data(e.to_string()));
-                        break 'outer;
-                    }
-                };
-                if batch.is_empty() {
-                    break;
-                }
-                for event in batch {
-                    last = event.revision;
+        loop {
+            match watch.next().await {
+                // Gaps are checked by the watch over every event; what this
+                // caller may see is filtered after.
+                Ok(Change::Event(event)) => {
                     if wanted(&event) {
                         yield Ok(to_sse(event));
                     }
                 }
-            }
-            loop {
-                match live.recv().await {
-                    Ok(event) if event.revision <= last => continue,
-                    Ok(event) if event.revision == last + 1 => {
-                        last = event.revision;
-                        if wanted(&event) {
-                            yield Ok(to_sse(event));
-                        }
-                    }
-                    // A gap: something was published before we subscribed
-                    // or was dropped; the stored feed has it.
-                    Ok(_) | Err(RecvError::Lagged(_)) => continue 'outer,
-                    Err(RecvError::Closed) => break 'outer,
+                Ok(Change::Reset { revision, reason }) => yield Ok(reset(revision, reason)),
+                Err(WatchError::Closed) => break,
+                Err(e) => {
+                    yield Ok(SseEvent::default().event("error").data(e.to_string()));
+                    break;
                 }
             }
         }
     };
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// `event: reset`: the changes after the client's last event cannot be
+/// sent (past retention, or this node installed a snapshot). The client
+/// reloads what it follows (a list is at or after `revision`) and goes on;
+/// the id makes a reconnect resume after `revision`.
+fn reset(revision: u64, reason: ResetReason) -> SseEvent {
+    let data = serde_json::json!({ "revision": revision, "reason": reason.as_str() });
+    SseEvent::default()
+        .id(revision.to_string())
+        .event("reset")
+        .data(data.to_string())
 }
 
 fn to_sse(mut event: Event) -> SseEvent {

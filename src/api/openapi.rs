@@ -877,7 +877,14 @@ fn other_paths(paths: PathsBuilder) -> PathsBuilder {
                             ResponseBuilder::new()
                                 .description(
                                     "`text/event-stream`: each event's `id` is its revision, \
-                                     its `event` the action, its `data` an Event",
+                                     its `event` the action, its `data` an Event. Revisions \
+                                     are consecutive (those the token may not read are left \
+                                     out); when the next one can no longer be sent (the client \
+                                     fell behind the kept events, or the node installed a \
+                                     snapshot) an `event: reset` comes instead, with `data` \
+                                     `{\"revision\": R, \"reason\": \"expired\" | \
+                                     \"snapshot_installed\"}` and `id` R: reload what you \
+                                     follow, then changes after R follow",
                                 )
                                 .content(
                                     "text/event-stream",

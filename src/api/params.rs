@@ -12,8 +12,8 @@ use serde_json::{json, Map, Value};
 use super::auth::Target;
 use super::objects::{if_match, maybe_consistent, parse_json, query_pairs};
 use super::{ApiError, ApiResult, AppState};
-use crate::model::{effective_params, EffectiveParam, Machine, ObjectKind, Param, Profile};
-use crate::store::{Command, ListQuery};
+use crate::model::{EffectiveParam, ObjectKind};
+use crate::store::{Command, ParamsError};
 
 /// The `{name}` of a param route (the kind and key come as the [`Target`]
 /// the guard authorized).
@@ -144,6 +144,8 @@ async fn submit_patch(
 
 /// `GET /machines/{key}/effective-params`: every param that resolves for the
 /// machine, with its value and source (machine, a profile, global, default).
+/// Resolution is the store's ([`crate::store::View::effective_params`]), over
+/// one consistent view.
 pub async fn effective(
     State(state): State<AppState>,
     Extension(target): Extension<Target>,
@@ -151,43 +153,25 @@ pub async fn effective(
 ) -> ApiResult<Json<Value>> {
     let key = target.key()?;
     maybe_consistent(&state, &query_pairs(raw.as_deref())?).await?;
-    let machine: Machine = state
+    let resolved = state
         .store
-        .get_typed(ObjectKind::Machines, &key)?
-        .ok_or_else(|| ApiError::not_found(format!("machine {key:?} does not exist")))?;
-    let definitions: Vec<Param> = all(&state, ObjectKind::Params)?;
-    let store = state.store.clone();
-    let profile_lookup = move |name: &str| -> Option<Profile> {
-        store.get_typed(ObjectKind::Profiles, name).ok().flatten()
-    };
-    let definition_lookup = |name: &str| definitions.iter().find(|d| d.name == name).cloned();
-    let resolved = effective_params(
-        &machine,
-        &profile_lookup,
-        &definition_lookup,
-        definitions.iter().map(|d| d.name.clone()),
-    );
+        .view()?
+        .effective_params(&key)
+        .map_err(|e| match e {
+            ParamsError::NoSuchMachine(key) => {
+                ApiError::not_found(format!("machine {key:?} does not exist"))
+            }
+            ParamsError::Store(e) => e.into(),
+            too_many @ ParamsError::TooManyDefinitions(_) => {
+                ApiError::internal(too_many.to_string())
+            }
+        })?;
+    if !resolved.missing_profiles.is_empty() {
+        tracing::debug!(machine = %key, missing = ?resolved.missing_profiles, "profiles named in the lookup chain do not exist");
+    }
     let mut out = Map::new();
-    for (name, EffectiveParam { value, source }) in resolved {
+    for (name, EffectiveParam { value, source }) in resolved.params {
         out.insert(name, json!({ "value": value, "source": source }));
     }
     Ok(Json(Value::Object(out)))
-}
-
-fn all<T: serde::de::DeserializeOwned>(state: &AppState, kind: ObjectKind) -> ApiResult<Vec<T>> {
-    let mut out = Vec::new();
-    let mut query = ListQuery {
-        limit: Some(crate::store::query::MAX_LIMIT),
-        ..ListQuery::default()
-    };
-    loop {
-        let page = state.store.list(kind, &query)?;
-        for item in page.items {
-            out.push(serde_json::from_value(item).map_err(|e| ApiError::internal(e.to_string()))?);
-        }
-        match page.next_cursor {
-            Some(cursor) => query.cursor = Some(cursor),
-            None => return Ok(out),
-        }
-    }
 }

@@ -48,7 +48,9 @@ pub use lease::{Lease, LeaseState, MAX_CLIENT_ID_HEX};
 pub use machine::{Arch, Machine};
 pub use object::{Object, ObjectKind, UnknownKind};
 pub use param::{check_compiled, check_param_value, Param};
-pub use params::{effective_params, lookup_param, EffectiveParam, ParamSource, MAX_PROFILE_DEPTH};
+pub use params::{
+    effective_params, lookup_param, EffectiveParam, ParamSource, Resolution, MAX_PROFILE_DEPTH,
+};
 pub use prefs::{
     Prefs, DEFAULT_MAX_API_TOKEN_TTL_SECS, DEFAULT_MAX_OBJECT_BYTES, MAX_API_TOKEN_TTL_SECS,
     MAX_MAX_OBJECT_BYTES, MAX_TOKEN_TTL_SECS, MIN_MAX_OBJECT_BYTES, PREFS_KEY,

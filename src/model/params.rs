@@ -10,8 +10,12 @@
 //! A profile reached twice (a cycle, or a diamond) is consulted only the first time: a second
 //! visit could not contribute anything the first did not, and skipping it ends cycles. Nesting
 //! deeper than [`MAX_PROFILE_DEPTH`] is not followed, and a profile that does not exist is skipped
-//! (deleting a profile must not make every machine that names it unbootable). Secure values are
-//! returned as-is: redaction is the API's decision, made per caller.
+//! (deleting a profile must not make every machine that names it unbootable) and reported in
+//! [`Resolution::missing_profiles`]. Lookups are fallible: a storage error ends resolution with
+//! that error instead of being taken for "no such profile". Secure values are returned as-is:
+//! redaction is the API's decision, made per caller.
+//!
+//! The store's `View::effective_params` runs this over one consistent view of the state.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -47,32 +51,55 @@ pub struct EffectiveParam {
     pub source: ParamSource,
 }
 
-/// The param maps to consult, in lookup order.
-fn chain(
-    machine: &Machine,
-    profiles: &dyn Fn(&str) -> Option<Profile>,
-) -> Vec<(ParamSource, BTreeMap<String, Value>)> {
-    let mut out = vec![(ParamSource::Machine, machine.params.clone())];
-    let mut seen = BTreeSet::new();
-    for name in &machine.profiles {
-        walk(name, 1, profiles, &mut seen, &mut out);
-    }
-    walk(GLOBAL_PROFILE, 1, profiles, &mut seen, &mut out);
-    out
+/// A machine's resolved params, and what resolution could not find.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resolution {
+    /// Every param with a value, by name.
+    pub params: BTreeMap<String, EffectiveParam>,
+    /// Profiles named along the lookup chain that do not exist. Resolution goes on without them
+    /// (see the module doc); callers decide whether that matters (a renderer may refuse to
+    /// render, the API shows what resolved).
+    pub missing_profiles: Vec<String>,
 }
 
-fn walk(
+/// The param maps to consult, in lookup order, and the profiles that were named but not found.
+type Chain = (Vec<(ParamSource, BTreeMap<String, Value>)>, Vec<String>);
+
+fn chain<E>(
+    machine: &Machine,
+    profiles: &dyn Fn(&str) -> Result<Option<Profile>, E>,
+) -> Result<Chain, E> {
+    let mut out = vec![(ParamSource::Machine, machine.params.clone())];
+    let mut missing = Vec::new();
+    let mut seen = BTreeSet::new();
+    for name in &machine.profiles {
+        walk(name, 1, profiles, &mut seen, &mut out, &mut missing)?;
+    }
+    walk(
+        GLOBAL_PROFILE,
+        1,
+        profiles,
+        &mut seen,
+        &mut out,
+        &mut missing,
+    )?;
+    Ok((out, missing))
+}
+
+fn walk<E>(
     name: &str,
     depth: usize,
-    profiles: &dyn Fn(&str) -> Option<Profile>,
+    profiles: &dyn Fn(&str) -> Result<Option<Profile>, E>,
     seen: &mut BTreeSet<String>,
     out: &mut Vec<(ParamSource, BTreeMap<String, Value>)>,
-) {
+    missing: &mut Vec<String>,
+) -> Result<(), E> {
     if depth > MAX_PROFILE_DEPTH || !seen.insert(name.to_string()) {
-        return;
+        return Ok(());
     }
-    let Some(profile) = profiles(name) else {
-        return;
+    let Some(profile) = profiles(name)? else {
+        missing.push(name.to_string());
+        return Ok(());
     };
     let source = if name == GLOBAL_PROFILE {
         ParamSource::Global
@@ -83,20 +110,25 @@ fn walk(
     };
     out.push((source, profile.params));
     for nested in &profile.profiles {
-        walk(nested, depth + 1, profiles, seen, out);
+        walk(nested, depth + 1, profiles, seen, out, missing)?;
     }
+    Ok(())
 }
 
 /// Every param with a value for `machine`: all names set anywhere along its lookup chain, plus
 /// every name in `param_names` (the defined params) that has a default.
-pub fn effective_params<S: AsRef<str>>(
+///
+/// `profiles` and `param_defs` answer `Ok(None)` for what does not exist; an `Err` from either
+/// (a storage error) ends resolution with that error: a value is never guessed.
+pub fn effective_params<E, S: AsRef<str>>(
     machine: &Machine,
-    profiles: &dyn Fn(&str) -> Option<Profile>,
-    param_defs: &dyn Fn(&str) -> Option<Param>,
+    profiles: &dyn Fn(&str) -> Result<Option<Profile>, E>,
+    param_defs: &dyn Fn(&str) -> Result<Option<Param>, E>,
     param_names: impl IntoIterator<Item = S>,
-) -> BTreeMap<String, EffectiveParam> {
+) -> Result<Resolution, E> {
+    let (chain, missing_profiles) = chain(machine, profiles)?;
     let mut out = BTreeMap::new();
-    for (source, params) in chain(machine, profiles) {
+    for (source, params) in chain {
         for (name, value) in params {
             out.entry(name).or_insert_with(|| EffectiveParam {
                 value,
@@ -109,7 +141,7 @@ pub fn effective_params<S: AsRef<str>>(
         if out.contains_key(name) {
             continue;
         }
-        if let Some(value) = param_defs(name).and_then(|d| d.default) {
+        if let Some(value) = param_defs(name)?.and_then(|d| d.default) {
             out.insert(
                 name.to_string(),
                 EffectiveParam {
@@ -119,38 +151,43 @@ pub fn effective_params<S: AsRef<str>>(
             );
         }
     }
-    out
+    Ok(Resolution {
+        params: out,
+        missing_profiles,
+    })
 }
 
 /// The effective value of one param for `machine`, as [`effective_params`] would give it.
-pub fn lookup_param(
+pub fn lookup_param<E>(
     machine: &Machine,
-    profiles: &dyn Fn(&str) -> Option<Profile>,
-    param_defs: &dyn Fn(&str) -> Option<Param>,
+    profiles: &dyn Fn(&str) -> Result<Option<Profile>, E>,
+    param_defs: &dyn Fn(&str) -> Result<Option<Param>, E>,
     name: &str,
-) -> Option<EffectiveParam> {
+) -> Result<Option<EffectiveParam>, E> {
     if let Some(value) = machine.params.get(name) {
         // The common case for per-machine params, without fetching any profile.
-        return Some(EffectiveParam {
+        return Ok(Some(EffectiveParam {
             value: value.clone(),
             source: ParamSource::Machine,
-        });
+        }));
     }
-    for (source, mut params) in chain(machine, profiles) {
+    for (source, mut params) in chain(machine, profiles)?.0 {
         if let Some(value) = params.remove(name) {
-            return Some(EffectiveParam { value, source });
+            return Ok(Some(EffectiveParam { value, source }));
         }
     }
-    param_defs(name)
+    Ok(param_defs(name)?
         .and_then(|d| d.default)
         .map(|value| EffectiveParam {
             value,
             source: ParamSource::Default,
-        })
+        }))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::convert::Infallible;
+
     use serde_json::json;
 
     use super::*;
@@ -184,10 +221,12 @@ mod tests {
         defs: &[Param],
         expected: &[(&str, Value, ParamSource)],
     ) {
-        let profiles = |n: &str| world.iter().find(|p| p.name == n).cloned();
-        let param_defs = |n: &str| defs.iter().find(|p| p.name == n).cloned();
+        let profiles = |n: &str| Ok::<_, Infallible>(world.iter().find(|p| p.name == n).cloned());
+        let param_defs = |n: &str| Ok::<_, Infallible>(defs.iter().find(|p| p.name == n).cloned());
         let names: Vec<&str> = defs.iter().map(|d| d.name.as_str()).collect();
-        let got = effective_params(machine, &profiles, &param_defs, names);
+        let got = effective_params(machine, &profiles, &param_defs, names)
+            .unwrap()
+            .params;
         let want: BTreeMap<String, EffectiveParam> = expected
             .iter()
             .map(|(n, v, s)| {
@@ -203,13 +242,15 @@ mod tests {
         assert_eq!(got, want);
         for (name, value) in &want {
             assert_eq!(
-                lookup_param(machine, &profiles, &param_defs, name).as_ref(),
+                lookup_param(machine, &profiles, &param_defs, name)
+                    .unwrap()
+                    .as_ref(),
                 Some(value),
                 "lookup of {name}"
             );
         }
         assert_eq!(
-            lookup_param(machine, &profiles, &param_defs, "never-set"),
+            lookup_param(machine, &profiles, &param_defs, "never-set").unwrap(),
             None
         );
     }
@@ -336,6 +377,48 @@ mod tests {
         assert_eq!(
             serde_json::to_value(ParamSource::Default).unwrap(),
             json!({"kind": "default"})
+        );
+    }
+
+    #[test]
+    fn missing_profiles_are_reported_and_storage_errors_end_resolution() {
+        let world = [profile("a", json!({"x": "a"}), &["gone"])];
+        let profiles = |n: &str| Ok::<_, String>(world.iter().find(|p| p.name == n).cloned());
+        let no_defs = |_: &str| Ok::<Option<Param>, String>(None);
+        let got = effective_params(
+            &machine(json!({}), &["a", "also-gone"]),
+            &profiles,
+            &no_defs,
+            Vec::<String>::new(),
+        )
+        .unwrap();
+        assert_eq!(got.params["x"].source, src("a"));
+        assert_eq!(
+            got.missing_profiles,
+            ["gone", "also-gone", GLOBAL_PROFILE].map(String::from)
+        );
+
+        // A failing read is an error, not an absent profile or definition.
+        let failing = |n: &str| {
+            if n == "a" {
+                Err("disk on fire".to_string())
+            } else {
+                Ok(None)
+            }
+        };
+        let m = machine(json!({}), &["a"]);
+        assert_eq!(
+            effective_params(&m, &failing, &no_defs, Vec::<String>::new()),
+            Err("disk on fire".to_string())
+        );
+        assert_eq!(
+            lookup_param(&m, &failing, &no_defs, "x"),
+            Err("disk on fire".to_string())
+        );
+        let failing_defs = |_: &str| Err::<Option<Param>, _>("bad definition read".to_string());
+        assert_eq!(
+            effective_params(&machine(json!({}), &[]), &profiles, &failing_defs, ["p"]),
+            Err("bad definition read".to_string())
         );
     }
 }

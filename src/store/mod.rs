@@ -12,6 +12,12 @@
 //!
 //! Nothing unbounded reaches the log: [`Store::submit`] checks the limits in
 //! [`limits`] before proposing, and `apply` checks them again.
+//!
+//! Reads go through a [`View`] ([`Store::view`]): one consistent snapshot of
+//! the state with typed getters and index lookups. The single-read helpers
+//! here each take a view of their own. Changes are followed with a
+//! [`Watch`] ([`Store::watch`]): every committed change in order, or an
+//! explicit reset.
 
 pub mod apply;
 pub mod command;
@@ -21,6 +27,8 @@ pub mod keys;
 pub mod limits;
 pub mod object;
 pub mod query;
+pub mod view;
+pub mod watch;
 
 use std::sync::Arc;
 
@@ -31,9 +39,10 @@ use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
 pub use command::{Command, Rejection, Reply};
 pub use events::{Action, Event};
 pub use query::{ListQuery, Page};
+pub use view::{ParamsError, View};
+pub use watch::{Change, ResetReason, Watch, WatchError};
 
 use crate::model::{ObjectKind, Prefs, DEFAULT_MAX_OBJECT_BYTES, PREFS_KEY};
-use keys::*;
 
 /// Most commands gathered into one log entry.
 const MAX_BATCH_COMMANDS: usize = 512;
@@ -217,19 +226,19 @@ impl Store {
         Ok(self.raft.read_barrier().await?)
     }
 
+    /// A consistent view of the local replica's state: every read through it
+    /// sees one state (see [`view`]).
+    pub fn view(&self) -> Result<View<'_>, StoreError> {
+        let read = self
+            .raft
+            .read_view()
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        View::new(read)
+    }
+
     /// The object of `kind` at `key` in the local replica.
     pub fn get(&self, kind: ObjectKind, key: &str) -> Result<Option<Value>, StoreError> {
-        let db = self.raft.db();
-        let cf = cf(&db, CF_OBJECTS)?;
-        let Some(bytes) = db
-            .get_cf(cf, object_key(kind, key))
-            .map_err(|e| StoreError::Internal(e.to_string()))?
-        else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| StoreError::Internal(format!("corrupt {} {key:?}: {e}", kind.as_str())))
+        self.view()?.get_value(kind, key)
     }
 
     /// The object decoded as its model type.
@@ -247,70 +256,40 @@ impl Store {
     }
 
     pub fn list(&self, kind: ObjectKind, query: &ListQuery) -> Result<Page, StoreError> {
+        // Still straight from the database, not through a view: a list taken
+        // during a snapshot install can mix the two states (`View::read` is
+        // what it would iterate instead).
         query::list(&self.raft.db(), kind, query)
     }
 
     /// The revision of the last applied change.
     pub fn revision(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .meta(META_REVISION)?
-            .and_then(|b| decode_u64(&b))
-            .unwrap_or(0))
+        Ok(self.view()?.revision())
     }
 
     /// The key bearer tokens are signed with; `None` before bootstrap.
     pub fn signing_key(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        self.meta(META_SIGNING_KEY)
+        self.view()?.signing_key()
     }
 
     pub fn is_bootstrapped(&self) -> Result<bool, StoreError> {
-        Ok(self.meta(META_BOOTSTRAPPED)?.is_some())
+        self.view()?.is_bootstrapped()
     }
 
     /// Stored events after `since`, oldest first, at most `limit`.
     pub fn events_after(&self, since: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
-        let db = self.raft.db();
-        let cf = cf(&db, CF_EVENTS)?;
-        let start = event_key(since.saturating_add(1));
-        let mut out = Vec::new();
-        for item in db.iterator_cf(
-            cf,
-            rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
-        ) {
-            let (_, value) = item.map_err(|e| StoreError::Internal(e.to_string()))?;
-            let event: Event = serde_json::from_slice(&value)
-                .map_err(|e| StoreError::Internal(format!("corrupt event: {e}")))?;
-            out.push(event);
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
+        self.view()?.events_after(since, limit)
     }
 
     /// The oldest revision still in the event log, if any.
     pub fn oldest_event(&self) -> Result<Option<u64>, StoreError> {
-        let db = self.raft.db();
-        let cf = cf(&db, CF_EVENTS)?;
-        let mut events = db.iterator_cf(cf, rocksdb::IteratorMode::Start);
-        let first = match events.next() {
-            Some(item) => {
-                let (key, _) = item.map_err(|e| StoreError::Internal(e.to_string()))?;
-                decode_u64(&key)
-            }
-            None => None,
-        };
-        Ok(first)
+        self.view()?.oldest_event()
     }
 
     /// The cluster CA (certificate PEM, key PEM), held in replicated state
     /// so any voter can admit a joining node.
     pub fn cluster_ca(&self) -> Result<Option<(String, String)>, StoreError> {
-        let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
-        match (self.meta(META_CA_CERT)?, self.meta(META_CA_KEY)?) {
-            (Some(cert), Some(key)) => Ok(Some((text(cert), text(key)))),
-            _ => Ok(None),
-        }
+        self.view()?.cluster_ca()
     }
 
     /// One join token record, by id.
@@ -318,77 +297,41 @@ impl Store {
         &self,
         id: &str,
     ) -> Result<Option<crate::cluster::state::JoinToken>, StoreError> {
-        self.cluster_record(&join_token_key(id))
+        self.view()?.join_token(id)
     }
 
     pub fn join_tokens(&self) -> Result<Vec<crate::cluster::state::JoinToken>, StoreError> {
-        self.cluster_records(b"join_token/")
+        self.view()?.join_tokens()
     }
 
     /// Every node ever registered, removed ones included, in id order.
     pub fn cluster_nodes(&self) -> Result<Vec<crate::cluster::state::ClusterNode>, StoreError> {
-        self.cluster_records(b"node/")
+        self.view()?.cluster_nodes()
     }
 
     pub fn cluster_node(
         &self,
         id: u64,
     ) -> Result<Option<crate::cluster::state::ClusterNode>, StoreError> {
-        self.cluster_record(&node_key(id))
+        self.view()?.cluster_node(id)
     }
 
-    fn cluster_record<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &[u8],
-    ) -> Result<Option<T>, StoreError> {
-        let db = self.raft.db();
-        let cf = cf(&db, CF_CLUSTER)?;
-        match db
-            .get_cf(cf, key)
-            .map_err(|e| StoreError::Internal(e.to_string()))?
-        {
-            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                StoreError::Internal(format!(
-                    "corrupt cluster record {}: {e}",
-                    String::from_utf8_lossy(key)
-                ))
-            }),
-            None => Ok(None),
-        }
+    /// Follows committed changes after `since` (`None`: from now); see
+    /// [`watch`].
+    pub fn watch(&self, since: Option<u64>) -> Result<Watch, WatchError> {
+        Watch::start(self.clone(), since)
     }
 
-    fn cluster_records<T: serde::de::DeserializeOwned>(
-        &self,
-        prefix: &[u8],
-    ) -> Result<Vec<T>, StoreError> {
-        let db = self.raft.db();
-        let cf = cf(&db, CF_CLUSTER)?;
-        let mut out = Vec::new();
-        for item in db.iterator_cf(
-            cf,
-            rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward),
-        ) {
-            let (key, value) = item.map_err(|e| StoreError::Internal(e.to_string()))?;
-            if !key.starts_with(prefix) {
-                break;
-            }
-            out.push(
-                serde_json::from_slice(&value)
-                    .map_err(|e| StoreError::Internal(format!("corrupt cluster record: {e}")))?,
-            );
-        }
-        Ok(out)
+    /// Follows the changes after `view`, for a cache loaded from it; see
+    /// [`watch`].
+    pub fn watch_after(&self, view: &View<'_>) -> Watch {
+        Watch::after(self.clone(), view)
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+    /// The raw live feed (events as they commit, no gap handling); use
+    /// [`Store::watch`], which delivers every change or says it cannot.
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
-    }
-
-    fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let db = self.raft.db();
-        let cf = cf(&db, CF_META)?;
-        db.get_cf(cf, key)
-            .map_err(|e| StoreError::Internal(e.to_string()))
     }
 }
 
