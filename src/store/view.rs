@@ -500,7 +500,15 @@ pub(crate) mod tests {
                 .unwrap(),
         );
         raft.initialize_single().await.unwrap();
-        Store::new(raft, events)
+        let (store, batcher) = Store::new(raft, events);
+        let (stop, shutdown) = crate::service::Shutdown::new();
+        // The batcher ends once every `Store` is gone; it owns its stop signal
+        // until then.
+        tokio::spawn(async move {
+            let _stop = stop;
+            batcher.run(shutdown).await
+        });
+        store
     }
 
     pub(crate) async fn create(store: &Store, kind: ObjectKind, object: Value) -> u64 {
