@@ -19,7 +19,7 @@ use crate::auth;
 use crate::cluster::info::ClusterInfo;
 use crate::cluster::{self, state::node_common_name, state::ClusterNode, Identity};
 use crate::config::ServerSettings;
-use crate::model::User;
+use crate::store::record::BootstrapAdmin;
 use crate::store::{apply::CradleApp, Command, Store};
 use crate::tls;
 
@@ -121,7 +121,16 @@ pub async fn start(settings: ServerSettings) -> anyhow::Result<Running> {
     let host = settings.advertised_host();
 
     let (events, _) = broadcast::channel(EVENT_CHANNEL);
-    let app = Arc::new(CradleApp::new(events.clone(), settings.event_retention));
+    if let Some(retention) = settings.event_retention {
+        // A per-node value here made replicas keep different events: it is
+        // replicated state now, and this setting is ignored.
+        tracing::warn!(
+            retention,
+            "--event-retention / CRADLE_EVENT_RETENTION is ignored: event retention is the \
+             cluster-wide `event_retention` pref (PATCH /api/v1/prefs/prefs); remove the setting"
+        );
+    }
+    let app = Arc::new(CradleApp::new(events.clone()));
     let store_slot: Arc<OnceLock<Store>> = Arc::default();
     let node_info = NodeInfo {
         rpc_addr: format!("{host}:{}", rpc_addr.port()),
@@ -285,13 +294,10 @@ async fn bootstrap(
     };
     let password_hash =
         tokio::task::spawn_blocking(move || auth::hash_password(&password)).await??;
-    let admin = User {
+    let admin = BootstrapAdmin {
         name: "admin".into(),
         description: "Created on first start".into(),
         password_hash,
-        admin: true,
-        generation: 0,
-        revision: 0,
     };
     let read = |name: &str| std::fs::read_to_string(settings.data_dir.join(name));
     let founder = ClusterNode {
@@ -300,6 +306,7 @@ async fn bootstrap(
         api_addr: info.api_addr,
         joined_at_unix: crate::clock::unix_now(),
         removed: false,
+        log_format: crate::store::frames::NEWEST_FORMAT,
     };
     store
         .submit(Command::Bootstrap {

@@ -48,7 +48,7 @@ pub use network::PeerTls;
 pub use node::{
     MemberStatus, NodeConfig, NodeError, PeerAdmission, RaftNode, RaftRole, RaftStatus, WriteError,
 };
-pub use store::{StateMachineApp, StoreError, Txn};
+pub use store::{ApplyHalt, StateMachineApp, StoreError, Txn};
 pub use types::{NodeId, NodeInfo};
 
 /// Generated protobuf/gRPC code for `proto/raft.proto`.

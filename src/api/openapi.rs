@@ -33,11 +33,10 @@ use utoipa::ToSchema;
 
 use super::auth::{TokenGrant, TokenRequest};
 use super::cluster::{
-    JoinTokenGrant, JoinTokenRequest, MAX_JOIN_TOKEN_TTL_SECS, MAX_JOIN_TOKEN_USES,
+    JoinTokenGrant, JoinTokenRequest, JoinTokenView, MAX_JOIN_TOKEN_TTL_SECS, MAX_JOIN_TOKEN_USES,
 };
 use super::error::ErrorBody;
 use crate::cluster::join::{JoinRequest, JoinResponse};
-use crate::cluster::state::JoinToken;
 use crate::model::validate::{
     MAX_DESCRIPTION_LEN, MAX_HARDWARE_ADDRS, MAX_HOSTNAME_LEN, MAX_META, MAX_META_VALUE_LEN,
     MAX_NAME_LEN, MAX_PARAMS, MAX_PROFILES, MAX_TEMPLATE_LEN,
@@ -1179,7 +1178,7 @@ fn build() -> Value {
     add::<ErrorBody>(&mut schemas);
     add::<TokenRequest>(&mut schemas);
     add::<TokenGrant>(&mut schemas);
-    add::<JoinToken>(&mut schemas);
+    add::<JoinTokenView>(&mut schemas);
     add::<JoinTokenRequest>(&mut schemas);
     add::<JoinTokenGrant>(&mut schemas);
     add::<JoinRequest>(&mut schemas);

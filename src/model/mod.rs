@@ -50,8 +50,9 @@ pub use object::{Object, ObjectKind, UnknownKind};
 pub use param::{check_compiled, check_param_value, Param};
 pub use params::{effective_params, lookup_param, EffectiveParam, ParamSource, MAX_PROFILE_DEPTH};
 pub use prefs::{
-    Prefs, DEFAULT_MAX_API_TOKEN_TTL_SECS, DEFAULT_MAX_OBJECT_BYTES, MAX_API_TOKEN_TTL_SECS,
-    MAX_MAX_OBJECT_BYTES, MAX_TOKEN_TTL_SECS, MIN_MAX_OBJECT_BYTES, PREFS_KEY,
+    Prefs, DEFAULT_EVENT_RETENTION, DEFAULT_MAX_API_TOKEN_TTL_SECS, DEFAULT_MAX_OBJECT_BYTES,
+    MAX_API_TOKEN_TTL_SECS, MAX_EVENT_RETENTION, MAX_MAX_OBJECT_BYTES, MAX_TOKEN_TTL_SECS,
+    MIN_EVENT_RETENTION, MIN_MAX_OBJECT_BYTES, PREFS_KEY,
 };
 pub use profile::{Profile, GLOBAL_PROFILE};
 pub use reservation::Reservation;

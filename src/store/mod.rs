@@ -15,12 +15,14 @@
 
 pub mod apply;
 pub mod command;
+pub mod digest;
 pub mod events;
 pub mod frames;
 pub mod keys;
 pub mod limits;
 pub mod object;
 pub mod query;
+pub mod record;
 
 use std::sync::Arc;
 
@@ -224,6 +226,16 @@ impl Store {
             .unwrap_or(0))
     }
 
+    /// This replica's state digest and the log index of the last entry it
+    /// covers (`None` before the first entry applied by a build that keeps
+    /// one). Entries after that index, if any, changed no application state.
+    pub fn state_digest(&self) -> Result<Option<digest::DigestRecord>, StoreError> {
+        Ok(self
+            .meta(META_DIGEST)?
+            .as_deref()
+            .and_then(digest::DigestRecord::decode))
+    }
+
     /// The key bearer tokens are signed with; `None` before bootstrap.
     pub fn signing_key(&self) -> Result<Option<Vec<u8>>, StoreError> {
         self.meta(META_SIGNING_KEY)
@@ -389,10 +401,23 @@ async fn batch_proposals(raft: Arc<RaftNode>, mut queue: mpsc::Receiver<Proposal
 async fn propose(raft: &RaftNode, batch: Vec<Proposal>) {
     let (commands, waiters): (Vec<_>, Vec<_>) =
         batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+    let format = match entry_format(raft) {
+        Ok(format) => format,
+        Err(e) => {
+            for waiter in waiters {
+                let _ = waiter.send(Err(e.clone()));
+            }
+            return;
+        }
+    };
     // Each command is encoded on its own: one that cannot be fails alone.
     let mut encoded = Vec::with_capacity(commands.len());
     let mut senders = Vec::with_capacity(waiters.len());
     for (command, waiter) in commands.iter().zip(waiters) {
+        if let Err(rejection) = command::check_format(command, format) {
+            let _ = waiter.send(Err(StoreError::Rejected(rejection)));
+            continue;
+        }
         match serde_json::to_vec(command) {
             Ok(bytes) => {
                 encoded.push(bytes);
@@ -403,20 +428,20 @@ async fn propose(raft: &RaftNode, batch: Vec<Proposal>) {
             }
         }
     }
-    let payload = match encoded.len() {
-        0 => return,
-        1 => encoded.pop().unwrap_or_default(),
-        _ => match frames::encode(&encoded) {
-            Ok(payload) => payload,
-            Err(e) => {
-                for waiter in senders {
-                    let _ = waiter.send(Err(StoreError::Internal(e.to_string())));
-                }
-                return;
+    if encoded.is_empty() {
+        return;
+    }
+    // Always framed, even one command: the envelope carries the format.
+    let payload = match frames::encode(format, &encoded) {
+        Ok(payload) => payload,
+        Err(e) => {
+            for waiter in senders {
+                let _ = waiter.send(Err(StoreError::Internal(e.to_string())));
             }
-        },
+            return;
+        }
     };
-    let framed = senders.len() > 1;
+    let framed = true;
     let replies = match raft.write(payload).await {
         Ok(bytes) => match_replies(&bytes, framed, senders.len()),
         Err(e) => {
@@ -427,6 +452,31 @@ async fn propose(raft: &RaftNode, batch: Vec<Proposal>) {
     for (waiter, reply) in senders.into_iter().zip(replies) {
         let _ = waiter.send(reply);
     }
+}
+
+/// The format to write the next entry in: the newest every registered node
+/// reads (as this replica knows the registry) that this build writes. A
+/// replica behind on the registry only ever sees older formats registered
+/// (a node's format rises when it upgrades), so it errs towards the older
+/// format, which every node reads.
+fn entry_format(raft: &RaftNode) -> Result<u32, StoreError> {
+    let db = raft.db();
+    let meta = cf(&db, CF_META)?;
+    let read = |key: &[u8]| {
+        db.get_cf(meta, key)
+            .map_err(|e| StoreError::Internal(e.to_string()))
+    };
+    let cluster_reads = match read(META_LOG_FORMAT)?.and_then(|b| decode_u32(&b)) {
+        Some(format) => format,
+        // Before bootstrap only this node is registered.
+        None if read(META_BOOTSTRAPPED)?.is_none() => frames::NEWEST_FORMAT,
+        // State from before formats were registered: the first one.
+        None => frames::FORMAT_V1,
+    };
+    Ok(command::entry_format(
+        cluster_reads,
+        frames::OLDEST_FORMAT..=frames::NEWEST_FORMAT,
+    )?)
 }
 
 /// Pairs an applied entry's reply with its `count` waiters. The entry was
@@ -444,8 +494,8 @@ fn match_replies(bytes: &[u8], framed: bool, count: usize) -> Vec<Result<Reply, 
     if !framed {
         return vec![decode(bytes)];
     }
-    match frames::decode(bytes) {
-        Ok(parts) if parts.len() == count => parts.into_iter().map(decode).collect(),
+    match frames::decode(bytes, frames::readable_formats()) {
+        Ok((_, parts)) if parts.len() == count => parts.into_iter().map(decode).collect(),
         _ => (0..count)
             .map(|_| Err(unknown("does not match the batch")))
             .collect(),
