@@ -192,6 +192,11 @@ pub async fn start(settings: ServerSettings) -> anyhow::Result<Running> {
         store.clone(),
         stopped.clone(),
     )));
+    tasks.push(tokio::spawn(cluster::register_log_format(
+        store.clone(),
+        identity.node_id,
+        stopped.clone(),
+    )));
     tasks.push(tokio::spawn(purge_expired_tokens_forever(
         store.clone(),
         identity.node_id,

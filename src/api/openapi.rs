@@ -1521,6 +1521,21 @@ fn extra_schemas() -> Vec<(&'static str, Value)> {
                     "leader": { "type": ["integer", "null"], "minimum": 0 },
                     "term": { "type": "integer", "minimum": 0 },
                     "revision": { "type": "integer", "minimum": 0 },
+                    "state_digest": {
+                        "type": ["string", "null"],
+                        "pattern": "^[0-9a-f]{64}$",
+                        "description": "A digest of this node's replicated state (hex): two \
+                            nodes with the same `state_digest_index` hold the same state exactly \
+                            when their digests are equal. Null before the first entry is applied."
+                    },
+                    "state_digest_index": {
+                        "type": ["integer", "null"], "minimum": 0,
+                        "description": "The log index of the last entry `state_digest` covers."
+                    },
+                    "log_format": {
+                        "type": "integer", "minimum": 1,
+                        "description": "The newest log entry format this node reads."
+                    },
                     "members": { "type": "array", "items": { "type": "object" } },
                     "version": { "type": "string" },
                 },

@@ -1,4 +1,5 @@
-//! `GET /api/v1/status`: this node's view of the cluster.
+//! `GET /api/v1/status`: this node's view of the cluster, and a digest of
+//! its replicated state to compare with the other nodes'.
 
 use axum::extract::State;
 use axum::Json;
@@ -47,6 +48,8 @@ pub async fn status(State(state): State<AppState>) -> ApiResult<Json<Value>> {
         }
         _ => "ok",
     };
+    // Kept by apply: one read, never a scan of the state.
+    let digest = state.store.state_digest()?;
     Ok(Json(json!({
         "node_id": raft.node_id,
         "health": health,
@@ -60,6 +63,11 @@ pub async fn status(State(state): State<AppState>) -> ApiResult<Json<Value>> {
         "snapshot_index": raft.snapshot,
         "quorum_ack_age_ms": raft.quorum_ack_age_ms,
         "revision": state.store.revision()?,
+        // Equal on two nodes at the same index exactly when their replicated
+        // state is; entries after the index changed no state.
+        "state_digest": digest.map(|d| d.digest.to_hex()),
+        "state_digest_index": digest.map(|d| d.log_index),
+        "log_format": crate::store::frames::NEWEST_FORMAT,
         "members": members,
         "version": env!("CARGO_PKG_VERSION"),
     })))
