@@ -2335,4 +2335,33 @@ mod tests {
             .as_array()
             .is_some_and(|r| r.contains(&json!("password"))));
     }
+
+    #[test]
+    fn no_response_schema_has_a_place_for_a_hash() {
+        let doc = openapi();
+        fn walk(v: &Value, at: &str) {
+            match v {
+                Value::Object(map) => {
+                    if let Some(Value::Object(properties)) = map.get("properties") {
+                        for name in ["password_hash", "secret_sha256"] {
+                            assert!(!properties.contains_key(name), "{name} in {at}");
+                        }
+                    }
+                    for (key, value) in map {
+                        walk(value, &format!("{at}/{key}"));
+                    }
+                }
+                Value::Array(items) => items.iter().for_each(|v| walk(v, at)),
+                _ => {}
+            }
+        }
+        walk(doc, "#");
+        assert_eq!(
+            doc["paths"]["/api/v1/cluster/tokens"]["get"]["responses"]["200"]["content"]
+                ["application/json"]["schema"]["items"]["$ref"],
+            "#/components/schemas/JoinToken"
+        );
+        let token = &doc["components"]["schemas"]["JoinToken"]["properties"];
+        assert!(token.get("uses_left").is_some(), "{token}");
+    }
 }

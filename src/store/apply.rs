@@ -8,7 +8,8 @@
 
 use std::sync::Mutex;
 
-use cradle_raft::{ApplyHalt, StateMachineApp, Txn};
+use cradle_raft::store::KeyValues;
+use cradle_raft::{ApplyHalt, StateMachineApp, StoreError as RaftError, Txn};
 use serde_json::Value;
 use tokio::sync::broadcast;
 
@@ -89,6 +90,7 @@ impl StateMachineApp for CradleApp {
             txn,
             digest,
             events: Vec::new(),
+            fault: std::cell::RefCell::new(None),
             prefs: std::cell::RefCell::new(None),
         };
         let reply = if frames::is_framed(payload) {
@@ -113,6 +115,11 @@ impl StateMachineApp for CradleApp {
         } else {
             encode_reply(&applier.run_payload(log_index, payload))
         };
+        if let Some(fault) = applier.fault.take() {
+            // Nothing of the batch is written (the state machine drops it),
+            // and the node stops rather than differ from the others.
+            return Err(halt(log_index, format!("storage: {fault}")));
+        }
         let record = DigestRecord {
             log_index,
             digest: applier.digest,
@@ -165,6 +172,8 @@ struct Applier<'t, 'db> {
     /// `delete_raw` (the only ways apply writes).
     digest: StateDigest,
     events: Vec<Event>,
+    /// The first storage failure met, if any (see `fault`).
+    fault: std::cell::RefCell<Option<String>>,
     /// The prefs as of the last read; forgotten when a command writes them.
     prefs: std::cell::RefCell<Option<Prefs>>,
 }
@@ -189,24 +198,42 @@ fn storage(e: impl std::fmt::Display) -> Rejection {
 
 impl Applier<'_, '_> {
     /// Every write of apply goes through here, so the digest follows it.
-    fn put_raw(
-        &mut self,
-        cf: &str,
-        key: &[u8],
-        value: &[u8],
-    ) -> Result<(), cradle_raft::StoreError> {
-        let old = self.txn.get(cf, key)?;
-        self.txn.put(cf, key, value)?;
+    fn put_raw(&mut self, cf: &str, key: &[u8], value: &[u8]) -> Result<(), RaftError> {
+        let old = self.get_raw(cf, key)?;
+        self.txn
+            .put(cf, key, value)
+            .inspect_err(|e| self.fault(e))?;
         self.digest.change(cf, key, old.as_deref(), Some(value));
         Ok(())
     }
 
-    fn delete_raw(&mut self, cf: &str, key: &[u8]) -> Result<(), cradle_raft::StoreError> {
-        if let Some(old) = self.txn.get(cf, key)? {
-            self.txn.delete(cf, key)?;
+    fn delete_raw(&mut self, cf: &str, key: &[u8]) -> Result<(), RaftError> {
+        if let Some(old) = self.get_raw(cf, key)? {
+            self.txn.delete(cf, key).inspect_err(|e| self.fault(e))?;
             self.digest.change(cf, key, Some(&old), None);
         }
         Ok(())
+    }
+
+    /// Every read of apply goes through here, so a failed one is noticed.
+    fn get_raw(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, RaftError> {
+        self.txn.get(cf, key).inspect_err(|e| self.fault(e))
+    }
+
+    fn scan_raw(&self, cf: &str, prefix: &[u8], limit: usize) -> Result<KeyValues, RaftError> {
+        self.txn
+            .scan_prefix(cf, prefix, limit)
+            .inspect_err(|e| self.fault(e))
+    }
+
+    /// A read or write of this replica's database failed: a local fault the
+    /// other replicas do not share, so the entry must not be answered here
+    /// as if it were refused. Apply halts on it instead (see `apply`).
+    fn fault(&self, e: &RaftError) {
+        let mut fault = self.fault.borrow_mut();
+        if fault.is_none() {
+            *fault = Some(e.to_string());
+        }
     }
 
     fn run_payload(&mut self, log_index: u64, payload: &[u8]) -> Reply {
@@ -293,8 +320,7 @@ impl Applier<'_, '_> {
         founder: ClusterNode,
     ) -> Outcome {
         if self
-            .txn
-            .get(CF_META, META_BOOTSTRAPPED)
+            .get_raw(CF_META, META_BOOTSTRAPPED)
             .map_err(storage)?
             .is_some()
         {
@@ -338,7 +364,7 @@ impl Applier<'_, '_> {
         &self,
         key: &[u8],
     ) -> Result<Option<T>, Rejection> {
-        match self.txn.get(CF_CLUSTER, key).map_err(storage)? {
+        match self.get_raw(CF_CLUSTER, key).map_err(storage)? {
             Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(storage),
             None => Ok(None),
         }
@@ -390,8 +416,7 @@ impl Applier<'_, '_> {
         token.uses_left -= 1;
         self.put_record(&key, &token)?;
         let id = self
-            .txn
-            .get(CF_META, META_NEXT_NODE_ID)
+            .get_raw(CF_META, META_NEXT_NODE_ID)
             .map_err(storage)?
             .and_then(|b| decode_u64(&b))
             .unwrap_or(2);
@@ -449,8 +474,7 @@ impl Applier<'_, '_> {
     /// reads, for proposers to read with one get.
     fn registry_changed(&mut self) -> Result<(), Rejection> {
         let records = self
-            .txn
-            .scan_prefix(CF_CLUSTER, b"node/", MAX_REGISTRY_RECORDS)
+            .scan_raw(CF_CLUSTER, b"node/", MAX_REGISTRY_RECORDS)
             .map_err(storage)?;
         let mut nodes = Vec::with_capacity(records.len());
         for (_, bytes) in records {
@@ -564,10 +588,7 @@ impl Applier<'_, '_> {
         let limit = (limit as usize).min(MAX_PURGE_PER_COMMAND);
         let prefix = index_field_prefix(ObjectKind::Tokens, "expires_at_unix");
         let now_term = expiry_term(now_unix);
-        let entries = self
-            .txn
-            .scan_prefix(CF_INDEX, &prefix, limit)
-            .map_err(storage)?;
+        let entries = self.scan_raw(CF_INDEX, &prefix, limit).map_err(storage)?;
         let mut purged = 0u64;
         for (entry, _) in entries.into_iter().take(limit) {
             let rest = String::from_utf8_lossy(&entry[prefix.len()..]).into_owned();
@@ -591,8 +612,7 @@ impl Applier<'_, '_> {
         check_if_match(&existing, if_match)?;
         for (referrer_kind, field) in referrers(kind) {
             let users = self
-                .txn
-                .scan_prefix(CF_INDEX, &index_prefix(*referrer_kind, field, key), 1)
+                .scan_raw(CF_INDEX, &index_prefix(*referrer_kind, field, key), 1)
                 .map_err(storage)?;
             if let Some((index_entry, _)) = users.first() {
                 let user = String::from_utf8_lossy(index_entry)
@@ -709,8 +729,7 @@ impl Applier<'_, '_> {
         }
         for (field, value) in object.unique_terms() {
             if let Some(owner) = self
-                .txn
-                .get(CF_UNIQUE, &unique_key(kind, field, &value))
+                .get_raw(CF_UNIQUE, &unique_key(kind, field, &value))
                 .map_err(storage)?
             {
                 if owner != key.as_bytes() {
@@ -820,8 +839,7 @@ impl Applier<'_, '_> {
 
     fn load(&self, kind: ObjectKind, key: &str) -> Result<Option<AnyObject>, Rejection> {
         let Some(bytes) = self
-            .txn
-            .get(CF_OBJECTS, &object_key(kind, key))
+            .get_raw(CF_OBJECTS, &object_key(kind, key))
             .map_err(storage)?
         else {
             return Ok(None);
@@ -841,8 +859,7 @@ impl Applier<'_, '_> {
 
     fn current_revision(&self) -> Result<u64, Rejection> {
         Ok(self
-            .txn
-            .get(CF_META, META_REVISION)
+            .get_raw(CF_META, META_REVISION)
             .map_err(storage)?
             .and_then(|b| decode_u64(&b))
             .unwrap_or(0))
@@ -870,8 +887,7 @@ impl Applier<'_, '_> {
         let retention = self.prefs()?.event_retention.max(1);
         let target = revision.saturating_sub(retention);
         let stored = self
-            .txn
-            .get(CF_META, META_EVENTS_TRIMMED)
+            .get_raw(CF_META, META_EVENTS_TRIMMED)
             .map_err(storage)?
             .and_then(|bytes| decode_u64(&bytes));
         let trimmed = match stored {
@@ -879,8 +895,7 @@ impl Applier<'_, '_> {
             // State from before the cursor: start below the oldest event
             // kept, which is at most this change's own.
             None => self
-                .txn
-                .scan_prefix(CF_EVENTS, b"", 1)
+                .scan_raw(CF_EVENTS, b"", 1)
                 .map_err(storage)?
                 .first()
                 .and_then(|(key, _)| decode_u64(key))
