@@ -47,7 +47,9 @@ use crate::model::{
     MAX_BOOTENV_PARAMS, MAX_CLIENT_ID_HEX, MAX_INITRDS, MAX_OPTIONS, MAX_OPTION_VALUE_LEN,
     MAX_POOLS, MAX_TEMPLATES, PREFS_KEY,
 };
-use crate::model::{MAX_MAX_OBJECT_BYTES, MIN_MAX_OBJECT_BYTES};
+use crate::model::{
+    MAX_EVENT_RETENTION, MAX_MAX_OBJECT_BYTES, MIN_EVENT_RETENTION, MIN_MAX_OBJECT_BYTES,
+};
 use crate::store::object::indexed_fields;
 use crate::store::query::MAX_LIMIT;
 use crate::store::Event;
@@ -1915,6 +1917,12 @@ fn refine(doc: &mut Value) {
         "Prefs",
         "max_object_bytes",
         json!({ "minimum": MIN_MAX_OBJECT_BYTES, "maximum": MAX_MAX_OBJECT_BYTES }),
+    );
+    merge(
+        schemas,
+        "Prefs",
+        "event_retention",
+        json!({ "minimum": MIN_EVENT_RETENTION, "maximum": MAX_EVENT_RETENTION }),
     );
     set(schemas, "Prefs", "default_bootenv", name());
     set(schemas, "Prefs", "unknown_bootenv", name());
