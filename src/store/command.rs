@@ -21,6 +21,7 @@ use serde_json::Value;
 use super::frames::FORMAT_V1;
 use super::record::BootstrapAdmin;
 use crate::cluster::state::{ClusterNode, JoinToken};
+use crate::error_code::{self as code, Code};
 use crate::model::ObjectKind;
 
 /// One state change.
@@ -121,17 +122,13 @@ pub fn cluster_format<'a>(nodes: impl IntoIterator<Item = &'a ClusterNode>, own:
         .unwrap_or(own)
 }
 
-/// Why a command was not proposed: the cluster and this build share no
-/// format that can carry it.
-pub const FORMAT_UNSUPPORTED: &str = "log_format_unsupported";
-
 /// The format a proposer writes an entry in: the newest one both this build
 /// (`writable`) and every registered node (`cluster_reads`) handle.
 pub fn entry_format(cluster_reads: u32, writable: RangeInclusive<u32>) -> Result<u32, Rejection> {
     let format = cluster_reads.min(*writable.end());
     if format < *writable.start() {
         return Err(Rejection::new(
-            FORMAT_UNSUPPORTED,
+            code::LOG_FORMAT_UNSUPPORTED,
             format!(
                 "a registered node reads log entries up to format {cluster_reads}, and this node \
                  writes formats {} to {}: upgrade that node first",
@@ -148,7 +145,7 @@ pub fn check_format(command: &Command, format: u32) -> Result<(), Rejection> {
     let needs = command.oldest_format();
     if needs > format {
         return Err(Rejection::new(
-            FORMAT_UNSUPPORTED,
+            code::LOG_FORMAT_UNSUPPORTED,
             format!(
                 "this change needs log entry format {needs}, and some registered node reads \
                  only up to {format}: finish upgrading every node first"
@@ -175,17 +172,18 @@ pub enum Reply {
 
 /// Why a command changed nothing. `code` is stable; clients match on it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(from = "WireRejection", into = "WireRejection")]
 #[error("{code}: {message}")]
 pub struct Rejection {
-    pub code: String,
+    pub code: &'static Code,
     pub message: String,
     pub field: Option<String>,
 }
 
 impl Rejection {
-    pub fn new(code: &str, message: impl Into<String>) -> Self {
+    pub fn new(code: &'static Code, message: impl Into<String>) -> Self {
         Rejection {
-            code: code.to_string(),
+            code,
             message: message.into(),
             field: None,
         }
@@ -194,6 +192,47 @@ impl Rejection {
     pub fn at(mut self, field: impl Into<String>) -> Self {
         self.field = Some(field.into());
         self
+    }
+}
+
+/// A rejection as it travels in a reply: the code by name.
+#[derive(Serialize, Deserialize)]
+struct WireRejection {
+    code: String,
+    message: String,
+    field: Option<String>,
+}
+
+impl From<Rejection> for WireRejection {
+    fn from(r: Rejection) -> Self {
+        WireRejection {
+            code: r.code.name().to_string(),
+            message: r.message,
+            field: r.field,
+        }
+    }
+}
+
+/// A newer leader may reject with a code this version does not define: the
+/// command was still refused (nothing changed), so the reply stays a
+/// rejection, as `internal` with the original code kept in the message.
+impl From<WireRejection> for Rejection {
+    fn from(w: WireRejection) -> Self {
+        match Code::from_name(&w.code) {
+            Some(code) => Rejection {
+                code,
+                message: w.message,
+                field: w.field,
+            },
+            None => Rejection {
+                code: code::INTERNAL,
+                message: format!(
+                    "rejected with {:?}, a code this node does not know: {}",
+                    w.code, w.message
+                ),
+                field: w.field,
+            },
+        }
     }
 }
 
@@ -244,7 +283,7 @@ mod tests {
                     revision: 1,
                     object: None,
                 },
-                Reply::Rejected(Rejection::new("not_found", "gone").at("name")),
+                Reply::Rejected(Rejection::new(code::NOT_FOUND, "gone").at("name")),
             ],
         };
         let bytes = serde_json::to_vec(&reply).unwrap();
@@ -293,7 +332,7 @@ mod tests {
             entry_format(cluster_format(&mixed, 3), 2..=3)
                 .unwrap_err()
                 .code,
-            FORMAT_UNSUPPORTED
+            code::LOG_FORMAT_UNSUPPORTED
         );
         // Every command of this build travels in format 1.
         let create = Command::Create {
@@ -308,6 +347,23 @@ mod tests {
         let old = r#"{"id":2,"rpc_addr":"a","api_addr":"b","joined_at_unix":5,"removed":false}"#;
         let node: ClusterNode = serde_json::from_str(old).unwrap();
         assert_eq!(node.log_format, FORMAT_V1);
+    }
+
+    #[test]
+    fn a_rejection_travels_by_code_name() {
+        let rejection = Rejection::new(code::MISSING_REFERENCE, "no such profile").at("profiles");
+        let bytes = serde_json::to_vec(&rejection).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&bytes).unwrap(),
+            json!({"code": "missing_reference", "message": "no such profile", "field": "profiles"})
+        );
+        // A code from a newer version is still a refusal, never a success.
+        let newer: Rejection = serde_json::from_value(
+            json!({"code": "from_the_future", "message": "m", "field": null}),
+        )
+        .unwrap();
+        assert_eq!(newer.code, code::INTERNAL);
+        assert!(newer.message.contains("from_the_future"), "{newer:?}");
     }
 
     #[test]
