@@ -5,6 +5,12 @@
 //! bytes everywhere. Cross-object rules (uniqueness, references, optimistic
 //! concurrency) are checked here, against committed state, because only here
 //! is the state the one every replica agrees on.
+//!
+//! Every read and write goes through the `Applier`'s `get_raw`/`put_raw`/
+//! `delete_raw`, which keep the state digest (`digest`) and notice storage
+//! faults. An entry that cannot be applied the same way everywhere (a format
+//! this build does not read, a local storage fault) halts apply instead of
+//! being answered: see [`StateMachineApp::apply`].
 
 use std::sync::Mutex;
 
