@@ -295,6 +295,7 @@ pub async fn list_nodes(State(state): State<AppState>) -> ApiResult<Json<Vec<Val
                 "rpc_addr": node.rpc_addr,
                 "joined_at_unix": node.joined_at_unix,
                 "removed": node.removed,
+                "log_format": node.log_format,
                 "role": role,
                 "matched_index": member.and_then(|m| m.matched_index),
                 "lag": match (last, member.and_then(|m| m.matched_index)) {

@@ -1412,14 +1412,20 @@ fn extra_schemas() -> Vec<(&'static str, Value)> {
             "ClusterNode",
             json!({
                 "type": "object",
-                "required": ["id", "api_addr", "rpc_addr", "joined_at_unix", "removed", "role",
-                             "matched_index", "lag"],
+                "required": ["id", "api_addr", "rpc_addr", "joined_at_unix", "removed",
+                             "log_format", "role", "matched_index", "lag"],
                 "properties": {
                     "id": { "type": "integer", "minimum": 0 },
                     "api_addr": { "type": "string" },
                     "rpc_addr": { "type": "string" },
                     "joined_at_unix": { "type": "integer", "minimum": 0 },
                     "removed": { "type": "boolean" },
+                    "log_format": {
+                        "type": "integer", "minimum": 1,
+                        "description": "The newest log entry format the node registered it \
+                            reads; entries are written in the lowest of these among nodes not \
+                            removed."
+                    },
                     "role": { "type": "string",
                               "enum": ["leader", "voter", "learner", "pending", "removed"] },
                     "matched_index": { "type": ["integer", "null"], "minimum": 0 },
