@@ -643,4 +643,15 @@ async fn replicas_with_different_local_settings_report_equal_digests() {
         ));
     }
     assert_eq!(digests.len(), 1, "nodes disagree: {digests:?}");
+    // Every node has registered the log format it reads.
+    let members = cluster
+        .client(0)
+        .get("/api/v1/cluster/nodes")
+        .await
+        .expect(200);
+    let members = members.body.as_array().expect("members");
+    assert_eq!(members.len(), 3, "{members:?}");
+    for member in members {
+        assert_eq!(member["log_format"], 1, "{member}");
+    }
 }
