@@ -1442,7 +1442,14 @@ fn extra_schemas() -> Vec<(&'static str, Value)> {
                              "version"],
                 "properties": {
                     "node_id": { "type": "integer", "minimum": 0 },
-                    "health": { "type": "string", "enum": ["ok", "no_leader", "no_quorum"] },
+                    "health": { "type": "string",
+                                "enum": ["ok", "no_leader", "no_quorum", "stopped"] },
+                    "stopped": {
+                        "type": ["string", "null"],
+                        "description": "Why Raft stopped on this node, if it stopped on an error \
+                            (apply halted at a log entry it cannot apply: the message names its \
+                            index and format). The node serves reads of its last state only."
+                    },
                     "time_unix": { "type": "integer", "minimum": 0 },
                     "role": { "type": "string",
                               "enum": ["leader", "follower", "candidate", "learner", "shutdown"] },

@@ -38,6 +38,9 @@ pub async fn status(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     // recently (a cut-off leader sees this age grow).
     let stale_after_ms = 2 * state.settings.election_max_ms;
     let health = match (raft.current_leader, raft.state) {
+        // Raft stopped on an error (apply halted at an entry it cannot
+        // apply): whatever leader it last saw is no longer its business.
+        _ if raft.stopped.is_some() => "stopped",
         (None, _) => "no_leader",
         (Some(_), RaftRole::Leader)
             if raft
@@ -62,6 +65,7 @@ pub async fn status(State(state): State<AppState>) -> ApiResult<Json<Value>> {
         "applied_index": raft.applied,
         "snapshot_index": raft.snapshot,
         "quorum_ack_age_ms": raft.quorum_ack_age_ms,
+        "stopped": raft.stopped,
         "revision": state.store.revision()?,
         // Equal on two nodes at the same index exactly when their replicated
         // state is; entries after the index changed no state.
