@@ -441,9 +441,8 @@ async fn propose(raft: &RaftNode, batch: Vec<Proposal>) {
             return;
         }
     };
-    let framed = true;
     let replies = match raft.write(payload).await {
-        Ok(bytes) => match_replies(&bytes, framed, senders.len()),
+        Ok(bytes) => match_replies(&bytes, senders.len()),
         Err(e) => {
             let e = StoreError::from(e);
             (0..senders.len()).map(|_| Err(e.clone())).collect()
@@ -482,7 +481,7 @@ fn entry_format(raft: &RaftNode) -> Result<u32, StoreError> {
 /// Pairs an applied entry's reply with its `count` waiters. The entry was
 /// committed, so a reply that cannot be read or matched means the outcome is
 /// unknown to this node, not that the command failed.
-fn match_replies(bytes: &[u8], framed: bool, count: usize) -> Vec<Result<Reply, StoreError>> {
+fn match_replies(bytes: &[u8], count: usize) -> Vec<Result<Reply, StoreError>> {
     let unknown = |why: &str| {
         StoreError::OutcomeUnknown(format!(
             "the write was committed but its reply {why}; check before retrying"
@@ -491,9 +490,6 @@ fn match_replies(bytes: &[u8], framed: bool, count: usize) -> Vec<Result<Reply, 
     let decode = |frame: &[u8]| {
         serde_json::from_slice::<Reply>(frame).map_err(|_| unknown("could not be decoded"))
     };
-    if !framed {
-        return vec![decode(bytes)];
-    }
     match frames::decode(bytes, frames::readable_formats()) {
         Ok((_, parts)) if parts.len() == count => parts.into_iter().map(decode).collect(),
         _ => (0..count)
