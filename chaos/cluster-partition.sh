@@ -11,7 +11,9 @@
 #       writes, while writes sent to the old leader are not acknowledged;
 #       heal; the old leader steps down and converges.
 # Every verdict comes from what the clients received: each write the client
-# got a success for must exist exactly once on every node at the end.
+# got a success for must exist exactly once on every node at the end; and
+# at the end every node reports the same state digest at the same index
+# (the nodes run with different node-local settings, which must not matter).
 #
 # Usage: sudo chaos/cluster-partition.sh [path-to-cradle-binary]
 #        (default: target/debug/cradle, relative to the workspace root)
@@ -38,6 +40,7 @@ readonly ELECT_TIMEOUT_S=20     # a new leader after a cut
 readonly CONVERGE_TIMEOUT_S=40  # a healed node catching up
 readonly OLD_WRITES_TIMEOUT_S=60  # the writes sent to a cut-off leader
 readonly STOP_TIMEOUT_S=10      # a node exiting after SIGTERM
+readonly DIGEST_TIMEOUT_S=20    # the nodes' state digests agreeing at the end
 
 # Raft timing for the nodes, as environment variables (read by both `cradle
 # server` and `cradle join`).
@@ -401,7 +404,10 @@ listen_args() {
 run_node() {
     local i=$1
     shift
+    # Node-local settings that differ between nodes, the retired per-node
+    # event retention among them: replicated state must not depend on them.
     ip netns exec "${NS_N[i]}" env "${NODE_ENV[@]}" CRADLE_ADMIN_PASSWORD="$ADMIN_PASSWORD" \
+        CRADLE_EVENT_RETENTION=$((i * 7)) CRADLE_SNAPSHOT_EVERY=$((i * 500)) \
         "$BIN" "$@" >>"$WORK/n$i.log" 2>&1 3>&- &
     PID_N[i]=$!
     log "node $i: started pid ${PID_N[i]}: cradle $(printf '%s ' "$@" | sed -E 's/(--token )[^ ]+/\1<redacted>/')"
@@ -773,10 +779,52 @@ final_check() {
     fi
 }
 
+# digests_agree NODE...: every node reports a state digest, all at the same
+# index and all equal. Returns 1 while the indexes differ (try again), 2 when
+# equal indexes carry different digests (the replicas diverged).
+digests_agree() {
+    local i
+    for i in "$@"; do
+        status_of "$i" >"$WORK/status.$i" || return 1
+    done
+    python3 - "$WORK" "$@" <<'PY' >&3
+import json, sys
+
+work, nodes = sys.argv[1], sys.argv[2:]
+st = {i: json.load(open(f"{work}/status.{i}")) for i in nodes}
+seen = {i: (s.get("state_digest_index"), s.get("state_digest")) for i, s in st.items()}
+if any(index is None or digest is None for index, digest in seen.values()):
+    sys.exit(1)
+if len({index for index, _ in seen.values()}) != 1:
+    sys.exit(1)
+if len({digest for _, digest in seen.values()}) != 1:
+    for i, (index, digest) in sorted(seen.items()):
+        print(f"  node {i}: digest {digest} at index {index}")
+    sys.exit(2)
+PY
+}
+
+final_digests() {
+    local i
+    log "=== final: equal state digests at equal index ==="
+    if wait_until "equal state digests on nodes ${NODES[*]}" "$DIGEST_TIMEOUT_S" digests_agree "${NODES[@]}"; then
+        for i in "${NODES[@]}"; do
+            log "  node $i: $(json '"digest %s at index %s (applied %s)" % (d["state_digest"], d["state_digest_index"], d["applied_index"])' <"$WORK/status.$i")"
+        done
+        pass "final: every node reports the same state digest at the same index"
+    else
+        for i in "${NODES[@]}"; do
+            [[ -f $WORK/status.$i ]] &&
+                log "  node $i: $(json '"digest %s at index %s" % (d.get("state_digest"), d.get("state_digest_index"))' <"$WORK/status.$i")"
+        done
+        fail "final: the nodes' state digests differ, or did not settle within ${DIGEST_TIMEOUT_S}s"
+    fi
+}
+
 main() {
     local bin_arg=${1:-target/debug/cradle}
     if [[ ${1:-} == -h || ${1:-} == --help ]]; then
-        sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
     fi
     [[ $EUID -eq 0 ]] || { echo "error: run as root (network namespaces): sudo $0" >&2; exit 2; }
@@ -824,6 +872,7 @@ main() {
     phase_b
     describe
     final_check
+    final_digests
 }
 
 # Sourcing the file (for trying its parts by hand) defines the functions only.

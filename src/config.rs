@@ -174,9 +174,11 @@ pub struct ServerSettings {
     #[arg(long, env = "CRADLE_TOKEN_TTL_SECS", default_value_t = 8 * 3600)]
     pub token_ttl_secs: u64,
 
-    /// Events kept for resuming the event stream.
-    #[arg(long, env = "CRADLE_EVENT_RETENTION", default_value_t = 100_000)]
-    pub event_retention: u64,
+    /// No longer used: how many events are kept is the `event_retention`
+    /// pref, the same on every node. Still accepted so that startup scripts
+    /// setting it keep working; a node given it logs a warning.
+    #[arg(long, env = "CRADLE_EVENT_RETENTION", hide = true)]
+    pub event_retention: Option<u64>,
 
     /// Log format: `text` or `json` (one object per line, for journald).
     #[arg(long, env = "CRADLE_LOG_FORMAT", default_value = "text")]

@@ -175,6 +175,7 @@ codes! {
     REMOVING_SELF = (409, "removing_self", "A node cannot remove itself without `force`");
     LAST_VOTER = (409, "last_voter", "Removing the last voter would end the cluster");
     STALE_USER = (409, "stale_user", "The user changed while a token was being issued for it; ask again");
+    LOG_FORMAT_UNSUPPORTED = (409, "log_format_unsupported", "A registered node cannot read the log entry format this change or this node writes; finish upgrading every node first");
 
     // 410.
     EVENTS_EXPIRED = (410, "events_expired", "The events asked for are no longer kept; list the objects and resume from their revision");

@@ -6,7 +6,8 @@
 //! registered nodes are added as learners, caught-up learners are promoted
 //! while there are fewer than [`MAX_VOTERS`] voters, removed nodes leave the
 //! membership. Peer admission checks every peer call's certificate against
-//! the registry.
+//! the registry. Each node also registers there the newest log entry format
+//! it reads (`register_log_format`), which decides the format proposers write.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -75,6 +76,48 @@ fn node_id_of(der: &[u8]) -> Option<u64> {
 
 /// Distinct peer certificates remembered by admission (members are few).
 const ADMISSION_CACHE: usize = 256;
+
+/// How often a node tries to register its log format until it sticks.
+const REGISTER_FORMAT_EVERY: Duration = Duration::from_secs(1);
+
+/// Registers the newest log entry format this build reads in the node's
+/// registry record, when the record says otherwise (the node was upgraded or
+/// downgraded, or joined before formats were registered). Until it is, a
+/// proposer writes entries in the format the record names. Returns once the
+/// record is right, the node is removed, or on shutdown.
+pub async fn register_log_format(store: Store, node_id: u64, mut shutdown: Shutdown) {
+    let newest = crate::store::frames::NEWEST_FORMAT;
+    loop {
+        match store.cluster_node(node_id) {
+            Ok(Some(node)) if node.removed || node.log_format == newest => return,
+            Ok(Some(node)) => {
+                let command = crate::store::Command::SetNodeFormat {
+                    id: node_id,
+                    log_format: newest,
+                };
+                match store.submit(command).await {
+                    Ok(_) => {
+                        tracing::info!(
+                            from = node.log_format,
+                            to = newest,
+                            "registered log format"
+                        );
+                        return;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "registering the log format"),
+                }
+            }
+            // Not in this replica's registry yet: its join has not been
+            // applied here.
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "reading the node registry"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(REGISTER_FORMAT_EVERY) => {}
+            _ = shutdown.requested() => return,
+        }
+    }
+}
 
 /// Runs on every node; acts only while this node leads.
 ///

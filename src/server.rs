@@ -24,8 +24,8 @@ use crate::cluster::info::ClusterInfo;
 use crate::cluster::{state::node_common_name, state::ClusterNode, Identity};
 use crate::config::ServerSettings;
 use crate::membership;
-use crate::model::User;
 use crate::service::{self, Failure, Service, ServiceError, Services, Shutdown};
+use crate::store::record::BootstrapAdmin;
 use crate::store::{apply::CradleApp, Command, Store, WeakStore};
 use crate::tls;
 
@@ -173,7 +173,16 @@ pub async fn start_bound(settings: ServerSettings, bound: Bound) -> anyhow::Resu
     let host = settings.advertised_host();
 
     let (events, _) = broadcast::channel(EVENT_CHANNEL);
-    let app = Arc::new(CradleApp::new(events.clone(), settings.event_retention));
+    if let Some(retention) = settings.event_retention {
+        // A per-node value here made replicas keep different events: it is
+        // replicated state now, and this setting is ignored.
+        tracing::warn!(
+            retention,
+            "--event-retention / CRADLE_EVENT_RETENTION is ignored: event retention is the \
+             cluster-wide `event_retention` pref (PATCH /api/v1/prefs/prefs); remove the setting"
+        );
+    }
+    let app = Arc::new(CradleApp::new(events.clone()));
     let store_slot: Arc<OnceLock<WeakStore>> = Arc::default();
     let node_info = NodeInfo {
         rpc_addr: format!("{host}:{}", rpc_addr.port()),
@@ -240,6 +249,13 @@ pub async fn start_bound(settings: ServerSettings, bound: Bound) -> anyhow::Resu
         let store = store.clone();
         services.spawn_task("membership reconciler", |shutdown| {
             membership::reconcile_forever(store, shutdown)
+        });
+    }
+    {
+        let store = store.clone();
+        let node_id = identity.node_id;
+        services.spawn_task("log format registration", move |shutdown| {
+            membership::register_log_format(store, node_id, shutdown)
         });
     }
     {
@@ -338,13 +354,10 @@ async fn bootstrap(
     };
     let password_hash =
         tokio::task::spawn_blocking(move || auth::hash_password(&password)).await??;
-    let admin = User {
+    let admin = BootstrapAdmin {
         name: "admin".into(),
         description: "Created on first start".into(),
         password_hash,
-        admin: true,
-        generation: 0,
-        revision: 0,
     };
     let read = |name: &str| std::fs::read_to_string(settings.data_dir.join(name));
     let founder = ClusterNode {
@@ -353,6 +366,7 @@ async fn bootstrap(
         api_addr: info.api_addr,
         joined_at_unix: crate::clock::unix_now(),
         removed: false,
+        log_format: crate::store::frames::NEWEST_FORMAT,
     };
     store
         .submit(Command::Bootstrap {

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::node::{NodeConfig, NodeError, RaftNode, RaftRole, WriteError};
-use crate::test_support::{dump, get, KvApp, CF_COUNTERS};
+use crate::test_support::{dump, get, KvApp, CF_COUNTERS, CF_KV};
 use crate::types::{NodeId, NodeInfo};
 
 /// Every wait in these tests is bounded by this.
@@ -497,4 +497,27 @@ async fn a_forwarded_write_arriving_after_its_deadline_is_not_applied() {
         "the late write was applied"
     );
     n1.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_the_state_machine_cannot_apply_stops_raft_and_says_where() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(1, dir.path(), bind().await, &|_| {}).await;
+    form(&[&node]).await;
+    assert_eq!(write(&node, "put a 1").await, "");
+    let halted = node.node.write(b"halt".to_vec()).await;
+    assert!(halted.is_err(), "{halted:?}");
+    let mut stopped = None;
+    eventually("the node reporting why it stopped", || {
+        stopped = node.node.status().stopped;
+        let found = stopped.is_some();
+        async move { found }
+    })
+    .await;
+    let stopped = stopped.unwrap();
+    assert!(stopped.contains("apply halted at log index"), "{stopped}");
+    // Nothing after the entry is applied either.
+    assert!(node.node.write(b"put b 1".to_vec()).await.is_err());
+    assert_eq!(get(&node.node.db(), CF_KV, "b"), None);
+    assert_eq!(get(&node.node.db(), CF_KV, "a").as_deref(), Some("1"));
 }

@@ -50,7 +50,7 @@ pub use node::{
     MemberStatus, NodeConfig, NodeError, PeerAdmission, RaftNode, RaftRole, RaftStatus, WriteError,
 };
 pub use state_machine::{ReadView, ViewItem};
-pub use store::{StateMachineApp, StoreError, Txn};
+pub use store::{ApplyHalt, StateMachineApp, StoreError, Txn};
 pub use types::{NodeId, NodeInfo};
 
 /// Generated protobuf/gRPC code for `proto/raft.proto`.

@@ -242,6 +242,9 @@ pub struct RaftStatus {
     /// A growing value means the leader is cut off.
     pub quorum_ack_age_ms: Option<u64>,
     pub members: Vec<MemberStatus>,
+    /// Why Raft stopped on this node, if it stopped on an error (a storage
+    /// fault, or the state machine halting at an entry it cannot apply).
+    pub stopped: Option<String>,
 }
 
 /// Shared state behind [`RaftNode`] and the peer RPC service.
@@ -696,6 +699,7 @@ impl RaftNode {
             purged: m.purged.map(|l| l.index),
             quorum_ack_age_ms: m.millis_since_quorum_ack,
             members,
+            stopped: m.running_state.as_ref().err().map(|e| e.to_string()),
         }
     }
 

@@ -637,7 +637,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let reply = match entry.payload {
                     EntryPayload::Blank => Vec::new(),
                     EntryPayload::Normal(payload) => {
-                        shared.app.apply(&mut txn, entry.log_id.index, &payload.0)
+                        match shared.app.apply(&mut txn, entry.log_id.index, &payload.0) {
+                            Ok(reply) => reply,
+                            Err(halt) => {
+                                // Nothing of this batch is written: the node
+                                // stays at the entry before, and resumes from
+                                // it once it runs a build that can read it.
+                                tracing::error!(
+                                    log_index = halt.log_index,
+                                    reason = %halt.reason,
+                                    "state machine halted: this entry cannot be applied by this build"
+                                );
+                                return Err(StoreError::Halted(halt));
+                            }
+                        }
                     }
                     EntryPayload::Membership(m) => {
                         membership = StoredMembership::new(Some(entry.log_id), m);
@@ -826,6 +839,27 @@ mod tests {
             members.membership().voter_ids().collect::<Vec<_>>(),
             vec![1, 2]
         );
+    }
+
+    #[tokio::test]
+    async fn an_entry_the_app_cannot_apply_halts_and_writes_nothing_of_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, mut sm, db) = open_stores(dir.path(), KvApp::new()).await;
+        sm.apply(vec![normal(1, "put x 1")]).await.unwrap();
+        let error = sm
+            .apply(vec![
+                normal(2, "put x 2"),
+                normal(3, "halt"),
+                normal(4, "put y 1"),
+            ])
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("log index 3"), "{error}");
+        // Neither the entry before the halt in the same batch nor the applied
+        // index moved: the node resumes from entry 2.
+        assert_eq!(get(&db, CF_KV, "x").as_deref(), Some("1"));
+        assert_eq!(get(&db, CF_KV, "y"), None);
+        assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 1, 1)));
     }
 
     #[tokio::test]

@@ -36,6 +36,16 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("background task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Halted(#[from] ApplyHalt),
+}
+
+/// Why apply stopped at an entry instead of applying it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("apply halted at log index {log_index}: {reason}")]
+pub struct ApplyHalt {
+    pub log_index: u64,
+    pub reason: String,
 }
 
 /// Key/value pairs in key order.
@@ -101,7 +111,18 @@ pub trait StateMachineApp: Send + Sync + 'static {
     /// and reply on every replica. No clocks, no randomness, no I/O except
     /// through `txn`. Invalid payloads are answered with an error reply, never
     /// a panic.
-    fn apply(&self, txn: &mut Txn<'_>, log_index: u64, payload: &[u8]) -> Vec<u8>;
+    ///
+    /// `Err` is for an entry this build cannot apply at all (one written in a
+    /// newer format): answering it would make this replica differ from those
+    /// that can, and skipping it would too. The state machine then writes
+    /// nothing of the batch and stops with a storage error, which stops this
+    /// node's Raft; it resumes from the same entry once upgraded.
+    fn apply(
+        &self,
+        txn: &mut Txn<'_>,
+        log_index: u64,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, ApplyHalt>;
 
     /// Called after the writes of every `apply` since the previous call are
     /// committed to the database, so readers now see them.
@@ -190,12 +211,37 @@ impl<'a> Txn<'a> {
             .collect())
     }
 
+    /// Calls `f` with every live key and value of `cf` as this batch would
+    /// leave them, in no promised order. For one-off recomputations over the
+    /// whole column family, never per entry.
+    pub fn for_each(&self, cf: &str, mut f: impl FnMut(&[u8], &[u8])) -> Result<(), StoreError> {
+        let handle = self.cf(cf)?;
+        for item in self.db.iterator_cf(handle, IteratorMode::Start) {
+            let (key, value) = item?;
+            if !self.overlay.contains_key(&(cf.to_string(), key.to_vec())) {
+                f(&key, &value);
+            }
+        }
+        let lower = (cf.to_string(), Vec::new());
+        for ((pending_cf, key), value) in self.overlay.range(lower..) {
+            if pending_cf != cf {
+                break;
+            }
+            if let Some(value) = value {
+                f(key, value);
+            }
+        }
+        Ok(())
+    }
+
     /// Writes from the state machine itself (applied index, membership).
     pub(crate) fn batch_mut(&mut self) -> &mut WriteBatch {
         &mut self.batch
     }
 
-    pub(crate) fn into_batch(self) -> WriteBatch {
+    /// The batch of writes, for the state machine to commit (and for an
+    /// application's tests, standing in for it).
+    pub fn into_batch(self) -> WriteBatch {
         self.batch
     }
 
@@ -244,6 +290,10 @@ mod tests {
             db.get_cf(db.cf_handle("apps").unwrap(), b"a/2").unwrap(),
             None
         );
+        let mut seen = Vec::new();
+        txn.for_each("apps", |k, v| seen.push((k.to_vec(), v.to_vec())))
+            .unwrap();
+        assert_eq!(seen, vec![(b"a/2".to_vec(), b"two".to_vec())]);
         db.write(txn.into_batch()).unwrap();
         assert_eq!(
             db.get_cf(db.cf_handle("apps").unwrap(), b"a/2").unwrap(),

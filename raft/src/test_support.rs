@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use rocksdb::{IteratorMode, DB};
 
-use crate::store::{StateMachineApp, Txn};
+use crate::store::{ApplyHalt, StateMachineApp, Txn};
 
 pub(crate) const CF_KV: &str = "kv";
 pub(crate) const CF_COUNTERS: &str = "counters";
@@ -34,7 +34,12 @@ impl StateMachineApp for KvApp {
         &[CF_KV, CF_COUNTERS]
     }
 
-    fn apply(&self, txn: &mut Txn<'_>, log_index: u64, payload: &[u8]) -> Vec<u8> {
+    fn apply(
+        &self,
+        txn: &mut Txn<'_>,
+        log_index: u64,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, ApplyHalt> {
         let text = String::from_utf8_lossy(payload);
         let parts: Vec<&str> = text.splitn(3, ' ').collect();
         let result = match parts.as_slice() {
@@ -58,9 +63,16 @@ impl StateMachineApp for KvApp {
                 )?;
                 Ok(next.into_bytes())
             }),
+            // Stands in for an entry of a format this build cannot read.
+            ["halt"] => {
+                return Err(ApplyHalt {
+                    log_index,
+                    reason: "unknown entry".into(),
+                })
+            }
             _ => Ok(b"error".to_vec()),
         };
-        result.unwrap_or_else(|e| format!("error: {e}").into_bytes())
+        Ok(result.unwrap_or_else(|e| format!("error: {e}").into_bytes()))
     }
 
     fn committed(&self) {

@@ -120,16 +120,39 @@ pub async fn create_token(State(state): State<AppState>, body: Bytes) -> ApiResu
     Ok((StatusCode::CREATED, Json(grant)).into_response())
 }
 
-/// `GET /api/v1/cluster/tokens` (admin): never the secrets.
-pub async fn list_tokens(State(state): State<AppState>) -> ApiResult<Json<Vec<JoinToken>>> {
+/// A join token as the API shows it: the stored record without the hash of
+/// its secret, which has no field here to leak through.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = JoinToken)]
+pub struct JoinTokenView {
+    pub id: String,
+    pub created_at_unix: u64,
+    pub expires_at_unix: u64,
+    pub uses_left: u32,
+    pub revoked: bool,
+    pub description: String,
+}
+
+impl From<&JoinToken> for JoinTokenView {
+    fn from(token: &JoinToken) -> Self {
+        JoinTokenView {
+            id: token.id.clone(),
+            created_at_unix: token.created_at_unix,
+            expires_at_unix: token.expires_at_unix,
+            uses_left: token.uses_left,
+            revoked: token.revoked,
+            description: token.description.clone(),
+        }
+    }
+}
+
+/// `GET /api/v1/cluster/tokens` (admin): never the secrets nor their hashes.
+pub async fn list_tokens(State(state): State<AppState>) -> ApiResult<Json<Vec<JoinTokenView>>> {
     let tokens = state
         .store
         .join_tokens()?
-        .into_iter()
-        .map(|mut t| {
-            t.secret_sha256.clear();
-            t
-        })
+        .iter()
+        .map(JoinTokenView::from)
         .collect();
     Ok(Json(tokens))
 }
@@ -272,6 +295,7 @@ pub async fn list_nodes(State(state): State<AppState>) -> ApiResult<Json<Vec<Val
                 "rpc_addr": node.rpc_addr,
                 "joined_at_unix": node.joined_at_unix,
                 "removed": node.removed,
+                "log_format": node.log_format,
                 "role": role,
                 "matched_index": member.and_then(|m| m.matched_index),
                 "lag": match (last, member.and_then(|m| m.matched_index)) {

@@ -34,11 +34,10 @@ use utoipa::ToSchema;
 
 use super::auth::{TokenGrant, TokenRequest};
 use super::cluster::{
-    JoinTokenGrant, JoinTokenRequest, MAX_JOIN_TOKEN_TTL_SECS, MAX_JOIN_TOKEN_USES,
+    JoinTokenGrant, JoinTokenRequest, JoinTokenView, MAX_JOIN_TOKEN_TTL_SECS, MAX_JOIN_TOKEN_USES,
 };
 use super::error::ErrorBody;
 use crate::cluster::join::{JoinRequest, JoinResponse};
-use crate::cluster::state::JoinToken;
 use crate::error_code;
 use crate::model::validate::{
     MAX_DESCRIPTION_LEN, MAX_HARDWARE_ADDRS, MAX_HOSTNAME_LEN, MAX_META, MAX_META_VALUE_LEN,
@@ -50,7 +49,9 @@ use crate::model::{
     MAX_BOOTENV_PARAMS, MAX_CLIENT_ID_HEX, MAX_INITRDS, MAX_OPTIONS, MAX_OPTION_VALUE_LEN,
     MAX_POOLS, MAX_TEMPLATES, PREFS_KEY,
 };
-use crate::model::{MAX_MAX_OBJECT_BYTES, MIN_MAX_OBJECT_BYTES};
+use crate::model::{
+    MAX_EVENT_RETENTION, MAX_MAX_OBJECT_BYTES, MIN_EVENT_RETENTION, MIN_MAX_OBJECT_BYTES,
+};
 use crate::store::object::indexed_fields;
 use crate::store::query::MAX_LIMIT;
 use crate::store::Event;
@@ -1106,7 +1107,7 @@ fn build() -> Value {
     add::<ErrorBody>(&mut schemas);
     add::<TokenRequest>(&mut schemas);
     add::<TokenGrant>(&mut schemas);
-    add::<JoinToken>(&mut schemas);
+    add::<JoinTokenView>(&mut schemas);
     add::<JoinTokenRequest>(&mut schemas);
     add::<JoinTokenGrant>(&mut schemas);
     add::<JoinRequest>(&mut schemas);
@@ -1418,14 +1419,20 @@ fn extra_schemas() -> Vec<(&'static str, Value)> {
             "ClusterNode",
             json!({
                 "type": "object",
-                "required": ["id", "api_addr", "rpc_addr", "joined_at_unix", "removed", "role",
-                             "matched_index", "lag"],
+                "required": ["id", "api_addr", "rpc_addr", "joined_at_unix", "removed",
+                             "log_format", "role", "matched_index", "lag"],
                 "properties": {
                     "id": { "type": "integer", "minimum": 0 },
                     "api_addr": { "type": "string" },
                     "rpc_addr": { "type": "string" },
                     "joined_at_unix": { "type": "integer", "minimum": 0 },
                     "removed": { "type": "boolean" },
+                    "log_format": {
+                        "type": "integer", "minimum": 1,
+                        "description": "The newest log entry format the node registered it \
+                            reads; entries are written in the lowest of these among nodes not \
+                            removed."
+                    },
                     "role": { "type": "string",
                               "enum": ["leader", "voter", "learner", "pending", "removed"] },
                     "matched_index": { "type": ["integer", "null"], "minimum": 0 },
@@ -1442,13 +1449,35 @@ fn extra_schemas() -> Vec<(&'static str, Value)> {
                              "version"],
                 "properties": {
                     "node_id": { "type": "integer", "minimum": 0 },
-                    "health": { "type": "string", "enum": ["ok", "no_leader", "no_quorum"] },
+                    "health": { "type": "string",
+                                "enum": ["ok", "no_leader", "no_quorum", "stopped"] },
+                    "stopped": {
+                        "type": ["string", "null"],
+                        "description": "Why Raft stopped on this node, if it stopped on an error \
+                            (apply halted at a log entry it cannot apply: the message names its \
+                            index and format). The node serves reads of its last state only."
+                    },
                     "time_unix": { "type": "integer", "minimum": 0 },
                     "role": { "type": "string",
                               "enum": ["leader", "follower", "candidate", "learner", "shutdown"] },
                     "leader": { "type": ["integer", "null"], "minimum": 0 },
                     "term": { "type": "integer", "minimum": 0 },
                     "revision": { "type": "integer", "minimum": 0 },
+                    "state_digest": {
+                        "type": ["string", "null"],
+                        "pattern": "^[0-9a-f]{64}$",
+                        "description": "A digest of this node's replicated state (hex): two \
+                            nodes with the same `state_digest_index` hold the same state exactly \
+                            when their digests are equal. Null before the first entry is applied."
+                    },
+                    "state_digest_index": {
+                        "type": ["integer", "null"], "minimum": 0,
+                        "description": "The log index of the last entry `state_digest` covers."
+                    },
+                    "log_format": {
+                        "type": "integer", "minimum": 1,
+                        "description": "The newest log entry format this node reads."
+                    },
                     "members": { "type": "array", "items": { "type": "object" } },
                     "version": { "type": "string" },
                 },
@@ -1828,6 +1857,12 @@ fn refine(doc: &mut Value) {
         "Prefs",
         "max_object_bytes",
         json!({ "minimum": MIN_MAX_OBJECT_BYTES, "maximum": MAX_MAX_OBJECT_BYTES }),
+    );
+    merge(
+        schemas,
+        "Prefs",
+        "event_retention",
+        json!({ "minimum": MIN_EVENT_RETENTION, "maximum": MAX_EVENT_RETENTION }),
     );
     set(schemas, "Prefs", "default_bootenv", name());
     set(schemas, "Prefs", "unknown_bootenv", name());
@@ -2259,5 +2294,34 @@ mod tests {
         assert!(create["required"]
             .as_array()
             .is_some_and(|r| r.contains(&json!("password"))));
+    }
+
+    #[test]
+    fn no_response_schema_has_a_place_for_a_hash() {
+        let doc = openapi();
+        fn walk(v: &Value, at: &str) {
+            match v {
+                Value::Object(map) => {
+                    if let Some(Value::Object(properties)) = map.get("properties") {
+                        for name in ["password_hash", "secret_sha256"] {
+                            assert!(!properties.contains_key(name), "{name} in {at}");
+                        }
+                    }
+                    for (key, value) in map {
+                        walk(value, &format!("{at}/{key}"));
+                    }
+                }
+                Value::Array(items) => items.iter().for_each(|v| walk(v, at)),
+                _ => {}
+            }
+        }
+        walk(doc, "#");
+        assert_eq!(
+            doc["paths"]["/api/v1/cluster/tokens"]["get"]["responses"]["200"]["content"]
+                ["application/json"]["schema"]["items"]["$ref"],
+            "#/components/schemas/JoinToken"
+        );
+        let token = &doc["components"]["schemas"]["JoinToken"]["properties"];
+        assert!(token.get("uses_left").is_some(), "{token}");
     }
 }

@@ -1,4 +1,5 @@
-//! `GET /api/v1/status`: this node's view of the cluster.
+//! `GET /api/v1/status`: this node's view of the cluster, and a digest of
+//! its replicated state to compare with the other nodes'.
 
 use axum::extract::State;
 use axum::Json;
@@ -37,6 +38,9 @@ pub async fn status(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     // recently (a cut-off leader sees this age grow).
     let stale_after_ms = 2 * state.settings.election_max_ms;
     let health = match (raft.current_leader, raft.state) {
+        // Raft stopped on an error (apply halted at an entry it cannot
+        // apply): whatever leader it last saw is no longer its business.
+        _ if raft.stopped.is_some() => "stopped",
         (None, _) => "no_leader",
         (Some(_), RaftRole::Leader)
             if raft
@@ -47,6 +51,8 @@ pub async fn status(State(state): State<AppState>) -> ApiResult<Json<Value>> {
         }
         _ => "ok",
     };
+    // Kept by apply: one read, never a scan of the state.
+    let digest = state.store.state_digest()?;
     Ok(Json(json!({
         "node_id": raft.node_id,
         "health": health,
@@ -59,7 +65,13 @@ pub async fn status(State(state): State<AppState>) -> ApiResult<Json<Value>> {
         "applied_index": raft.applied,
         "snapshot_index": raft.snapshot,
         "quorum_ack_age_ms": raft.quorum_ack_age_ms,
+        "stopped": raft.stopped,
         "revision": state.store.revision()?,
+        // Equal on two nodes at the same index exactly when their replicated
+        // state is; entries after the index changed no state.
+        "state_digest": digest.map(|d| d.digest.to_hex()),
+        "state_digest_index": digest.map(|d| d.log_index),
+        "log_format": crate::store::frames::NEWEST_FORMAT,
         "members": members,
         "version": env!("CARGO_PKG_VERSION"),
     })))

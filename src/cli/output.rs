@@ -504,6 +504,7 @@ t2  m      write/machines/u1  2025-12-31T23:59:59Z  true     boot
         check(
             json!({
                 "role": "leader", "leader": 1, "term": 3,
+                "state_digest": "9f86d081", "state_digest_index": 41,
                 "members": [
                     {"id": 1, "api_addr": "10.0.0.1:8443", "rpc_addr": "10.0.0.1:8444", "voter": true, "matched_index": 40, "lag": 0},
                     {"id": 2, "api_addr": "10.0.0.2:8443", "rpc_addr": "10.0.0.2:8444", "voter": false, "matched_index": null, "lag": null},
@@ -511,10 +512,12 @@ t2  m      write/machines/u1  2025-12-31T23:59:59Z  true     boot
             }),
             Shape::Status,
             "\
-KEY     VALUE
-leader  1
-role    leader
-term    3
+KEY                 VALUE
+leader              1
+role                leader
+state_digest        9f86d081
+state_digest_index  41
+term                3
 
 ID  API_ADDR       RPC_ADDR       VOTER  MATCHED_INDEX  LAG
 1   10.0.0.1:8443  10.0.0.1:8444  true   40             0

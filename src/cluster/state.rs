@@ -6,8 +6,9 @@ use crate::error_code::{self as code, Code};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// A join token as stored: only a hash of its secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+/// A join token as stored: only a hash of its secret. The API shows
+/// `api::cluster::JoinTokenView`, which has no place for the hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinToken {
     pub id: String,
     /// Hex SHA-256 of the secret half; the secret itself is never stored.
@@ -79,7 +80,7 @@ pub fn check_join_token(
 }
 
 /// A member the cluster knows of, whatever its Raft role.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterNode {
     pub id: u64,
     pub rpc_addr: String,
@@ -87,6 +88,16 @@ pub struct ClusterNode {
     pub joined_at_unix: u64,
     /// Removed members stay listed so their certificates stay refused.
     pub removed: bool,
+    /// The newest log entry format the node's build reads, as it last
+    /// registered it (`Command::SetNodeFormat`). Records from before formats
+    /// existed, and nodes that have not registered yet, are format 1: a
+    /// proposer then writes nothing they cannot read.
+    #[serde(default = "first_log_format")]
+    pub log_format: u32,
+}
+
+fn first_log_format() -> u32 {
+    crate::store::frames::FORMAT_V1
 }
 
 /// Length of a token id and of its secret, in hex digits.

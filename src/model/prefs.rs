@@ -23,6 +23,14 @@ pub const DEFAULT_MAX_OBJECT_BYTES: u64 = 1 << 20;
 pub const MIN_MAX_OBJECT_BYTES: u64 = 16 << 10;
 pub const MAX_MAX_OBJECT_BYTES: u64 = 16 << 20;
 
+/// Default number of events kept for resuming the event stream (the per-node
+/// `--event-retention` default before it became a pref).
+pub const DEFAULT_EVENT_RETENTION: u64 = 100_000;
+/// Bounds operators may set `event_retention` to: every event can carry an object of up to
+/// `max_object_bytes`, and every replica keeps them all.
+pub const MIN_EVENT_RETENTION: u64 = 16;
+pub const MAX_EVENT_RETENTION: u64 = 1_000_000;
+
 /// Cluster preferences. Every field has a default, so `{}` is a valid document and an update may
 /// name only what it changes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -43,6 +51,11 @@ pub struct Prefs {
     /// operation of a JSON Patch included). Default 1 MiB; between 16 KiB and 16 MiB. Raising it
     /// above the server's `--max-body-bytes` only helps objects grown by patches.
     pub max_object_bytes: u64,
+    /// How many of the latest changes the event stream can resume from (`?since=`): the event
+    /// log keeps this many and trims the oldest. Replicated, so every node keeps the same ones.
+    /// Default 100000; between 16 and 1000000. Lowering it trims the surplus a little with each
+    /// later change, not all at once.
+    pub event_retention: u64,
     /// Set by the server; ignored on input.
     #[schema(read_only)]
     pub revision: u64,
@@ -57,6 +70,7 @@ impl Default for Prefs {
             known_token_ttl_secs: 3600,
             max_api_token_ttl_secs: DEFAULT_MAX_API_TOKEN_TTL_SECS,
             max_object_bytes: DEFAULT_MAX_OBJECT_BYTES,
+            event_retention: DEFAULT_EVENT_RETENTION,
             revision: 0,
         }
     }
@@ -98,6 +112,13 @@ impl Object for Prefs {
                 "max_object_bytes",
                 code::INVALID_VALUE,
                 format!("must be between {MIN_MAX_OBJECT_BYTES} and {MAX_MAX_OBJECT_BYTES} bytes"),
+            ));
+        }
+        if !(MIN_EVENT_RETENTION..=MAX_EVENT_RETENTION).contains(&self.event_retention) {
+            return Err(ValidationError::new(
+                "event_retention",
+                code::INVALID_VALUE,
+                format!("must be between {MIN_EVENT_RETENTION} and {MAX_EVENT_RETENTION} events"),
             ));
         }
         Ok(())
@@ -169,6 +190,16 @@ mod tests {
         check_err::<Prefs>(
             r#"{"max_object_bytes": 1024}"#,
             "max_object_bytes",
+            code::INVALID_VALUE,
+        );
+        check_err::<Prefs>(
+            r#"{"event_retention": 15}"#,
+            "event_retention",
+            code::INVALID_VALUE,
+        );
+        check_err::<Prefs>(
+            r#"{"event_retention": 1000001}"#,
+            "event_retention",
             code::INVALID_VALUE,
         );
     }

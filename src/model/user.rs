@@ -47,15 +47,22 @@ pub struct UserView {
     pub revision: u64,
 }
 
-impl User {
-    pub fn redacted(&self) -> UserView {
+impl From<&User> for UserView {
+    fn from(user: &User) -> Self {
         UserView {
-            name: self.name.clone(),
-            description: self.description.clone(),
-            admin: self.admin,
-            has_password: !self.password_hash.is_empty(),
-            revision: self.revision,
+            name: user.name.clone(),
+            description: user.description.clone(),
+            admin: user.admin,
+            has_password: !user.password_hash.is_empty(),
+            revision: user.revision,
         }
+    }
+}
+
+impl User {
+    /// The user as the API shows it.
+    pub fn redacted(&self) -> UserView {
+        UserView::from(self)
     }
 }
 

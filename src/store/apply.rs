@@ -5,10 +5,17 @@
 //! bytes everywhere. Cross-object rules (uniqueness, references, optimistic
 //! concurrency) are checked here, against committed state, because only here
 //! is the state the one every replica agrees on.
+//!
+//! Every read and write goes through the `Applier`'s `get_raw`/`put_raw`/
+//! `delete_raw`, which keep the state digest (`digest`) and notice storage
+//! faults. An entry that cannot be applied the same way everywhere (a format
+//! this build does not read, a local storage fault) halts apply instead of
+//! being answered: see [`StateMachineApp::apply`].
 
 use std::sync::Mutex;
 
-use cradle_raft::{StateMachineApp, Txn};
+use cradle_raft::store::KeyValues;
+use cradle_raft::{ApplyHalt, StateMachineApp, StoreError as RaftError, Txn};
 use serde_json::Value;
 use tokio::sync::broadcast;
 
@@ -18,12 +25,14 @@ use crate::model::{
     check_param_value, expiry_term, ObjectKind, Param, Prefs, ScopeLevel, TokenInfo, PREFS_KEY,
 };
 
-use super::command::{Command, Rejection, Reply};
+use super::command::{cluster_format, Command, Rejection, Reply};
+use super::digest::{self, DigestRecord, StateDigest};
 use super::events::{Action, Event};
-use super::frames;
+use super::frames::{self, FrameError};
 use super::keys::*;
 use super::limits;
 use super::object::{referrers, AnyObject};
+use super::record::BootstrapAdmin;
 
 /// Cradle's state machine application, plugged into the Raft crate.
 pub struct CradleApp {
@@ -31,17 +40,28 @@ pub struct CradleApp {
     /// database; published by `committed`.
     pending: Mutex<Vec<Event>>,
     events: broadcast::Sender<Event>,
-    event_retention: u64,
 }
 
 impl CradleApp {
-    pub fn new(events: broadcast::Sender<Event>, event_retention: u64) -> Self {
+    /// Nothing node-local goes in: how many events are kept, like every
+    /// other input of apply, is replicated state (the `event_retention`
+    /// pref).
+    pub fn new(events: broadcast::Sender<Event>) -> Self {
         CradleApp {
             pending: Mutex::new(Vec::new()),
             events,
-            event_retention: event_retention.max(1),
         }
     }
+}
+
+/// Stops apply at `log_index`, saying why in the node's log.
+fn halt(log_index: u64, reason: String) -> ApplyHalt {
+    tracing::error!(
+        log_index,
+        %reason,
+        "apply halted: this node cannot apply this log entry, and will not skip it"
+    );
+    ApplyHalt { log_index, reason }
 }
 
 impl StateMachineApp for CradleApp {
@@ -49,23 +69,50 @@ impl StateMachineApp for CradleApp {
         ALL_CFS
     }
 
-    fn apply(&self, txn: &mut Txn<'_>, log_index: u64, payload: &[u8]) -> Vec<u8> {
+    fn apply(
+        &self,
+        txn: &mut Txn<'_>,
+        log_index: u64,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, ApplyHalt> {
+        // An entry of a format this build does not read is never answered:
+        // a rejection here would be a different outcome than on the nodes
+        // that read it. Checked before anything of the entry is touched.
+        if let Some(format) = frames::format_of(payload) {
+            if !frames::readable_formats().contains(&format) {
+                return Err(halt(
+                    log_index,
+                    format!(
+                        "log entry format {format}; this build reads formats {} to {}: \
+                         upgrade this node",
+                        frames::OLDEST_FORMAT,
+                        frames::NEWEST_FORMAT
+                    ),
+                ));
+            }
+        }
+        let digest = digest::load(txn)
+            .map_err(|e| halt(log_index, format!("reading the state digest: {e}")))?;
         let mut applier = Applier {
             txn,
+            digest,
             events: Vec::new(),
-            event_retention: self.event_retention,
+            fault: std::cell::RefCell::new(None),
             prefs: std::cell::RefCell::new(None),
         };
         let reply = if frames::is_framed(payload) {
             // Each command of a batch decodes, applies and answers on its
             // own: one bad command fails alone.
-            match frames::decode(payload) {
-                Ok(commands) => {
+            match frames::decode(payload, frames::readable_formats()) {
+                Ok((format, commands)) => {
                     let replies: Vec<Vec<u8>> = commands
                         .into_iter()
                         .map(|command| encode_reply(&applier.run_payload(log_index, command)))
                         .collect();
-                    frames::encode(&replies).unwrap_or_default()
+                    frames::encode(format, &replies).unwrap_or_default()
+                }
+                Err(e @ FrameError::UnknownFormat { .. }) => {
+                    return Err(halt(log_index, e.to_string()))
                 }
                 Err(e) => {
                     tracing::error!(log_index, error = %e, "refusing a malformed batch entry");
@@ -75,11 +122,22 @@ impl StateMachineApp for CradleApp {
         } else {
             encode_reply(&applier.run_payload(log_index, payload))
         };
+        if let Some(fault) = applier.fault.take() {
+            // Nothing of the batch is written (the state machine drops it),
+            // and the node stops rather than differ from the others.
+            return Err(halt(log_index, format!("storage: {fault}")));
+        }
+        let record = DigestRecord {
+            log_index,
+            digest: applier.digest,
+        };
         let events = applier.events;
+        txn.put(CF_META, META_DIGEST, &record.encode())
+            .map_err(|e| halt(log_index, format!("writing the state digest: {e}")))?;
         if let Ok(mut pending) = self.pending.lock() {
             pending.extend(events);
         }
-        reply
+        Ok(reply)
     }
 
     fn committed(&self) {
@@ -117,8 +175,12 @@ fn undecodable() -> Rejection {
 
 struct Applier<'t, 'db> {
     txn: &'t mut Txn<'db>,
+    /// The state digest, following every write made through `put_raw` and
+    /// `delete_raw` (the only ways apply writes).
+    digest: StateDigest,
     events: Vec<Event>,
-    event_retention: u64,
+    /// The first storage failure met, if any (see `fault`).
+    fault: std::cell::RefCell<Option<String>>,
     /// The prefs as of the last read; forgotten when a command writes them.
     prefs: std::cell::RefCell<Option<Prefs>>,
 }
@@ -129,11 +191,58 @@ type Outcome = Result<Reply, Rejection>;
 /// among the others, so it stays small and the next round takes the rest.
 const MAX_PURGE_PER_COMMAND: usize = 256;
 
+/// Most old events one change trims: one normally (retention keeps the feed
+/// a fixed length), more while a lowered `event_retention` pref catches up,
+/// a bounded amount per change so that catching up stays spread out.
+const MAX_EVENTS_TRIMMED_PER_CHANGE: u64 = 64;
+
+/// Most registry records read to find the cluster's log format.
+const MAX_REGISTRY_RECORDS: usize = 10_000;
+
 fn storage(e: impl std::fmt::Display) -> Rejection {
     Rejection::new(code::INTERNAL, format!("storage: {e}"))
 }
 
 impl Applier<'_, '_> {
+    /// Every write of apply goes through here, so the digest follows it.
+    fn put_raw(&mut self, cf: &str, key: &[u8], value: &[u8]) -> Result<(), RaftError> {
+        let old = self.get_raw(cf, key)?;
+        self.txn
+            .put(cf, key, value)
+            .inspect_err(|e| self.fault(e))?;
+        self.digest.change(cf, key, old.as_deref(), Some(value));
+        Ok(())
+    }
+
+    fn delete_raw(&mut self, cf: &str, key: &[u8]) -> Result<(), RaftError> {
+        if let Some(old) = self.get_raw(cf, key)? {
+            self.txn.delete(cf, key).inspect_err(|e| self.fault(e))?;
+            self.digest.change(cf, key, Some(&old), None);
+        }
+        Ok(())
+    }
+
+    /// Every read of apply goes through here, so a failed one is noticed.
+    fn get_raw(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, RaftError> {
+        self.txn.get(cf, key).inspect_err(|e| self.fault(e))
+    }
+
+    fn scan_raw(&self, cf: &str, prefix: &[u8], limit: usize) -> Result<KeyValues, RaftError> {
+        self.txn
+            .scan_prefix(cf, prefix, limit)
+            .inspect_err(|e| self.fault(e))
+    }
+
+    /// A read or write of this replica's database failed: a local fault the
+    /// other replicas do not share, so the entry must not be answered here
+    /// as if it were refused. Apply halts on it instead (see `apply`).
+    fn fault(&self, e: &RaftError) {
+        let mut fault = self.fault.borrow_mut();
+        if fault.is_none() {
+            *fault = Some(e.to_string());
+        }
+    }
+
     fn run_payload(&mut self, log_index: u64, payload: &[u8]) -> Reply {
         match serde_json::from_slice::<Command>(payload) {
             Ok(command) => self.run(command),
@@ -182,6 +291,7 @@ impl Applier<'_, '_> {
                 api_addr,
             } => self.join(&token_id, &secret_sha256, now_unix, rpc_addr, api_addr),
             Command::RemoveNode { id } => self.remove_node(id),
+            Command::SetNodeFormat { id, log_format } => self.set_node_format(id, log_format),
             Command::Create { kind, object } => self.create(kind, object),
             Command::Replace {
                 kind,
@@ -210,15 +320,14 @@ impl Applier<'_, '_> {
 
     fn bootstrap(
         &mut self,
-        admin: crate::model::User,
+        admin: BootstrapAdmin,
         signing_key: String,
         ca_cert_pem: &str,
         ca_key_pem: &str,
         founder: ClusterNode,
     ) -> Outcome {
         if self
-            .txn
-            .get(CF_META, META_BOOTSTRAPPED)
+            .get_raw(CF_META, META_BOOTSTRAPPED)
             .map_err(storage)?
             .is_some()
         {
@@ -227,23 +336,19 @@ impl Applier<'_, '_> {
                 object: None,
             });
         }
-        self.txn
-            .put(CF_META, META_SIGNING_KEY, signing_key.as_bytes())
+        self.put_raw(CF_META, META_SIGNING_KEY, signing_key.as_bytes())
             .map_err(storage)?;
-        self.txn
-            .put(CF_META, META_BOOTSTRAPPED, b"1")
+        self.put_raw(CF_META, META_BOOTSTRAPPED, b"1")
             .map_err(storage)?;
-        self.txn
-            .put(CF_META, META_CA_CERT, ca_cert_pem.as_bytes())
+        self.put_raw(CF_META, META_CA_CERT, ca_cert_pem.as_bytes())
             .map_err(storage)?;
-        self.txn
-            .put(CF_META, META_CA_KEY, ca_key_pem.as_bytes())
+        self.put_raw(CF_META, META_CA_KEY, ca_key_pem.as_bytes())
             .map_err(storage)?;
-        self.txn
-            .put(CF_META, META_NEXT_NODE_ID, &(founder.id + 1).to_be_bytes())
+        self.put_raw(CF_META, META_NEXT_NODE_ID, &(founder.id + 1).to_be_bytes())
             .map_err(storage)?;
         self.put_record(&node_key(founder.id), &founder)?;
-        let user = serde_json::to_value(&admin).map_err(storage)?;
+        self.registry_changed()?;
+        let user = serde_json::to_value(admin.to_user()).map_err(storage)?;
         self.create(ObjectKind::Users, user)?;
         self.create(
             ObjectKind::Profiles,
@@ -259,14 +364,14 @@ impl Applier<'_, '_> {
 
     fn put_record<T: serde::Serialize>(&mut self, key: &[u8], record: &T) -> Result<(), Rejection> {
         let bytes = serde_json::to_vec(record).map_err(storage)?;
-        self.txn.put(CF_CLUSTER, key, &bytes).map_err(storage)
+        self.put_raw(CF_CLUSTER, key, &bytes).map_err(storage)
     }
 
     fn get_record<T: serde::de::DeserializeOwned>(
         &self,
         key: &[u8],
     ) -> Result<Option<T>, Rejection> {
-        match self.txn.get(CF_CLUSTER, key).map_err(storage)? {
+        match self.get_raw(CF_CLUSTER, key).map_err(storage)? {
             Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(storage),
             None => Ok(None),
         }
@@ -321,13 +426,11 @@ impl Applier<'_, '_> {
         token.uses_left -= 1;
         self.put_record(&key, &token)?;
         let id = self
-            .txn
-            .get(CF_META, META_NEXT_NODE_ID)
+            .get_raw(CF_META, META_NEXT_NODE_ID)
             .map_err(storage)?
             .and_then(|b| decode_u64(&b))
             .unwrap_or(2);
-        self.txn
-            .put(CF_META, META_NEXT_NODE_ID, &(id + 1).to_be_bytes())
+        self.put_raw(CF_META, META_NEXT_NODE_ID, &(id + 1).to_be_bytes())
             .map_err(storage)?;
         let node = ClusterNode {
             id,
@@ -335,8 +438,12 @@ impl Applier<'_, '_> {
             api_addr,
             joined_at_unix: now_unix,
             removed: false,
+            // Until the node registers what it reads, nothing is written
+            // for it that the first format cannot say.
+            log_format: frames::FORMAT_V1,
         };
         self.put_record(&node_key(id), &node)?;
+        self.registry_changed()?;
         Ok(Reply::Done {
             revision: self.current_revision()?,
             object: Some(serde_json::to_value(&node).map_err(storage)?),
@@ -350,10 +457,42 @@ impl Applier<'_, '_> {
             .ok_or_else(|| Rejection::new(code::NOT_FOUND, format!("node {id} is not a member")))?;
         node.removed = true;
         self.put_record(&key, &node)?;
+        self.registry_changed()?;
         Ok(Reply::Done {
             revision: self.current_revision()?,
             object: Some(serde_json::to_value(&node).map_err(storage)?),
         })
+    }
+
+    fn set_node_format(&mut self, id: u64, log_format: u32) -> Outcome {
+        let key = node_key(id);
+        let mut node: ClusterNode = self
+            .get_record(&key)?
+            .ok_or_else(|| Rejection::new(code::NOT_FOUND, format!("node {id} is not a member")))?;
+        if node.log_format != log_format {
+            node.log_format = log_format;
+            self.put_record(&key, &node)?;
+            self.registry_changed()?;
+        }
+        Ok(Reply::Done {
+            revision: self.current_revision()?,
+            object: Some(serde_json::to_value(&node).map_err(storage)?),
+        })
+    }
+
+    /// Keeps `META_LOG_FORMAT`, the newest format every registered node
+    /// reads, for proposers to read with one get.
+    fn registry_changed(&mut self) -> Result<(), Rejection> {
+        let records = self
+            .scan_raw(CF_CLUSTER, b"node/", MAX_REGISTRY_RECORDS)
+            .map_err(storage)?;
+        let mut nodes = Vec::with_capacity(records.len());
+        for (_, bytes) in records {
+            nodes.push(serde_json::from_slice::<ClusterNode>(&bytes).map_err(storage)?);
+        }
+        let format = cluster_format(&nodes, frames::FORMAT_V1);
+        self.put_raw(CF_META, META_LOG_FORMAT, &format.to_be_bytes())
+            .map_err(storage)
     }
 
     /// The `max_object_bytes` pref as committed (the default before
@@ -459,10 +598,7 @@ impl Applier<'_, '_> {
         let limit = (limit as usize).min(MAX_PURGE_PER_COMMAND);
         let prefix = index_field_prefix(ObjectKind::Tokens, "expires_at_unix");
         let now_term = expiry_term(now_unix);
-        let entries = self
-            .txn
-            .scan_prefix(CF_INDEX, &prefix, limit)
-            .map_err(storage)?;
+        let entries = self.scan_raw(CF_INDEX, &prefix, limit).map_err(storage)?;
         let mut purged = 0u64;
         for (entry, _) in entries.into_iter().take(limit) {
             let rest = String::from_utf8_lossy(&entry[prefix.len()..]).into_owned();
@@ -486,8 +622,7 @@ impl Applier<'_, '_> {
         check_if_match(&existing, if_match)?;
         for (referrer_kind, field) in referrers(kind) {
             let users = self
-                .txn
-                .scan_prefix(CF_INDEX, &index_prefix(*referrer_kind, field, key), 1)
+                .scan_raw(CF_INDEX, &index_prefix(*referrer_kind, field, key), 1)
                 .map_err(storage)?;
             if let Some((index_entry, _)) = users.first() {
                 let user = String::from_utf8_lossy(index_entry)
@@ -506,8 +641,7 @@ impl Applier<'_, '_> {
             }
         }
         self.unindex(&existing)?;
-        self.txn
-            .delete(CF_OBJECTS, &object_key(kind, key))
+        self.delete_raw(CF_OBJECTS, &object_key(kind, key))
             .map_err(storage)?;
         if kind == ObjectKind::Prefs {
             *self.prefs.borrow_mut() = None;
@@ -605,8 +739,7 @@ impl Applier<'_, '_> {
         }
         for (field, value) in object.unique_terms() {
             if let Some(owner) = self
-                .txn
-                .get(CF_UNIQUE, &unique_key(kind, field, &value))
+                .get_raw(CF_UNIQUE, &unique_key(kind, field, &value))
                 .map_err(storage)?
             {
                 if owner != key.as_bytes() {
@@ -674,20 +807,17 @@ impl Applier<'_, '_> {
             self.unindex(previous)?;
         }
         self.next_revision()?;
-        self.txn
-            .put(CF_OBJECTS, &object_key(kind, &key), &bytes)
+        self.put_raw(CF_OBJECTS, &object_key(kind, &key), &bytes)
             .map_err(storage)?;
         if kind == ObjectKind::Prefs {
             *self.prefs.borrow_mut() = None;
         }
         for (field, term) in object.index_terms() {
-            self.txn
-                .put(CF_INDEX, &index_key(kind, field, &term, &key), b"")
+            self.put_raw(CF_INDEX, &index_key(kind, field, &term, &key), b"")
                 .map_err(storage)?;
         }
         for (field, term) in object.unique_terms() {
-            self.txn
-                .put(CF_UNIQUE, &unique_key(kind, field, &term), key.as_bytes())
+            self.put_raw(CF_UNIQUE, &unique_key(kind, field, &term), key.as_bytes())
                 .map_err(storage)?;
         }
         self.record(Event {
@@ -707,13 +837,11 @@ impl Applier<'_, '_> {
         let kind = object.kind();
         let key = object.key();
         for (field, term) in object.index_terms() {
-            self.txn
-                .delete(CF_INDEX, &index_key(kind, field, &term, &key))
+            self.delete_raw(CF_INDEX, &index_key(kind, field, &term, &key))
                 .map_err(storage)?;
         }
         for (field, term) in object.unique_terms() {
-            self.txn
-                .delete(CF_UNIQUE, &unique_key(kind, field, &term))
+            self.delete_raw(CF_UNIQUE, &unique_key(kind, field, &term))
                 .map_err(storage)?;
         }
         Ok(())
@@ -721,8 +849,7 @@ impl Applier<'_, '_> {
 
     fn load(&self, kind: ObjectKind, key: &str) -> Result<Option<AnyObject>, Rejection> {
         let Some(bytes) = self
-            .txn
-            .get(CF_OBJECTS, &object_key(kind, key))
+            .get_raw(CF_OBJECTS, &object_key(kind, key))
             .map_err(storage)?
         else {
             return Ok(None);
@@ -742,8 +869,7 @@ impl Applier<'_, '_> {
 
     fn current_revision(&self) -> Result<u64, Rejection> {
         Ok(self
-            .txn
-            .get(CF_META, META_REVISION)
+            .get_raw(CF_META, META_REVISION)
             .map_err(storage)?
             .and_then(|b| decode_u64(&b))
             .unwrap_or(0))
@@ -751,24 +877,52 @@ impl Applier<'_, '_> {
 
     fn next_revision(&mut self) -> Result<u64, Rejection> {
         let next = self.current_revision()? + 1;
-        self.txn
-            .put(CF_META, META_REVISION, &next.to_be_bytes())
+        self.put_raw(CF_META, META_REVISION, &next.to_be_bytes())
             .map_err(storage)?;
         Ok(next)
     }
 
     fn record(&mut self, event: Event) -> Result<(), Rejection> {
         let bytes = serde_json::to_vec(&event).map_err(storage)?;
-        self.txn
-            .put(CF_EVENTS, &event_key(event.revision), &bytes)
+        self.put_raw(CF_EVENTS, &event_key(event.revision), &bytes)
             .map_err(storage)?;
-        if event.revision > self.event_retention {
-            self.txn
-                .delete(CF_EVENTS, &event_key(event.revision - self.event_retention))
-                .map_err(storage)?;
-        }
+        self.trim_events(event.revision)?;
         self.events.push(event);
         Ok(())
+    }
+
+    /// Keeps the newest `event_retention` (a pref, so the same on every
+    /// replica) events, trimming from the oldest.
+    fn trim_events(&mut self, revision: u64) -> Result<(), Rejection> {
+        let retention = self.prefs()?.event_retention.max(1);
+        let target = revision.saturating_sub(retention);
+        let stored = self
+            .get_raw(CF_META, META_EVENTS_TRIMMED)
+            .map_err(storage)?
+            .and_then(|bytes| decode_u64(&bytes));
+        let trimmed = match stored {
+            Some(trimmed) => trimmed,
+            // State from before the cursor: start below the oldest event
+            // kept, which is at most this change's own.
+            None => self
+                .scan_raw(CF_EVENTS, b"", 1)
+                .map_err(storage)?
+                .first()
+                .and_then(|(key, _)| decode_u64(key))
+                .unwrap_or(revision)
+                .saturating_sub(1),
+        };
+        let mut cursor = trimmed;
+        while cursor < target && cursor - trimmed < MAX_EVENTS_TRIMMED_PER_CHANGE {
+            cursor += 1;
+            self.delete_raw(CF_EVENTS, &event_key(cursor))
+                .map_err(storage)?;
+        }
+        if stored == Some(cursor) {
+            return Ok(());
+        }
+        self.put_raw(CF_META, META_EVENTS_TRIMMED, &cursor.to_be_bytes())
+            .map_err(storage)
     }
 }
 
@@ -810,7 +964,6 @@ mod tests {
     //! second line of defence must hold without the first.
 
     use super::*;
-    use crate::model::User;
     use serde_json::json;
 
     fn open(dir: &std::path::Path) -> rocksdb::DB {
@@ -831,15 +984,17 @@ mod tests {
         }
     }
 
+    /// Applies an entry this build reads.
+    fn apply_ok(app: &CradleApp, txn: &mut Txn<'_>, index: u64, payload: &[u8]) -> Vec<u8> {
+        app.apply(txn, index, payload).unwrap()
+    }
+
     fn bootstrap() -> Vec<u8> {
         serde_json::to_vec(&Command::Bootstrap {
-            admin: User {
+            admin: BootstrapAdmin {
                 name: "admin".into(),
                 description: String::new(),
                 password_hash: String::new(),
-                admin: true,
-                generation: 0,
-                revision: 0,
             },
             signing_key: "k".into(),
             ca_cert_pem: "c".into(),
@@ -850,6 +1005,7 @@ mod tests {
                 api_addr: "127.0.0.1:2".into(),
                 joined_at_unix: 1,
                 removed: false,
+                log_format: frames::NEWEST_FORMAT,
             },
         })
         .unwrap()
@@ -864,9 +1020,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = open(dir.path());
         let (events, _) = broadcast::channel(16);
-        let app = CradleApp::new(events, 1000);
+        let app = CradleApp::new(events);
         let mut txn = Txn::new(&db);
-        assert_eq!(code(&reply(&app.apply(&mut txn, 1, &bootstrap()))), "done");
+        assert_eq!(
+            code(&reply(&apply_ok(&app, &mut txn, 1, &bootstrap()))),
+            "done"
+        );
 
         // A batch: good, garbage, too deep for any JSON parser, deep but
         // parsable, good. Each answers for itself.
@@ -885,17 +1044,21 @@ mod tests {
             r#"{{"op":"create","kind":"profiles","object":{{"name":"y","params":{{"a":{}}}}}}}"#,
             nested_text(60)
         );
-        let payload = frames::encode(&[
-            good("p1"),
-            b"\xff garbage".to_vec(),
-            unparsable.into_bytes(),
-            deep.into_bytes(),
-            good("p2"),
-        ])
+        let payload = frames::encode(
+            frames::FORMAT_V1,
+            &[
+                good("p1"),
+                b"\xff garbage".to_vec(),
+                unparsable.into_bytes(),
+                deep.into_bytes(),
+                good("p2"),
+            ],
+        )
         .unwrap();
-        let answer = app.apply(&mut txn, 2, &payload);
-        let replies: Vec<Reply> = frames::decode(&answer)
+        let answer = apply_ok(&app, &mut txn, 2, &payload);
+        let replies: Vec<Reply> = frames::decode(&answer, frames::readable_formats())
             .unwrap()
+            .1
             .into_iter()
             .map(reply)
             .collect();
@@ -929,7 +1092,7 @@ mod tests {
         .unwrap();
         // Raise nothing: the default limit is 1 MiB, 2^30 copies would be GBs.
         assert_eq!(
-            code(&reply(&app.apply(&mut txn, 3, &doubling))),
+            code(&reply(&apply_ok(&app, &mut txn, 3, &doubling))),
             "too_large"
         );
         let after = txn
@@ -946,14 +1109,15 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(
-            code(&reply(&app.apply(&mut txn, 4, &long))),
+            code(&reply(&apply_ok(&app, &mut txn, 4, &long))),
             "too_many_patch_ops"
         );
 
         // A malformed envelope is refused whole, and the legacy batch form
         // still applies.
         assert_eq!(
-            code(&reply(&app.apply(
+            code(&reply(&apply_ok(
+                &app,
                 &mut txn,
                 5,
                 b"\x00B\x01\x00\x00\x00\x09ab"
@@ -964,7 +1128,7 @@ mod tests {
             {"op": "create", "kind": "profiles", "object": {"name": "p3"}}
         ]}))
         .unwrap();
-        match reply(&app.apply(&mut txn, 6, &legacy)) {
+        match reply(&apply_ok(&app, &mut txn, 6, &legacy)) {
             Reply::Batch { replies } => assert_eq!(code(&replies[0]), "done"),
             other => panic!("{other:?}"),
         }
@@ -975,9 +1139,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = open(dir.path());
         let (events, _) = broadcast::channel(16);
-        let app = CradleApp::new(events, 1000);
+        let app = CradleApp::new(events);
         let mut txn = Txn::new(&db);
-        app.apply(&mut txn, 1, &bootstrap());
+        apply_ok(&app, &mut txn, 1, &bootstrap());
         let admin_generation = match AnyObject::decode_stored(
             ObjectKind::Users,
             serde_json::from_slice(
@@ -1003,7 +1167,7 @@ mod tests {
             .unwrap()
         };
         let apply = |txn: &mut Txn<'_>, payload: &[u8]| {
-            code(&reply(&app.apply(txn, 9, payload))).to_string()
+            code(&reply(&apply_ok(&app, txn, 9, payload))).to_string()
         };
         assert_eq!(
             apply(&mut txn, &token("t1", admin_generation, 3600)),
@@ -1040,5 +1204,252 @@ mod tests {
             .get(CF_OBJECTS, &object_key(ObjectKind::Tokens, "t1"))
             .unwrap()
             .is_none());
+    }
+
+    fn create(kind: ObjectKind, object: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&Command::Create { kind, object }).unwrap()
+    }
+
+    /// A history touching every column family: objects with indexes and
+    /// unique terms, changes and deletes, events past a small retention,
+    /// cluster records.
+    fn history() -> Vec<Vec<u8>> {
+        let mut commands = vec![
+            bootstrap(),
+            serde_json::to_vec(&json!({"op": "patch", "kind": "prefs", "key": "prefs",
+                "patch": [{"op": "replace", "path": "/event_retention", "value": 16}],
+                "if_match": null}))
+            .unwrap(),
+            serde_json::to_vec(&Command::CreateJoinToken {
+                token: JoinToken {
+                    id: "t".into(),
+                    secret_sha256: "00".into(),
+                    created_at_unix: 1,
+                    expires_at_unix: 100,
+                    uses_left: 1,
+                    revoked: false,
+                    description: String::new(),
+                },
+            })
+            .unwrap(),
+        ];
+        for i in 0..30 {
+            commands.push(create(
+                ObjectKind::Profiles,
+                json!({"name": format!("p{i}"), "params": {"k": i}}),
+            ));
+        }
+        for i in 0..10 {
+            commands.push(
+                serde_json::to_vec(&json!({"op": "patch", "kind": "profiles",
+                    "key": format!("p{i}"),
+                    "patch": [{"op": "replace", "path": "/params/k", "value": -i}],
+                    "if_match": null}))
+                .unwrap(),
+            );
+            commands.push(
+                serde_json::to_vec(&Command::Delete {
+                    kind: ObjectKind::Profiles,
+                    key: format!("p{}", 29 - i),
+                    if_match: None,
+                })
+                .unwrap(),
+            );
+        }
+        // Refused ones change nothing, wherever they fall.
+        commands.push(create(ObjectKind::Profiles, json!({"name": "p0"})));
+        commands
+    }
+
+    /// Every key and value of the application's column families.
+    fn dump(db: &rocksdb::DB) -> Vec<(String, Vec<u8>, Vec<u8>)> {
+        let mut out = Vec::new();
+        for name in ALL_CFS {
+            let cf = db.cf_handle(name).unwrap();
+            for item in db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
+                let (k, v) = item.unwrap();
+                if !(*name == CF_META && &*k == META_DIGEST) {
+                    out.push((name.to_string(), k.to_vec(), v.to_vec()));
+                }
+            }
+        }
+        out
+    }
+
+    fn stored_digest(db: &rocksdb::DB) -> DigestRecord {
+        let meta = db.cf_handle(CF_META).unwrap();
+        DigestRecord::decode(&db.get_cf(meta, META_DIGEST).unwrap().unwrap()).unwrap()
+    }
+
+    /// Applies `commands` as entries of `per_entry` commands each (framed;
+    /// plain JSON when 0), committing a batch every `per_batch` entries, as
+    /// Raft groups them; returns the database.
+    fn replay(
+        dir: &std::path::Path,
+        commands: &[Vec<u8>],
+        per_entry: usize,
+        per_batch: usize,
+    ) -> rocksdb::DB {
+        let db = open(dir);
+        let (events, _) = broadcast::channel(1024);
+        let app = CradleApp::new(events);
+        let entries: Vec<Vec<u8>> = if per_entry == 0 {
+            commands.to_vec()
+        } else {
+            commands
+                .chunks(per_entry)
+                .map(|chunk| frames::encode(frames::FORMAT_V1, chunk).unwrap())
+                .collect()
+        };
+        for (n, batch) in entries.chunks(per_batch).enumerate() {
+            let mut txn = Txn::new(&db);
+            for (k, entry) in batch.iter().enumerate() {
+                apply_ok(&app, &mut txn, (n * per_batch + k + 1) as u64, entry);
+            }
+            db.write(txn.into_batch()).unwrap();
+        }
+        db
+    }
+
+    #[test]
+    fn the_digest_does_not_depend_on_how_entries_were_batched() {
+        let commands = history();
+        let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+        let replicas = [
+            replay(dirs[0].path(), &commands, 0, 1),
+            replay(dirs[1].path(), &commands, 1, 1000),
+            replay(dirs[2].path(), &commands, 7, 3),
+            replay(dirs[3].path(), &commands, 1000, 1),
+        ];
+        let first = dump(&replicas[0]);
+        let digest = stored_digest(&replicas[0]).digest;
+        for replica in &replicas[1..] {
+            assert_eq!(dump(replica), first);
+            assert_eq!(stored_digest(replica).digest, digest);
+        }
+        // What apply maintained is what a full scan gives.
+        let txn = Txn::new(&replicas[2]);
+        assert_eq!(digest::recompute(&txn).unwrap(), digest);
+        // The retention pref trimmed the feed to exactly its length.
+        let events = replicas[0].cf_handle(CF_EVENTS).unwrap();
+        let kept = replicas[0]
+            .iterator_cf(events, rocksdb::IteratorMode::Start)
+            .count();
+        assert_eq!(kept, 16);
+        // The index is that of the last entry applied.
+        assert_eq!(stored_digest(&replicas[0]).log_index, commands.len() as u64);
+        assert_eq!(stored_digest(&replicas[3]).log_index, 1);
+    }
+
+    #[test]
+    fn state_without_a_digest_gets_one_from_a_full_scan() {
+        let commands = history();
+        let dir = tempfile::tempdir().unwrap();
+        let db = replay(dir.path(), &commands[..10], 1, 1);
+        let expected = {
+            let other = tempfile::tempdir().unwrap();
+            let full = replay(other.path(), &commands[..12], 1, 1);
+            stored_digest(&full).digest
+        };
+        // As an earlier build left it: no digest record.
+        let meta = db.cf_handle(CF_META).unwrap();
+        db.delete_cf(meta, META_DIGEST).unwrap();
+        let (events, _) = broadcast::channel(16);
+        let app = CradleApp::new(events);
+        let mut txn = Txn::new(&db);
+        apply_ok(&app, &mut txn, 11, &commands[10]);
+        apply_ok(&app, &mut txn, 12, &commands[11]);
+        db.write(txn.into_batch()).unwrap();
+        assert_eq!(stored_digest(&db).digest, expected);
+    }
+
+    #[test]
+    fn an_entry_of_an_unknown_format_halts_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        let (events, _) = broadcast::channel(16);
+        let app = CradleApp::new(events);
+        let mut txn = Txn::new(&db);
+        apply_ok(&app, &mut txn, 1, &bootstrap());
+        db.write(txn.into_batch()).unwrap();
+        let before = dump(&db);
+
+        // Hand-made: a well-formed envelope of the next format, carrying a
+        // command this build would otherwise apply.
+        let next = frames::NEWEST_FORMAT + 1;
+        let entry =
+            frames::encode(next, &[create(ObjectKind::Profiles, json!({"name": "x"}))]).unwrap();
+        let mut txn = Txn::new(&db);
+        let halt = app.apply(&mut txn, 42, &entry).unwrap_err();
+        assert_eq!(halt.log_index, 42);
+        assert!(
+            halt.reason.contains(&format!("format {next}")),
+            "{}",
+            halt.reason
+        );
+        // And one whose frames are not even readable: the format decides
+        // first, so it halts too rather than being refused as malformed.
+        let garbage = [&b"\x00B"[..], &[u8::try_from(next).unwrap()], b"\xff"].concat();
+        assert_eq!(app.apply(&mut txn, 43, &garbage).unwrap_err().log_index, 43);
+        db.write(txn.into_batch()).unwrap();
+        assert_eq!(dump(&db), before);
+    }
+
+    #[test]
+    fn the_registry_keeps_the_format_every_node_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        let (events, _) = broadcast::channel(16);
+        let app = CradleApp::new(events);
+        let mut txn = Txn::new(&db);
+        apply_ok(&app, &mut txn, 1, &bootstrap());
+        let format =
+            |txn: &Txn<'_>| decode_u32(&txn.get(CF_META, META_LOG_FORMAT).unwrap().unwrap());
+        assert_eq!(format(&txn), Some(frames::NEWEST_FORMAT));
+        let set = |id: u64, log_format: u32| {
+            serde_json::to_vec(&Command::SetNodeFormat { id, log_format }).unwrap()
+        };
+        // A second node joins; it has not registered a format yet.
+        let token = serde_json::to_vec(&Command::CreateJoinToken {
+            token: JoinToken {
+                id: "t".into(),
+                secret_sha256: "ab".into(),
+                created_at_unix: 1,
+                expires_at_unix: 100,
+                uses_left: 1,
+                revoked: false,
+                description: String::new(),
+            },
+        })
+        .unwrap();
+        apply_ok(&app, &mut txn, 2, &token);
+        let join = serde_json::to_vec(&Command::Join {
+            token_id: "t".into(),
+            secret_sha256: "ab".into(),
+            now_unix: 2,
+            rpc_addr: "r".into(),
+            api_addr: "a".into(),
+        })
+        .unwrap();
+        assert_eq!(code(&reply(&apply_ok(&app, &mut txn, 3, &join))), "done");
+        assert_eq!(format(&txn), Some(frames::FORMAT_V1));
+        // The founder registering a later format (2 stands in for one to
+        // come) moves nothing while the other reads only format 1...
+        assert_eq!(
+            code(&reply(&apply_ok(&app, &mut txn, 4, &set(1, 2)))),
+            "done"
+        );
+        assert_eq!(format(&txn), Some(1));
+        // ... until the other registers it too.
+        assert_eq!(
+            code(&reply(&apply_ok(&app, &mut txn, 5, &set(2, 2)))),
+            "done"
+        );
+        assert_eq!(format(&txn), Some(2));
+        // An unknown node cannot register.
+        assert_eq!(
+            code(&reply(&apply_ok(&app, &mut txn, 6, &set(9, 2)))),
+            "not_found"
+        );
     }
 }

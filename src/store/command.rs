@@ -4,13 +4,25 @@
 //! the Raft log, and applied by `apply` on every replica. Commands carry
 //! everything that is not deterministic (times, random secrets, password
 //! hashes), so applying them is.
+//!
+//! These are the log's types, not the API's: what a command carries is a
+//! store record (`record`, `cluster::state`) or an object document that
+//! apply validates, and how a command is encoded is fixed by the entry's
+//! format (`frames`). The rule for mixed versions: every node registers the
+//! newest format it reads ([`Command::SetNodeFormat`]); a proposer writes
+//! the newest format every registered node reads ([`entry_format`]); a node
+//! that meets an entry of a format it does not read halts apply.
+
+use std::ops::RangeInclusive;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::frames::FORMAT_V1;
+use super::record::BootstrapAdmin;
 use crate::cluster::state::{ClusterNode, JoinToken};
 use crate::error_code::{self as code, Code};
-use crate::model::{ObjectKind, User};
+use crate::model::ObjectKind;
 
 /// One state change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,7 +32,7 @@ pub enum Command {
     /// and the founding node. Applied once; later bootstraps are no-ops, so a
     /// retried first start is harmless.
     Bootstrap {
-        admin: User,
+        admin: BootstrapAdmin,
         signing_key: String,
         ca_cert_pem: String,
         ca_key_pem: String,
@@ -45,6 +57,12 @@ pub enum Command {
     /// Marks a node removed; its certificate is refused from then on.
     RemoveNode {
         id: u64,
+    },
+    /// A node registers the newest log entry format it reads, when it
+    /// starts a build that reads a different one than its record says.
+    SetNodeFormat {
+        id: u64,
+        log_format: u32,
     },
     Create {
         kind: ObjectKind,
@@ -81,6 +99,60 @@ pub enum Command {
     Batch {
         commands: Vec<Command>,
     },
+}
+
+impl Command {
+    /// The oldest entry format that can carry this command. A command that
+    /// a later format introduces says so here, and is refused while some
+    /// registered node cannot read that format.
+    pub fn oldest_format(&self) -> u32 {
+        FORMAT_V1
+    }
+}
+
+/// The newest entry format every registered node (removed ones aside) reads;
+/// `own` (this build's newest) when none is registered yet, as on the
+/// founder's first start. Learners count: they apply the log too.
+pub fn cluster_format<'a>(nodes: impl IntoIterator<Item = &'a ClusterNode>, own: u32) -> u32 {
+    nodes
+        .into_iter()
+        .filter(|node| !node.removed)
+        .map(|node| node.log_format)
+        .min()
+        .unwrap_or(own)
+}
+
+/// The format a proposer writes an entry in: the newest one both this build
+/// (`writable`) and every registered node (`cluster_reads`) handle.
+pub fn entry_format(cluster_reads: u32, writable: RangeInclusive<u32>) -> Result<u32, Rejection> {
+    let format = cluster_reads.min(*writable.end());
+    if format < *writable.start() {
+        return Err(Rejection::new(
+            code::LOG_FORMAT_UNSUPPORTED,
+            format!(
+                "a registered node reads log entries up to format {cluster_reads}, and this node \
+                 writes formats {} to {}: upgrade that node first",
+                writable.start(),
+                writable.end()
+            ),
+        ));
+    }
+    Ok(format)
+}
+
+/// Whether `command` can travel in an entry of `format`.
+pub fn check_format(command: &Command, format: u32) -> Result<(), Rejection> {
+    let needs = command.oldest_format();
+    if needs > format {
+        return Err(Rejection::new(
+            code::LOG_FORMAT_UNSUPPORTED,
+            format!(
+                "this change needs log entry format {needs}, and some registered node reads \
+                 only up to {format}: finish upgrading every node first"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The outcome of one command.
@@ -216,6 +288,65 @@ mod tests {
         };
         let bytes = serde_json::to_vec(&reply).unwrap();
         assert_eq!(serde_json::from_slice::<Reply>(&bytes).unwrap(), reply);
+    }
+
+    fn node(id: u64, log_format: u32, removed: bool) -> ClusterNode {
+        ClusterNode {
+            id,
+            rpc_addr: String::new(),
+            api_addr: String::new(),
+            joined_at_unix: 0,
+            removed,
+            log_format,
+        }
+    }
+
+    #[test]
+    fn proposers_write_the_newest_format_every_registered_node_reads() {
+        // A build that writes formats 1 and 2 (2 standing in for a format to
+        // come), in a cluster part-way through an upgrade.
+        let writable = 1..=2;
+        let mixed = [node(1, 2, false), node(2, 1, false), node(3, 2, false)];
+        let format = entry_format(cluster_format(&mixed, 2), writable.clone()).unwrap();
+        assert_eq!(format, 1);
+        // The last node upgraded (and registered so): format 2 from then on.
+        let upgraded = [node(1, 2, false), node(2, 2, false), node(3, 2, false)];
+        assert_eq!(
+            entry_format(cluster_format(&upgraded, 2), writable.clone()),
+            Ok(2)
+        );
+        // A removed node no longer holds the cluster back; a learner does.
+        let removed = [node(1, 2, false), node(2, 1, true), node(3, 2, false)];
+        assert_eq!(
+            entry_format(cluster_format(&removed, 2), writable.clone()),
+            Ok(2)
+        );
+        // Nodes newer than this build: this build's newest.
+        let newer = [node(1, 3, false), node(2, 3, false)];
+        assert_eq!(entry_format(cluster_format(&newer, 2), writable), Ok(2));
+        // Before any node is registered (the founder's bootstrap).
+        assert_eq!(cluster_format(&[], 2), 2);
+        // A build that no longer writes format 1 refuses rather than write
+        // what a registered node cannot read.
+        assert_eq!(
+            entry_format(cluster_format(&mixed, 3), 2..=3)
+                .unwrap_err()
+                .code,
+            code::LOG_FORMAT_UNSUPPORTED
+        );
+        // Every command of this build travels in format 1.
+        let create = Command::Create {
+            kind: ObjectKind::Machines,
+            object: json!({}),
+        };
+        assert!(check_format(&create, FORMAT_V1).is_ok());
+    }
+
+    #[test]
+    fn registry_records_written_before_formats_are_format_1() {
+        let old = r#"{"id":2,"rpc_addr":"a","api_addr":"b","joined_at_unix":5,"removed":false}"#;
+        let node: ClusterNode = serde_json::from_str(old).unwrap();
+        assert_eq!(node.log_format, FORMAT_V1);
     }
 
     #[test]

@@ -32,6 +32,13 @@ pub const META_CA_CERT: &[u8] = b"ca_cert";
 pub const META_CA_KEY: &[u8] = b"ca_key";
 /// The id the next joining node gets; ids are never reused.
 pub const META_NEXT_NODE_ID: &[u8] = b"next_node_id";
+/// The state digest and the log index it belongs to (see `digest`).
+pub const META_DIGEST: &[u8] = b"digest";
+/// The newest log entry format every registered node reads (big-endian
+/// `u32`), kept by apply whenever the node registry changes.
+pub const META_LOG_FORMAT: &[u8] = b"log_format";
+/// Every event at or below this revision has been trimmed (big-endian `u64`).
+pub const META_EVENTS_TRIMMED: &[u8] = b"events_trimmed";
 
 pub fn join_token_key(id: &str) -> Vec<u8> {
     format!("join_token/{id}").into_bytes()
@@ -73,4 +80,8 @@ pub fn event_key(revision: u64) -> [u8; 8] {
 
 pub fn decode_u64(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+pub fn decode_u32(bytes: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(bytes.try_into().ok()?))
 }

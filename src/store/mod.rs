@@ -21,12 +21,14 @@
 
 pub mod apply;
 pub mod command;
+pub mod digest;
 pub mod events;
 pub mod frames;
 pub mod keys;
 pub mod limits;
 pub mod object;
 pub mod query;
+pub mod record;
 pub mod view;
 pub mod watch;
 
@@ -267,6 +269,17 @@ impl Store {
         Ok(self.view()?.revision())
     }
 
+    /// This replica's state digest and the log index of the last entry it
+    /// covers (`None` before the first entry applied by a build that keeps
+    /// one). Entries after that index, if any, changed no application state.
+    pub fn state_digest(&self) -> Result<Option<digest::DigestRecord>, StoreError> {
+        Ok(self
+            .view()?
+            .meta(keys::META_DIGEST)?
+            .as_deref()
+            .and_then(digest::DigestRecord::decode))
+    }
+
     /// The key bearer tokens are signed with; `None` before bootstrap.
     pub fn signing_key(&self) -> Result<Option<Vec<u8>>, StoreError> {
         self.view()?.signing_key()
@@ -391,10 +404,23 @@ async fn batch_proposals(
 async fn propose(raft: &RaftNode, batch: Vec<Proposal>) {
     let (commands, waiters): (Vec<_>, Vec<_>) =
         batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+    let format = match entry_format(raft) {
+        Ok(format) => format,
+        Err(e) => {
+            for waiter in waiters {
+                let _ = waiter.send(Err(e.clone()));
+            }
+            return;
+        }
+    };
     // Each command is encoded on its own: one that cannot be fails alone.
     let mut encoded = Vec::with_capacity(commands.len());
     let mut senders = Vec::with_capacity(waiters.len());
     for (command, waiter) in commands.iter().zip(waiters) {
+        if let Err(rejection) = command::check_format(command, format) {
+            let _ = waiter.send(Err(StoreError::Rejected(rejection)));
+            continue;
+        }
         match serde_json::to_vec(command) {
             Ok(bytes) => {
                 encoded.push(bytes);
@@ -405,22 +431,21 @@ async fn propose(raft: &RaftNode, batch: Vec<Proposal>) {
             }
         }
     }
-    let payload = match encoded.len() {
-        0 => return,
-        1 => encoded.pop().unwrap_or_default(),
-        _ => match frames::encode(&encoded) {
-            Ok(payload) => payload,
-            Err(e) => {
-                for waiter in senders {
-                    let _ = waiter.send(Err(StoreError::Internal(e.to_string())));
-                }
-                return;
+    if encoded.is_empty() {
+        return;
+    }
+    // Always framed, even one command: the envelope carries the format.
+    let payload = match frames::encode(format, &encoded) {
+        Ok(payload) => payload,
+        Err(e) => {
+            for waiter in senders {
+                let _ = waiter.send(Err(StoreError::Internal(e.to_string())));
             }
-        },
+            return;
+        }
     };
-    let framed = senders.len() > 1;
     let replies = match raft.write(payload).await {
-        Ok(bytes) => match_replies(&bytes, framed, senders.len()),
+        Ok(bytes) => match_replies(&bytes, senders.len()),
         Err(e) => {
             let e = StoreError::from(e);
             (0..senders.len()).map(|_| Err(e.clone())).collect()
@@ -431,10 +456,36 @@ async fn propose(raft: &RaftNode, batch: Vec<Proposal>) {
     }
 }
 
+/// The format to write the next entry in: the newest every registered node
+/// reads (as this replica knows the registry) that this build writes. A
+/// replica behind on the registry only ever sees older formats registered
+/// (a node's format rises when it upgrades), so it errs towards the older
+/// format, which every node reads.
+fn entry_format(raft: &RaftNode) -> Result<u32, StoreError> {
+    use keys::{decode_u32, CF_META, META_BOOTSTRAPPED, META_LOG_FORMAT};
+    let db = raft.db();
+    let meta = cf(&db, CF_META)?;
+    let read = |key: &[u8]| {
+        db.get_cf(meta, key)
+            .map_err(|e| StoreError::Internal(e.to_string()))
+    };
+    let cluster_reads = match read(META_LOG_FORMAT)?.and_then(|b| decode_u32(&b)) {
+        Some(format) => format,
+        // Before bootstrap only this node is registered.
+        None if read(META_BOOTSTRAPPED)?.is_none() => frames::NEWEST_FORMAT,
+        // State from before formats were registered: the first one.
+        None => frames::FORMAT_V1,
+    };
+    Ok(command::entry_format(
+        cluster_reads,
+        frames::OLDEST_FORMAT..=frames::NEWEST_FORMAT,
+    )?)
+}
+
 /// Pairs an applied entry's reply with its `count` waiters. The entry was
 /// committed, so a reply that cannot be read or matched means the outcome is
 /// unknown to this node, not that the command failed.
-fn match_replies(bytes: &[u8], framed: bool, count: usize) -> Vec<Result<Reply, StoreError>> {
+fn match_replies(bytes: &[u8], count: usize) -> Vec<Result<Reply, StoreError>> {
     let unknown = |why: &str| {
         StoreError::OutcomeUnknown(format!(
             "the write was committed but its reply {why}; check before retrying"
@@ -443,11 +494,8 @@ fn match_replies(bytes: &[u8], framed: bool, count: usize) -> Vec<Result<Reply, 
     let decode = |frame: &[u8]| {
         serde_json::from_slice::<Reply>(frame).map_err(|_| unknown("could not be decoded"))
     };
-    if !framed {
-        return vec![decode(bytes)];
-    }
-    match frames::decode(bytes) {
-        Ok(parts) if parts.len() == count => parts.into_iter().map(decode).collect(),
+    match frames::decode(bytes, frames::readable_formats()) {
+        Ok((_, parts)) if parts.len() == count => parts.into_iter().map(decode).collect(),
         _ => (0..count)
             .map(|_| Err(unknown("does not match the batch")))
             .collect(),

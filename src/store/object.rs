@@ -308,4 +308,61 @@ mod tests {
             AnyObject::decode(ObjectKind::Profiles, json!({"name": "p", "colour": 1})).unwrap_err();
         assert_eq!(e.code, "unknown_field");
     }
+
+    /// SHA-256 of the shape of every object document apply accepts (the
+    /// model's schemas, descriptions left out), as of log format 1.
+    const FORMAT_1_OBJECT_SHAPES: &str =
+        "54bb96ed6c76f0c8ced8bf0d7c14c8ce38271d3991fa4c51bc3d37837996acea";
+
+    /// A tripwire for the log format rule. Create, replace and patch carry
+    /// object documents that apply validates with the model, so what the
+    /// model accepts is part of the log format: if a build accepted a field
+    /// the build before it refuses, an old follower would refuse an entry
+    /// the others applied.
+    #[test]
+    fn object_shapes_are_pinned_to_the_log_format() {
+        use crate::model::*;
+        use sha2::{Digest as _, Sha256};
+        use utoipa::ToSchema;
+
+        fn strip(value: &mut Value) {
+            match value {
+                Value::Object(map) => {
+                    map.remove("description");
+                    map.values_mut().for_each(strip);
+                }
+                Value::Array(items) => items.iter_mut().for_each(strip),
+                _ => {}
+            }
+        }
+        fn add<T: ToSchema>(out: &mut std::collections::BTreeMap<String, Value>) {
+            let mut schemas = vec![(T::name().into_owned(), T::schema())];
+            T::schemas(&mut schemas);
+            for (name, schema) in schemas {
+                let mut value = serde_json::to_value(schema).unwrap();
+                strip(&mut value);
+                out.insert(name, value);
+            }
+        }
+        let mut shapes = std::collections::BTreeMap::new();
+        add::<Machine>(&mut shapes);
+        add::<Profile>(&mut shapes);
+        add::<Param>(&mut shapes);
+        add::<BootEnv>(&mut shapes);
+        add::<Template>(&mut shapes);
+        add::<Subnet>(&mut shapes);
+        add::<Reservation>(&mut shapes);
+        add::<Lease>(&mut shapes);
+        add::<User>(&mut shapes);
+        add::<TokenInfo>(&mut shapes);
+        add::<Prefs>(&mut shapes);
+        let fingerprint = hex::encode(Sha256::digest(serde_json::to_vec(&shapes).unwrap()));
+        assert_eq!(
+            fingerprint, FORMAT_1_OBJECT_SHAPES,
+            "the object documents apply accepts have changed shape. If a released build \
+             would refuse, or read differently, a document this build accepts, raise \
+             `frames::NEWEST_FORMAT` (and keep apply reading the older formats); then pin the \
+             new fingerprint here, under the new format"
+        );
+    }
 }

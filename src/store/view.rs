@@ -485,11 +485,12 @@ pub(crate) mod tests {
     use crate::store::apply::CradleApp;
     use crate::store::{Command, Store};
 
-    /// A one-node store in `dir` keeping `retention` events, with a live
+    /// A one-node store in `dir` keeping `retention` events (the
+    /// `event_retention` pref, set by the store's first write), with a live
     /// channel of `channel` events.
     pub(crate) async fn test_store(dir: &std::path::Path, retention: u64, channel: usize) -> Store {
         let (events, _) = broadcast::channel(channel);
-        let app = Arc::new(CradleApp::new(events.clone(), retention));
+        let app = Arc::new(CradleApp::new(events.clone()));
         let info = NodeInfo {
             rpc_addr: "127.0.0.1:1".into(),
             api_addr: "127.0.0.1:2".into(),
@@ -508,6 +509,15 @@ pub(crate) mod tests {
             let _stop = stop;
             batcher.run(shutdown).await
         });
+        if retention != crate::model::DEFAULT_EVENT_RETENTION {
+            store
+                .submit(Command::Create {
+                    kind: ObjectKind::Prefs,
+                    object: json!({ "event_retention": retention }),
+                })
+                .await
+                .expect("setting the event retention pref");
+        }
         store
     }
 
@@ -529,7 +539,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn lookups_find_by_every_index_and_stay_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let store = test_store(dir.path(), 1_000, 1_024).await;
+        let store = test_store(dir.path(), crate::model::DEFAULT_EVENT_RETENTION, 1_024).await;
         for (name, cidr) in [
             ("wide", "10.0.0.0/16"),
             ("narrow", "10.0.5.0/24"),
@@ -649,7 +659,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_view_keeps_showing_one_state() {
         let dir = tempfile::tempdir().unwrap();
-        let store = test_store(dir.path(), 1_000, 1_024).await;
+        let store = test_store(dir.path(), crate::model::DEFAULT_EVENT_RETENTION, 1_024).await;
         let first = create(&store, ObjectKind::Profiles, json!({"name": "a"})).await;
         let before = store.view().unwrap();
         let second = create(&store, ObjectKind::Profiles, json!({"name": "b"})).await;
@@ -669,7 +679,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn effective_params_resolve_within_the_view() {
         let dir = tempfile::tempdir().unwrap();
-        let store = test_store(dir.path(), 1_000, 1_024).await;
+        let store = test_store(dir.path(), crate::model::DEFAULT_EVENT_RETENTION, 1_024).await;
         create(
             &store,
             ObjectKind::Params,

@@ -449,7 +449,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // A live channel far smaller than what is written while the watch
         // is not read: the receiver lags, the log has everything.
-        let store = store(dir.path(), 1_000, 4).await;
+        let store = store(dir.path(), crate::model::DEFAULT_EVENT_RETENTION, 4).await;
         let mut watch = store.watch(None).unwrap();
         let written = create_profiles(&store, 0..40).await;
         let mut seen = Vec::new();
@@ -468,10 +468,11 @@ mod tests {
     #[tokio::test]
     async fn a_watch_behind_retention_is_reset_and_a_start_behind_it_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let store = store(dir.path(), 5, 1_024).await;
+        let retention = crate::model::MIN_EVENT_RETENTION;
+        let store = store(dir.path(), retention, 1_024).await;
         let first = create_profiles(&store, 0..2).await;
         let mut watch = store.watch(Some(first[1])).unwrap();
-        let written = create_profiles(&store, 2..20).await;
+        let written = create_profiles(&store, 2..(retention + 4)).await;
         let last = *written.last().unwrap();
         // The events after where the watch stands were dropped: a reset to
         // the state as it is, not the oldest events that remain.
@@ -489,21 +490,25 @@ mod tests {
         match store.watch(Some(first[0])) {
             Err(WatchError::Expired { oldest, revision }) => {
                 assert_eq!(revision, after[0]);
-                assert_eq!(oldest, after[0] - 4);
+                assert_eq!(oldest, after[0] - (retention - 1));
             }
             other => panic!("{other:?}"),
         }
         // The oldest kept event's predecessor is still a valid start.
-        let mut watch = store.watch(Some(after[0] - 5)).unwrap();
-        assert_eq!(revision_of(&next(&mut watch).await), after[0] - 4);
+        let mut watch = store.watch(Some(after[0] - retention)).unwrap();
+        assert_eq!(
+            revision_of(&next(&mut watch).await),
+            after[0] - (retention - 1)
+        );
         store.raft().shutdown().await.unwrap();
     }
 
     #[tokio::test]
     async fn a_subscriber_far_behind_the_live_feed_is_judged_by_the_log() {
         let dir = tempfile::tempdir().unwrap();
-        // The live channel could hold everything; the log keeps 5.
-        let store = store(dir.path(), 5, 1_024).await;
+        // The live channel could hold everything; the log keeps the fewest
+        // events the prefs allow.
+        let store = store(dir.path(), crate::model::MIN_EVENT_RETENTION, 1_024).await;
         let mut watch = store.watch(None).unwrap();
         let first = create_profiles(&store, 0..1).await;
         assert_eq!(revision_of(&next(&mut watch).await), first[0]);
@@ -527,7 +532,7 @@ mod tests {
     #[tokio::test]
     async fn a_cache_loaded_from_a_view_misses_nothing_after_it() {
         let dir = tempfile::tempdir().unwrap();
-        let store = store(dir.path(), 1_000, 1_024).await;
+        let store = store(dir.path(), crate::model::DEFAULT_EVENT_RETENTION, 1_024).await;
         create_profiles(&store, 0..3).await;
         let view = store.view().unwrap();
         let loaded = view.revision();

@@ -1,6 +1,7 @@
 //! Multi-node behaviour, judged from what clients received: a leader killed
 //! under load loses no acknowledged write, bad joins change nothing, and a
-//! node cut off from the majority refuses writes but serves local reads.
+//! node cut off from the majority refuses writes but serves local reads, and
+//! replicas with different local settings hold the same state (equal digests).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -9,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::cluster_harness::{join_args, Cluster, Options, JOIN_LIMIT, LEADER_LIMIT};
+use crate::cluster_harness::{
+    join_args, Cluster, Options, CONVERGE_LIMIT, JOIN_LIMIT, LEADER_LIMIT, START_LIMIT,
+};
 use crate::common::Client;
 
 /// Concurrent writers per node.
@@ -563,5 +566,92 @@ async fn lost_majority_refuses_writes_and_serves_reads() {
         names.sort();
         // "during" found no leader to propose it, so it must not appear.
         assert_eq!(names, ["after", "before"], "node {node}");
+    }
+}
+
+/// Replicas started with different node-local settings (the per-node event
+/// retention that used to decide which events apply deleted, snapshot
+/// cadence, token lifetimes) apply the same entries to the same state: every
+/// node reports the same state digest at the same index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_with_different_local_settings_report_equal_digests() {
+    let mut cluster = Cluster::start(3).await;
+    for (i, retention, snapshot_every, token_ttl) in
+        [(1, "20", "25", "600"), (2, "5000", "1000", "7200")]
+    {
+        cluster.kill(i);
+        let args: Vec<String> = [
+            "server",
+            "--event-retention",
+            retention,
+            "--snapshot-every",
+            snapshot_every,
+            "--token-ttl-secs",
+            token_ttl,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        cluster.spawn(i, &args);
+        cluster.wait_api(i, START_LIMIT).await;
+        cluster.wait_ready(i, START_LIMIT).await;
+    }
+    cluster.wait_converged(CONVERGE_LIMIT).await;
+
+    // A short feed, so trimming happens within the test.
+    cluster
+        .client(0)
+        .patch(
+            "/api/v1/prefs/prefs",
+            json!([{"op": "replace", "path": "/event_retention", "value": 16}]),
+        )
+        .await
+        .expect(200);
+    let mut uuids = Vec::new();
+    for n in 0..40u32 {
+        let via = cluster.client((n % 3) as usize);
+        let reply = via
+            .post(
+                "/api/v1/machines",
+                json!({"name": format!("d{n}"), "hardware_addrs": [mac(1000 + n)]}),
+            )
+            .await
+            .expect(201);
+        uuids.push(reply.body["uuid"].as_str().expect("uuid").to_string());
+    }
+    for (n, uuid) in uuids.iter().take(10).enumerate() {
+        let via = cluster.client(n % 3);
+        via.delete(&format!("/api/v1/machines/{uuid}"))
+            .await
+            .expect(200);
+    }
+    let commit = cluster.wait_converged(CONVERGE_LIMIT).await;
+
+    let mut digests = BTreeSet::new();
+    for i in cluster.running() {
+        let status = cluster.try_status(i).await.expect("status");
+        eprintln!(
+            "node {i}: applied {} digest {} at {}",
+            status["applied_index"], status["state_digest"], status["state_digest_index"]
+        );
+        assert_eq!(status["applied_index"].as_u64(), Some(commit));
+        let digest = status["state_digest"].as_str().expect("a digest");
+        assert_eq!(digest.len(), 64, "{digest}");
+        digests.insert((
+            status["state_digest_index"].as_u64().expect("an index"),
+            digest.to_string(),
+        ));
+    }
+    assert_eq!(digests.len(), 1, "nodes disagree: {digests:?}");
+    // Every node has registered the log format it reads.
+    let members = cluster
+        .client(0)
+        .get("/api/v1/cluster/nodes")
+        .await
+        .expect(200);
+    let members = members.body.as_array().expect("members");
+    assert_eq!(members.len(), 3, "{members:?}");
+    for member in members {
+        assert_eq!(member["log_format"], 1, "{member}");
     }
 }

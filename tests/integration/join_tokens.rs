@@ -44,10 +44,14 @@ async fn join_tokens_are_checked_and_refusals_change_nothing() {
         )),
         "{command}"
     );
-    // Only a hash is kept: listing never shows the secret.
+    // Only a hash is kept: listing never shows the secret, nor its hash.
     let listed = api.get("/api/v1/cluster/tokens").await.expect(200);
     let (_, secret) = token.split_once('.').unwrap();
     assert!(!listed.body.to_string().contains(secret));
+    let hash = cradle::cluster::state::hash_secret(secret);
+    assert!(!listed.body.to_string().contains(&hash), "{}", listed.body);
+    assert!(listed.body[0].get("secret_sha256").is_none());
+    assert!(listed.body[0]["uses_left"].is_u64(), "{}", listed.body);
     // Join tokens are for admins only.
     anonymous
         .get("/api/v1/cluster/tokens")
