@@ -166,7 +166,8 @@ pub async fn start(settings: ServerSettings) -> anyhow::Result<Running> {
             .await
             .context("initializing the cluster")?;
     }
-    let store = Store::new(raft.clone(), events);
+    let store = Store::new(raft.clone(), events)
+        .with_write_timeout(Duration::from_millis(settings.write_timeout_ms));
     let _ = store_slot.set(store.clone());
     let generated_admin_password = if identity.founder {
         bootstrap(&store, &settings, identity.node_id, node_info).await?
@@ -302,14 +303,17 @@ async fn bootstrap(
         removed: false,
     };
     store
-        .submit(Command::Bootstrap {
-            admin,
-            signing_key: auth::random_secret(32),
-            ca_cert_pem: read(tls::CA_CERT_FILE)?,
-            ca_key_pem: read(tls::CA_KEY_FILE)
-                .context("the founding node's CA key is missing from the data dir")?,
-            founder,
-        })
+        .submit(
+            Command::Bootstrap {
+                admin,
+                signing_key: auth::random_secret(32),
+                ca_cert_pem: read(tls::CA_CERT_FILE)?,
+                ca_key_pem: read(tls::CA_KEY_FILE)
+                    .context("the founding node's CA key is missing from the data dir")?,
+                founder,
+            },
+            store.write_deadline(),
+        )
         .await
         .context("bootstrapping the cluster")?;
     Ok(generated)

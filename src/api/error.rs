@@ -127,6 +127,12 @@ impl From<StoreError> for ApiError {
                 "outcome_unknown",
                 format!("the write may or may not have been applied (check before retrying): {m}"),
             ),
+            StoreError::DeadlineExceeded => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "deadline_exceeded",
+                "the write waited past its deadline before it could be proposed; nothing was written; retry",
+            )
+            .retry_after(1),
             StoreError::Internal(m) => ApiError::internal(m),
         }
     }

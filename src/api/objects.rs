@@ -261,7 +261,13 @@ pub async fn create(
             object
         }
     };
-    let done = state.store.submit(Command::Create { kind, object }).await?;
+    let done = state
+        .store
+        .submit(
+            Command::Create { kind, object },
+            state.store.write_deadline(),
+        )
+        .await?;
     Ok(with_etag(StatusCode::CREATED, kind, done))
 }
 
@@ -285,12 +291,15 @@ pub async fn replace(
     };
     let done = state
         .store
-        .submit(Command::Replace {
-            kind,
-            key,
-            object,
-            if_match,
-        })
+        .submit(
+            Command::Replace {
+                kind,
+                key,
+                object,
+                if_match,
+            },
+            state.store.write_deadline(),
+        )
         .await?;
     Ok(with_etag(StatusCode::OK, kind, done))
 }
@@ -316,12 +325,15 @@ pub async fn patch(
     }
     let done = state
         .store
-        .submit(Command::Patch {
-            kind,
-            key,
-            patch,
-            if_match,
-        })
+        .submit(
+            Command::Patch {
+                kind,
+                key,
+                patch,
+                if_match,
+            },
+            state.store.write_deadline(),
+        )
         .await?;
     Ok(with_etag(StatusCode::OK, kind, done))
 }
@@ -370,7 +382,10 @@ pub async fn delete(
             if_match,
         },
     };
-    let done = state.store.submit(command).await?;
+    let done = state
+        .store
+        .submit(command, state.store.write_deadline())
+        .await?;
     if let (ObjectKind::Users, Some(name)) = (kind, &target.key) {
         state.throttle.forget_user(name);
     }

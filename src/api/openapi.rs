@@ -161,7 +161,13 @@ pub const ERROR_CODES: &[(u16, &[&str])] = &[
     (500, &["internal"]),
     (
         503,
-        &["no_leader", "unavailable", "outcome_unknown", "busy"],
+        &[
+            "no_leader",
+            "unavailable",
+            "outcome_unknown",
+            "deadline_exceeded",
+            "busy",
+        ],
     ),
 ];
 
@@ -365,9 +371,10 @@ const E401: &str = "No valid bearer token (`unauthorized`, `token_expired`, `tok
 const E403: &str = "The token's scope does not cover this call (`forbidden`)";
 const E404: &str = "No such object (`not_found`)";
 const E503: &str = "No leader or no quorum reachable in time (`no_leader`, `unavailable`; \
-                    nothing was written, retry), a write's outcome is unknown \
-                    (`outcome_unknown`: check before retrying), or password hashing is at \
-                    capacity (`busy`); `Retry-After` when a retry will do";
+                    nothing was written, retry), a write waited past its deadline before it \
+                    could be proposed (`deadline_exceeded`: nothing was written, retry), a \
+                    write's outcome is unknown (`outcome_unknown`: check before retrying), or \
+                    password hashing is at capacity (`busy`); `Retry-After` when a retry will do";
 const E408: &str = "The request body did not arrive in time (`body_timeout`)";
 const E412: &str = "`If-Match` names another revision, or `If-None-Match` one the object is at \
                     (`precondition_failed`)";
