@@ -10,6 +10,7 @@ mod cli;
 mod cluster;
 mod connections;
 mod events;
+mod failover;
 mod join_tokens;
 mod restart;
 mod security;
