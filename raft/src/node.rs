@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use futures::StreamExt;
 use openraft::error::{InitializeError, RaftError};
 use openraft::metrics::WaitError;
 use openraft::{Config, Raft, ServerState, SnapshotPolicy};
@@ -456,23 +457,34 @@ impl Inner {
             candidate: self.id,
             term,
         };
-        let asks = others.iter().map(|(id, info)| async {
-            let granted = self
-                .peers
-                .pre_vote(*id, &info.rpc_addr, &req, self.pre_vote_timeout)
-                .await;
-            (*id, granted)
-        });
-        let mut granted: BTreeSet<NodeId> = futures::future::join_all(asks)
-            .await
-            .into_iter()
-            .filter(|(_, granted)| *granted)
-            .map(|(id, _)| id)
-            .collect();
-        granted.insert(self.id);
-        configs
+        let mut asks: futures::stream::FuturesUnordered<_> = others
             .iter()
-            .all(|c| c.iter().filter(|id| granted.contains(id)).count() * 2 > c.len())
+            .map(|(id, info)| async {
+                let granted = self
+                    .peers
+                    .pre_vote(*id, &info.rpc_addr, &req, self.pre_vote_timeout)
+                    .await;
+                (*id, granted)
+            })
+            .collect();
+        let quorum = |granted: &BTreeSet<NodeId>| {
+            configs
+                .iter()
+                .all(|c| c.iter().filter(|id| granted.contains(id)).count() * 2 > c.len())
+        };
+        let mut granted = BTreeSet::from([self.id]);
+        // Decide as soon as a majority granted: a frozen or cut-off voter
+        // (often the old leader) must not hold the round up to its timeout.
+        while !quorum(&granted) {
+            match asks.next().await {
+                Some((id, true)) => {
+                    granted.insert(id);
+                }
+                Some((_, false)) => {}
+                None => return false,
+            }
+        }
+        true
     }
 }
 
@@ -581,7 +593,7 @@ impl RaftNode {
             no_leader_wait: Duration::from_millis(config.no_leader_wait_ms),
             learner_catch_up: Duration::from_millis(config.learner_catch_up_ms),
             election_min: Duration::from_millis(config.election_min_ms),
-            pre_vote_timeout: Duration::from_millis(config.election_max_ms),
+            pre_vote_timeout: Duration::from_millis(config.election_min_ms),
             pre_vote_every: Duration::from_millis(config.heartbeat_ms),
             server_tls: config.peer_tls.as_ref().map(PeerTls::server_config),
             peer_admission: config.peer_admission.clone(),
