@@ -2,7 +2,7 @@
 //! stopped (SIGSTOP) while clients write to every node, the other nodes
 //! acknowledge writes again within about one election, not when the freeze
 //! ends; after SIGCONT no acknowledged write is lost and the old leader
-//! follows.
+//! follows. A frozen follower returns without an election.
 //!
 //! A cut link and its heal are tested in the raft crate's in-process cluster
 //! (`cluster_tests.rs`), where the test controls the network.
@@ -253,4 +253,60 @@ async fn frozen_leader_costs_one_election() {
             &missing[..missing.len().min(10)]
         );
     }
+}
+
+/// Every running node's `(leader, term)` view, polled every 50 ms for
+/// `watch`; a node that does not answer a poll is left out of it.
+async fn views(cluster: &Cluster, watch: Duration) -> BTreeSet<(Option<u64>, Option<u64>)> {
+    let mut seen = BTreeSet::new();
+    let started = Instant::now();
+    while started.elapsed() < watch {
+        for node in cluster.running() {
+            if let Some(status) = cluster.try_status(node).await {
+                seen.insert((status["leader"].as_u64(), status["term"].as_u64()));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    seen
+}
+
+/// A follower that was stopped while the leader went on writing comes back
+/// as a follower: it does not start an election when it wakes (its election
+/// timer ran out long ago, but it has no majority of pre-votes while the
+/// others hear the leader), so the leader and term stay as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_follower_returns_without_an_election() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let status = cluster.try_status(leader).await.expect("status");
+    let before = (status["node_id"].as_u64(), status["term"].as_u64());
+    let follower = (0..3).find(|&i| i != leader).expect("a follower");
+    let client = cluster.client(leader);
+
+    cluster.pause(follower);
+    let paused_at = Instant::now();
+    let mut written = 0u32;
+    while paused_at.elapsed() < FREEZE {
+        client
+            .post(
+                "/api/v1/machines",
+                crate::common::machine(100_000 + written),
+            )
+            .await
+            .expect(201);
+        written += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.resume(follower);
+    let seen = views(&cluster, Duration::from_secs(3)).await;
+    eprintln!(
+        "froze follower slot {follower} for {FREEZE:?} ({written} writes meanwhile); (leader, term) before {before:?}, views after SIGCONT {seen:?}"
+    );
+    assert_eq!(
+        seen,
+        BTreeSet::from([before]),
+        "the returning follower changed the leader or term"
+    );
+    cluster.wait_converged(Duration::from_secs(30)).await;
 }
