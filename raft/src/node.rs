@@ -682,7 +682,11 @@ impl RaftNode {
     }
 
     /// Proposes `payload` and returns the application's reply once it is
-    /// committed and applied on the leader. Followers forward to the leader.
+    /// committed and applied on the leader. Followers forward to the leader;
+    /// if another leader is elected while the forwarded write is unanswered
+    /// (the old one froze or was cut off), the call ends at once with
+    /// [`WriteError::Indeterminate`] instead of waiting out the forward
+    /// timeout, so what the caller queued behind it can go to the new leader.
     pub async fn write(&self, payload: Vec<u8>) -> Result<Vec<u8>, WriteError> {
         self.write_inner(payload, None).await
     }
