@@ -505,6 +505,8 @@ const CUT: Duration = Duration::from_secs(10);
 struct CutAndHeal {
     /// How much the cut-off node's term rose while it was cut off.
     cut_term_rise: u64,
+    /// The leader the cut-off node reported at the end of the cut.
+    leader_seen_while_cut: Option<NodeId>,
     /// The leader and its term before the cut.
     before: (NodeId, u64),
     /// The nodes' (leader, term) views, polled for a while after the heal,
@@ -538,7 +540,8 @@ async fn cut_and_heal(pre_vote: bool) -> CutAndHeal {
         writes += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let cut_term_rise = cut.node.status().term - cut_term;
+    let cut_status = cut.node.status();
+    let cut_term_rise = cut_status.term - cut_term;
     cut.node.set_cut(false);
 
     // Let the healed node catch up, then give any disruption a few
@@ -564,6 +567,7 @@ async fn cut_and_heal(pre_vote: bool) -> CutAndHeal {
     }
     CutAndHeal {
         cut_term_rise,
+        leader_seen_while_cut: cut_status.current_leader,
         before: (leader_id, term),
         after,
     }
@@ -580,6 +584,8 @@ async fn a_follower_cut_off_and_healed_does_not_depose_the_leader() {
         seen.after.iter().collect::<BTreeSet<_>>()
     );
     assert_eq!(seen.cut_term_rise, 0, "the cut-off node started elections");
+    // Still a follower at the old term, but it says it has no leader.
+    assert_eq!(seen.leader_seen_while_cut, None);
     assert!(
         seen.after
             .iter()

@@ -232,6 +232,10 @@ pub struct MemberStatus {
 pub struct RaftStatus {
     pub node_id: NodeId,
     pub state: RaftRole,
+    /// The leader this node follows. `None` when it knows none, or when it
+    /// is not the leader and has heard from none for twice the longest
+    /// election timeout: with pre-vote a cut-off follower keeps its term and
+    /// would otherwise go on naming a leader it cannot reach.
     pub current_leader: Option<NodeId>,
     pub term: u64,
     pub last_log_index: Option<u64>,
@@ -266,6 +270,9 @@ struct Inner {
     pre_vote_timeout: Duration,
     /// How often the pre-vote gate re-decides.
     pre_vote_every: Duration,
+    /// A follower that heard no leader for this long reports none.
+    leader_silence: Duration,
+    opened: Instant,
     server_tls: Option<ServerTlsConfig>,
     peer_admission: Option<PeerAdmission>,
     /// Set once by shutdown; stops the peer RPC server and the pre-vote gate.
@@ -595,6 +602,8 @@ impl RaftNode {
             election_min: Duration::from_millis(config.election_min_ms),
             pre_vote_timeout: Duration::from_millis(config.election_min_ms),
             pre_vote_every: Duration::from_millis(config.heartbeat_ms),
+            leader_silence: Duration::from_millis(config.election_max_ms.saturating_mul(2)),
+            opened: Instant::now(),
             server_tls: config.peer_tls.as_ref().map(PeerTls::server_config),
             peer_admission: config.peer_admission.clone(),
             stop,
@@ -785,7 +794,11 @@ impl RaftNode {
                 ServerState::Learner => RaftRole::Learner,
                 ServerState::Shutdown => RaftRole::Shutdown,
             },
-            current_leader: m.current_leader,
+            current_leader: m.current_leader.filter(|leader| {
+                *leader == self.inner.id
+                    || self.inner.contact.heard_within(self.inner.leader_silence)
+                    || self.inner.opened.elapsed() < self.inner.leader_silence
+            }),
             term: m.current_term,
             last_log_index: m.last_log_index,
             committed: self.inner.committed.get(),
