@@ -303,10 +303,12 @@ async fn frozen_follower_returns_without_an_election() {
     eprintln!(
         "froze follower slot {follower} for {FREEZE:?} ({written} writes meanwhile); (leader, term) before {before:?}, views after SIGCONT {seen:?}"
     );
-    assert_eq!(
-        seen,
-        BTreeSet::from([before]),
-        "the returning follower changed the leader or term"
+    // The woken follower may say it knows no leader until the next
+    // heartbeat reaches it; an election would show as another term.
+    assert!(
+        seen.iter()
+            .all(|(leader, term)| *term == before.1 && (leader.is_none() || *leader == before.0)),
+        "the returning follower changed the leader or term: before {before:?}, after {seen:?}"
     );
     cluster.wait_converged(Duration::from_secs(30)).await;
 }
