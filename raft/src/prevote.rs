@@ -15,7 +15,7 @@
 //! The round runs in [`crate::node`]; this module holds the messages, the
 //! record of when a leader was last heard, and the rule for granting.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use openraft::{RaftMetrics, ServerState};
@@ -38,16 +38,29 @@ pub(crate) struct PreVoteResponse {
 }
 
 /// When this node last accepted AppendEntries or a snapshot chunk from a
-/// leader.
-#[derive(Debug, Default)]
-pub(crate) struct LeaderContact(Mutex<Option<Instant>>);
+/// leader: milliseconds since `base`, `NEVER` before the first. Lock-free,
+/// since every AppendEntries call updates it.
+#[derive(Debug)]
+pub(crate) struct LeaderContact {
+    base: Instant,
+    last_ms: AtomicU64,
+}
+
+const NEVER: u64 = u64::MAX;
+
+impl Default for LeaderContact {
+    fn default() -> Self {
+        LeaderContact {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(NEVER),
+        }
+    }
+}
 
 impl LeaderContact {
     pub(crate) fn touch(&self) {
-        // A poisoned lock only means a panic elsewhere held it; the value is
-        // a plain instant and still usable.
-        let mut at = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        *at = Some(Instant::now());
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(NEVER - 1);
+        self.last_ms.store(ms, Ordering::Relaxed);
     }
 
     pub(crate) fn heard_within(&self, window: Duration) -> bool {
@@ -55,8 +68,12 @@ impl LeaderContact {
     }
 
     fn heard_within_at(&self, window: Duration, now: Instant) -> bool {
-        let at = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        at.is_some_and(|t| now.saturating_duration_since(t) < window)
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if last == NEVER {
+            return false;
+        }
+        let at = self.base + Duration::from_millis(last);
+        now.saturating_duration_since(at) < window
     }
 }
 
@@ -88,7 +105,7 @@ mod tests {
         assert!(!contact.heard_within(window));
         contact.touch();
         assert!(contact.heard_within(window));
-        let at = contact.0.lock().unwrap().unwrap();
+        let at = contact.base + Duration::from_millis(contact.last_ms.load(Ordering::Relaxed));
         assert!(contact.heard_within_at(window, at + Duration::from_millis(299)));
         assert!(!contact.heard_within_at(window, at + Duration::from_millis(300)));
     }
