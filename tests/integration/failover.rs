@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::cluster_harness::Cluster;
+use crate::cluster_harness::{Cluster, Options};
 use crate::common::Client;
 
 /// Concurrent writers per node.
@@ -277,7 +277,14 @@ async fn views(cluster: &Cluster, watch: Duration) -> BTreeSet<(Option<u64>, Opt
 /// others hear the leader), so the leader and term stay as they were.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_follower_returns_without_an_election() {
-    let mut cluster = Cluster::start(3).await;
+    // Election timeouts above a loaded machine's scheduling stalls, yet far
+    // below the freeze, so the woken follower's election timer has run out.
+    let options = Options {
+        election_min_ms: 1_000,
+        election_max_ms: 2_000,
+        ..Options::default()
+    };
+    let mut cluster = Cluster::start_with(3, options).await;
     let leader = cluster.wait_leader(Duration::from_secs(10)).await;
     let status = cluster.try_status(leader).await.expect("status");
     let before = (status["node_id"].as_u64(), status["term"].as_u64());
