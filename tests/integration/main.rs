@@ -5,6 +5,7 @@ mod cluster_harness;
 mod common;
 
 mod api;
+mod architecture;
 mod bad_input;
 mod cli;
 mod cluster;
@@ -14,3 +15,4 @@ mod failover;
 mod join_tokens;
 mod restart;
 mod security;
+mod service;
