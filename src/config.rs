@@ -74,6 +74,18 @@ pub struct ServerSettings {
     #[arg(long, env = "CRADLE_NO_LEADER_WAIT_MS", default_value_t = 5_000)]
     pub no_leader_wait_ms: u64,
 
+    /// How long an API write may wait to be proposed (for a leader, or
+    /// queued behind other writes) before it fails with `deadline_exceeded`;
+    /// nothing is proposed after that. Twice the no-leader wait, so the
+    /// deadline only bites when writes queue up behind a stalled one.
+    #[arg(
+        long,
+        env = "CRADLE_WRITE_TIMEOUT_MS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub write_timeout_ms: u64,
+
     /// Largest accepted API request body.
     #[arg(long, env = "CRADLE_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,

@@ -201,6 +201,7 @@ codes! {
     NO_QUORUM = (503, "no_quorum", "The leader cannot reach a quorum; nothing was written, retry");
     UNAVAILABLE = (503, "unavailable", "The cluster or this node cannot take the request now (shutting down, unreachable); retry");
     OUTCOME_UNKNOWN = (503, "outcome_unknown", "The write may or may not have been applied; check before retrying");
+    DEADLINE_EXCEEDED = (503, "deadline_exceeded", "The write waited past its deadline (for a leader, or behind other writes) before it could be proposed; nothing was written, retry");
     BUSY = (503, "busy", "The node is at capacity (requests, lists or password hashing); retry shortly");
 }
 

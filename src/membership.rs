@@ -95,7 +95,7 @@ pub async fn register_log_format(store: Store, node_id: u64, mut shutdown: Shutd
                     id: node_id,
                     log_format: newest,
                 };
-                match store.submit(command).await {
+                match store.submit(command, store.write_deadline()).await {
                     Ok(_) => {
                         tracing::info!(
                             from = node.log_format,

@@ -213,6 +213,7 @@ pub async fn start_bound(settings: ServerSettings, bound: Bound) -> anyhow::Resu
         listener: bound.rpc,
     });
     let (store, batcher) = Store::new(raft.clone(), events);
+    let store = store.with_write_timeout(Duration::from_millis(settings.write_timeout_ms));
     services.spawn_task("store batcher", |shutdown| batcher.run(shutdown));
     let _ = store_slot.set(store.downgrade());
     let ready = async {
@@ -369,14 +370,17 @@ async fn bootstrap(
         log_format: crate::store::frames::NEWEST_FORMAT,
     };
     store
-        .submit(Command::Bootstrap {
-            admin,
-            signing_key: auth::random_secret(32),
-            ca_cert_pem: read(tls::CA_CERT_FILE)?,
-            ca_key_pem: read(tls::CA_KEY_FILE)
-                .context("the founding node's CA key is missing from the data dir")?,
-            founder,
-        })
+        .submit(
+            Command::Bootstrap {
+                admin,
+                signing_key: auth::random_secret(32),
+                ca_cert_pem: read(tls::CA_CERT_FILE)?,
+                ca_key_pem: read(tls::CA_KEY_FILE)
+                    .context("the founding node's CA key is missing from the data dir")?,
+                founder,
+            },
+            store.write_deadline(),
+        )
         .await
         .context("bootstrapping the cluster")?;
     Ok(generated)

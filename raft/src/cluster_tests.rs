@@ -437,14 +437,14 @@ async fn peers_talk_over_mutual_tls_and_reject_strangers() {
     } else {
         &n2.info.rpc_addr
     };
-    let req = crate::network::ForwardRequest::Write(crate::types::Payload(b"incr tls".to_vec()));
+    let req = crate::forward::ForwardRequest::Write(crate::types::Payload(b"incr tls".to_vec()));
     let stranger = crate::network::Peers::new(Some(TestCa::new().issue(None).client_config()));
     let result = stranger
-        .forward(leader, leader_addr, &req, Duration::from_secs(3))
+        .forward(leader, leader_addr, &req, Duration::from_secs(3), None)
         .await;
     // Refused at the handshake, so certainly not proposed.
     assert!(
-        matches!(result, Err(crate::network::CallError::NotSent(_))),
+        matches!(result, Err(crate::forward::CallError::NotSent(_))),
         "stranger was served: {result:?}"
     );
     // One that trusts the cluster CA but whose own certificate is not from
@@ -453,12 +453,12 @@ async fn peers_talk_over_mutual_tls_and_reject_strangers() {
     impostor_tls.ca_pem = ca.cert.pem().into_bytes();
     let impostor = crate::network::Peers::new(Some(impostor_tls.client_config()));
     let result = impostor
-        .forward(leader, leader_addr, &req, Duration::from_secs(3))
+        .forward(leader, leader_addr, &req, Duration::from_secs(3), None)
         .await;
     assert!(result.is_err(), "impostor was served: {result:?}");
     let plain = crate::network::Peers::new(None);
     let result = plain
-        .forward(leader, leader_addr, &req, Duration::from_secs(3))
+        .forward(leader, leader_addr, &req, Duration::from_secs(3), None)
         .await;
     assert!(result.is_err(), "plain client was served: {result:?}");
     assert_eq!(write(&n1, "incr tls").await, "2");
@@ -477,20 +477,26 @@ async fn a_forwarded_write_arriving_after_its_deadline_is_not_applied() {
     let peers = crate::network::Peers::new(None);
     let channel = peers.channel(1, &n1.info.rpc_addr).await.unwrap();
     let mut client = crate::proto::raft_peer_client::RaftPeerClient::new(channel);
-    let late = crate::network::ForwardEnvelope {
+    let late = crate::forward::ForwardEnvelope {
         // As if held up in a cut link for a minute.
-        deadline_unix_ms: crate::network::unix_ms() - 60_000,
-        request: crate::network::ForwardRequest::Write(crate::types::Payload(
+        deadline_unix_ms: crate::forward::unix_ms() - 60_000,
+        request: crate::forward::ForwardRequest::Write(crate::types::Payload(
             b"incr late".to_vec(),
         )),
     };
-    let status = client
+    let reply = client
         .forward(crate::proto::Payload {
             data: serde_json::to_vec(&late).unwrap(),
         })
         .await
-        .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status}");
+        .unwrap()
+        .into_inner();
+    let refused: Result<crate::forward::ForwardReply, crate::forward::ForwardFailure> =
+        serde_json::from_slice(&reply.data).unwrap();
+    assert!(
+        matches!(refused, Err(crate::forward::ForwardFailure::Expired(_))),
+        "{refused:?}"
+    );
     assert_eq!(
         write(&n1, "incr late").await,
         "2",
@@ -520,4 +526,201 @@ async fn an_entry_the_state_machine_cannot_apply_stops_raft_and_says_where() {
     assert!(node.node.write(b"put b 1".to_vec()).await.is_err());
     assert_eq!(get(&node.node.db(), CF_KV, "b"), None);
     assert_eq!(get(&node.node.db(), CF_KV, "a").as_deref(), Some("1"));
+}
+
+/// How long a follower stays cut off in the partition tests.
+const CUT: Duration = Duration::from_secs(10);
+
+/// What cutting a follower off for [`CUT`] and healing did.
+struct CutAndHeal {
+    /// How much the cut-off node's term rose while it was cut off.
+    cut_term_rise: u64,
+    /// The leader the cut-off node reported at the end of the cut.
+    leader_seen_while_cut: Option<NodeId>,
+    /// The leader and its term before the cut.
+    before: (NodeId, u64),
+    /// The nodes' (leader, term) views, polled for a while after the heal,
+    /// once the healed node caught up.
+    after: Vec<(Option<NodeId>, u64)>,
+}
+
+/// Forms a 3-node cluster, cuts a follower off for [`CUT`] while writes go
+/// on through the leader, heals, and watches the cluster for a few election
+/// timeouts after the healed node has caught up.
+async fn cut_and_heal(pre_vote: bool) -> CutAndHeal {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    // Election timeouts well above a loaded test machine's scheduling
+    // stalls, so only the cut can cause an election.
+    let tune = move |c: &mut NodeConfig| {
+        c.pre_vote = pre_vote;
+        c.election_min_ms = 1_000;
+        c.election_max_ms = 2_000;
+    };
+    let n1 = start(1, dirs[0].path(), bind().await, &tune).await;
+    let n2 = start(2, dirs[1].path(), bind().await, &tune).await;
+    let n3 = start(3, dirs[2].path(), bind().await, &tune).await;
+    form(&[&n1, &n2, &n3]).await;
+    let nodes = [&n1, &n2, &n3];
+    let leader_id = wait_leader(&nodes).await;
+    let leader = nodes.iter().find(|n| n.id == leader_id).unwrap();
+    let cut = nodes.iter().find(|n| n.id != leader_id).unwrap();
+    assert_eq!(write(leader, "incr before").await, "1");
+    let term = leader.node.status().term;
+    let cut_term = cut.node.status().term;
+
+    cut.node.set_cut(true);
+    let cut_at = Instant::now();
+    let mut writes = 0u32;
+    while cut_at.elapsed() < CUT {
+        write(leader, "incr during").await;
+        writes += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cut_status = cut.node.status();
+    let cut_term_rise = cut_status.term - cut_term;
+    cut.node.set_cut(false);
+
+    // Let the healed node catch up, then give any disruption a few
+    // election timeouts to show.
+    eventually("the healed node to catch up", || {
+        let applied = leader.node.status().applied;
+        let caught_up = cut.node.status().applied >= applied;
+        async move { caught_up }
+    })
+    .await;
+    let mut after = Vec::new();
+    let watch_from = Instant::now();
+    while watch_from.elapsed() < Duration::from_secs(3) {
+        for n in nodes {
+            let s = n.node.status();
+            after.push((s.current_leader, s.term));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(writes > 0);
+    for mut n in [n1, n2, n3] {
+        n.stop().await;
+    }
+    CutAndHeal {
+        cut_term_rise,
+        leader_seen_while_cut: cut_status.current_leader,
+        before: (leader_id, term),
+        after,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_cut_off_and_healed_does_not_depose_the_leader() {
+    let seen = cut_and_heal(true).await;
+    let terms: BTreeSet<u64> = seen.after.iter().map(|(_, t)| *t).collect();
+    eprintln!(
+        "with pre-vote: the cut-off node's term rose by {} during a {CUT:?} cut; (leader, term) before the heal {:?}, views after it {:?}",
+        seen.cut_term_rise,
+        seen.before,
+        seen.after.iter().collect::<BTreeSet<_>>()
+    );
+    assert_eq!(seen.cut_term_rise, 0, "the cut-off node started elections");
+    // Still a follower at the old term, but it says it has no leader.
+    assert_eq!(seen.leader_seen_while_cut, None);
+    assert!(
+        seen.after
+            .iter()
+            .all(|view| *view == (Some(seen.before.0), seen.before.1)),
+        "the heal changed the leader or term: before {:?}, after {:?} (terms {terms:?})",
+        seen.before,
+        seen.after.iter().collect::<BTreeSet<_>>(),
+    );
+}
+
+/// Without pre-vote (openraft's own elections and leader lease), the same
+/// cut shows what pre-vote prevents: the cut-off node raises its term, and
+/// on its return the leader steps down for an election nobody needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_pre_vote_a_healed_follower_forces_an_election() {
+    let seen = cut_and_heal(false).await;
+    eprintln!(
+        "without pre-vote: the cut-off node's term rose by {} during a {CUT:?} cut; (leader, term) before the heal {:?}, views after it {:?}",
+        seen.cut_term_rise,
+        seen.before,
+        seen.after.iter().collect::<BTreeSet<_>>()
+    );
+    assert!(
+        seen.cut_term_rise > 0,
+        "the cut-off node started no election"
+    );
+    assert!(
+        seen.after.iter().any(|(_, term)| *term > seen.before.1),
+        "the heal left the term unchanged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_past_its_deadline_is_refused_and_not_applied() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let n1 = start(1, dirs[0].path(), bind().await, &|_| {}).await;
+    let n2 = start(2, dirs[1].path(), bind().await, &|_| {}).await;
+    form(&[&n1, &n2]).await;
+    let leader = wait_leader(&[&n1, &n2]).await;
+    let (leader, follower) = if leader == 1 { (&n1, &n2) } else { (&n2, &n1) };
+    assert_eq!(write(follower, "incr d").await, "1");
+
+    // Already past: refused before anything is sent, here and forwarded.
+    for via in [leader, follower] {
+        assert_eq!(
+            via.node
+                .write_before(b"incr d".to_vec(), Instant::now())
+                .await,
+            Err(WriteError::DeadlineExceeded)
+        );
+    }
+    // A forwarded request whose caller's deadline passes on the way is
+    // refused by the leader, with a reply that says so.
+    let peers = crate::network::Peers::new(None);
+    let req = crate::forward::ForwardRequest::Write(crate::types::Payload(b"incr d".to_vec()));
+    let refused = peers
+        .forward(
+            leader.id,
+            &leader.info.rpc_addr,
+            &req,
+            Duration::from_secs(3),
+            Some(Instant::now()),
+        )
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(crate::forward::CallError::Remote(
+                crate::forward::ForwardFailure::Expired(_)
+            ))
+        ),
+        "{refused:?}"
+    );
+    // With no leader, a write fails at its deadline (not after the longer
+    // no-leader wait), and is not applied once a leader is back.
+    let leader_id = leader.id;
+    let (mut old_leader, survivor) = if leader_id == 1 { (n1, n2) } else { (n2, n1) };
+    old_leader.stop().await;
+    let started = Instant::now();
+    let result = survivor
+        .node
+        .write_before(
+            b"incr d".to_vec(),
+            Instant::now() + Duration::from_millis(800),
+        )
+        .await;
+    assert_eq!(result, Err(WriteError::DeadlineExceeded));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let old_leader = old_leader.restart(&|_| {}).await;
+    assert_eq!(
+        write(&survivor, "incr d").await,
+        "2",
+        "a refused write applied"
+    );
+    for mut n in [old_leader, survivor] {
+        n.stop().await;
+    }
 }

@@ -16,10 +16,13 @@
 //! - `state_machine`: openraft's `RaftStateMachine`; applies entries through
 //!   the [`StateMachineApp`], builds and installs snapshots; [`ReadView`], a
 //!   consistent view of the state that never shows a half-installed snapshot.
+//! - `forward`: what a member hands the leader (writes, read-index requests,
+//!   membership changes), with a deadline, and how the leader carries it out.
+//! - `prevote`: the pre-vote rule that keeps a node that cannot reach a
+//!   majority, or whose peers still hear a leader, from starting elections.
 //! - `network`: the tonic client (one cached channel per peer) and the gRPC
-//!   service for AppendEntries, Vote, chunked InstallSnapshot and forwarding
-//!   (writes, read-index requests and membership changes a follower hands to
-//!   the leader). Messages travel serde-encoded inside `proto/raft.proto`'s
+//!   service for AppendEntries, Vote, chunked InstallSnapshot, Forward and
+//!   PreVote. Messages travel serde-encoded inside `proto/raft.proto`'s
 //!   `Payload`; [`PeerTls`] configures mutual TLS.
 //! - `snapshot`: the snapshot file format (header, length-prefixed records,
 //!   SHA-256 trailer), shared by building, sending and installing.
@@ -34,9 +37,11 @@
 pub mod store;
 pub mod types;
 
+mod forward;
 mod log_store;
 mod network;
 mod node;
+mod prevote;
 mod snapshot;
 mod state_machine;
 
@@ -45,10 +50,8 @@ mod cluster_tests;
 #[cfg(test)]
 mod test_support;
 
-pub use network::PeerTls;
-pub use node::{
-    MemberStatus, NodeConfig, NodeError, PeerAdmission, RaftNode, RaftRole, RaftStatus, WriteError,
-};
+pub use network::{PeerAdmission, PeerTls};
+pub use node::{MemberStatus, NodeConfig, NodeError, RaftNode, RaftRole, RaftStatus, WriteError};
 pub use state_machine::{ReadView, ViewItem};
 pub use store::{ApplyHalt, StateMachineApp, StoreError, Txn};
 pub use types::{NodeId, NodeInfo};

@@ -1,6 +1,7 @@
 //! Peer RPC over gRPC (`proto/raft.proto`): the client side openraft uses to
 //! reach other members, the server side that hands their calls to the local
-//! Raft, and the messages a follower forwards to the leader.
+//! Raft, and the transport of forwarded requests ([`crate::forward`]) and
+//! pre-votes ([`crate::prevote`]).
 //!
 //! openraft's messages travel serde_json-encoded in `Payload.data`, except
 //! snapshot chunks, whose bytes follow a small JSON header raw (JSON would
@@ -11,9 +12,10 @@
 //! One lazily connected tonic `Channel` per peer is cached and shared by
 //! every connection openraft makes to that peer and by write forwarding.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,20 +27,25 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{RPCTypes, SnapshotMeta, Vote};
+use openraft::{RPCTypes, Raft, SnapshotMeta, Vote};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 use tonic::transport::{
     Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig,
 };
 use tonic::{Code, Request, Response, Status};
 
-use crate::node::Inner;
+use crate::forward::{
+    unix_ms, CallError, ForwardEnvelope, ForwardFailure, ForwardReply, ForwardRequest, LeaderOps,
+    FORWARD_CLOCK_MARGIN,
+};
+use crate::prevote::{self, LeaderContact, PreVoteRequest, PreVoteResponse};
 use crate::proto::raft_peer_client::RaftPeerClient;
 use crate::proto::raft_peer_server::RaftPeer;
 use crate::proto::Payload as WirePayload;
-use crate::types::{NodeId, NodeInfo, Payload, Reply, TypeConfig};
+use crate::types::{NodeId, NodeInfo, TypeConfig};
 
 /// Largest gRPC message either side accepts: bounds AppendEntries batches
 /// (`max_payload_entries` entries) and snapshot chunks.
@@ -50,6 +57,22 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bounds the JSON header in front of a snapshot chunk.
 const MAX_CHUNK_HEADER_BYTES: usize = 1 << 20;
+
+/// With mutual TLS: decides, per call, whether a peer's leaf certificate
+/// (DER) still belongs to the cluster. The TLS handshake has already checked
+/// it was signed by the cluster CA; this refuses certificates of removed
+/// members.
+#[derive(Clone)]
+pub struct PeerAdmission(pub Arc<AdmitFn>);
+
+/// Given a peer's leaf certificate (DER), whether to admit it.
+pub type AdmitFn = dyn Fn(&[u8]) -> bool + Send + Sync;
+
+impl fmt::Debug for PeerAdmission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PeerAdmission(..)")
+    }
+}
 
 /// Mutual TLS for peer RPC: each node presents a certificate signed by the
 /// cluster CA and accepts only peers that present one too.
@@ -98,89 +121,6 @@ impl PeerTls {
             None => config,
         }
     }
-}
-
-// ---------------------------------------------------------------------------
-// Forwarding: what a follower asks the leader to do.
-
-/// What travels in a `Forward` call: the request and the wall-clock time
-/// after which the leader must not act on it. A request held up in a cut
-/// link (TCP retransmits it after the heal) would otherwise be applied long
-/// after its client was told it failed.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct ForwardEnvelope {
-    pub(crate) deadline_unix_ms: u64,
-    pub(crate) request: ForwardRequest,
-}
-
-/// Extra room given to a forwarded request's deadline for clock differences
-/// between members (a large skew is warned about when a node joins).
-pub(crate) const FORWARD_CLOCK_MARGIN: Duration = Duration::from_millis(1_000);
-
-pub(crate) fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-/// A request a member hands to the leader.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) enum ForwardRequest {
-    /// Propose an application payload.
-    Write(Payload),
-    /// Confirm leadership with a quorum and return the index a linearizable
-    /// read must wait for.
-    ReadIndex,
-    /// Add a learner and wait (bounded) for it to catch up.
-    AddLearner { id: NodeId, info: NodeInfo },
-    /// Make `voters` the voter set; other members become learners.
-    ChangeMembership { voters: BTreeSet<NodeId> },
-}
-
-/// The leader's answer to a [`ForwardRequest`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) enum ForwardReply {
-    Written(Reply),
-    ReadIndex(Option<u64>),
-    MembershipChanged,
-}
-
-/// Why the leader (or the node that thought it was leader) refused.
-#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
-pub(crate) enum ForwardFailure {
-    /// Not the leader; nothing was proposed. Carries the leader it knows of.
-    #[error("not the leader (leader hint: {leader_id:?})")]
-    NotLeader {
-        leader_id: Option<NodeId>,
-        leader: Option<NodeInfo>,
-    },
-    /// The leader cannot hear from a quorum; nothing was proposed.
-    #[error("leader cannot reach a quorum: {0}")]
-    NoQuorum(String),
-    /// Proposed, but no outcome within the bound: it may still apply.
-    #[error("no outcome in time: {0}")]
-    Indeterminate(String),
-    /// A bounded wait ran out after the operation itself succeeded.
-    #[error("timed out: {0}")]
-    Timeout(String),
-    /// Refused (membership change in progress, unknown learner, ...).
-    #[error("rejected: {0}")]
-    Rejected(String),
-    /// The leader's Raft has stopped.
-    #[error("raft stopped: {0}")]
-    Fatal(String),
-}
-
-/// Why a forwarded call failed.
-#[derive(Debug)]
-pub(crate) enum CallError {
-    /// The request certainly did not reach the peer (connect failed).
-    NotSent(String),
-    /// The request may have reached the peer; its outcome is unknown.
-    Lost(String),
-    /// The peer answered with a failure.
-    Remote(ForwardFailure),
 }
 
 // ---------------------------------------------------------------------------
@@ -249,6 +189,9 @@ pub(crate) struct Peers {
     tls: Option<ClientTlsConfig>,
     /// Peer id -> (address the channel was made for, channel).
     channels: Mutex<HashMap<NodeId, (String, Channel)>>,
+    /// Tests cut a node off: every call out fails as unreachable and every
+    /// call in is refused, as with a pulled cable.
+    cut: AtomicBool,
 }
 
 impl Peers {
@@ -256,7 +199,17 @@ impl Peers {
         Peers {
             tls,
             channels: Mutex::new(HashMap::new()),
+            cut: AtomicBool::new(false),
         }
+    }
+
+    pub(crate) fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::Relaxed)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, Ordering::Relaxed);
     }
 
     /// The channel to `id` at `addr`, made on first use (without connecting:
@@ -287,19 +240,27 @@ impl Peers {
     }
 
     /// Sends a [`ForwardRequest`] to `id` at `addr`, waiting at most
-    /// `timeout`.
+    /// `timeout`. The leader refuses it once `deadline` (the caller's, if
+    /// any) or the transport bound has passed by its clock.
     pub(crate) async fn forward(
         &self,
         id: NodeId,
         addr: &str,
         req: &ForwardRequest,
         timeout: Duration,
+        deadline: Option<Instant>,
     ) -> Result<ForwardReply, CallError> {
+        if self.is_cut() {
+            return Err(CallError::NotSent(format!("node {id}: link cut")));
+        }
         let channel = self.channel(id, addr).await.map_err(CallError::NotSent)?;
+        let mut act_within = timeout + FORWARD_CLOCK_MARGIN;
+        if let Some(deadline) = deadline {
+            act_within = act_within.min(deadline.saturating_duration_since(Instant::now()));
+        }
         let envelope = ForwardEnvelope {
-            deadline_unix_ms: unix_ms().saturating_add(
-                u64::try_from((timeout + FORWARD_CLOCK_MARGIN).as_millis()).unwrap_or(u64::MAX),
-            ),
+            deadline_unix_ms: unix_ms()
+                .saturating_add(u64::try_from(act_within.as_millis()).unwrap_or(u64::MAX)),
             request: req.clone(),
         };
         let data = encode(&envelope).map_err(|e| CallError::NotSent(e.to_string()))?;
@@ -326,6 +287,40 @@ impl Peers {
         let result: Result<ForwardReply, ForwardFailure> = decode(&reply.data)
             .map_err(|e| CallError::Lost(format!("undecodable reply from node {id}: {e}")))?;
         result.map_err(CallError::Remote)
+    }
+}
+
+impl Peers {
+    /// Asks `id` at `addr` for a pre-vote; false when it refuses or does not
+    /// answer within `timeout`. A member running a version without pre-vote
+    /// answers `Unimplemented`: counted as granted, so a mixed cluster falls
+    /// back to plain Raft elections instead of never electing.
+    pub(crate) async fn pre_vote(
+        &self,
+        id: NodeId,
+        addr: &str,
+        req: &PreVoteRequest,
+        timeout: Duration,
+    ) -> bool {
+        if self.is_cut() {
+            return false;
+        }
+        let Ok(channel) = self.channel(id, addr).await else {
+            return false;
+        };
+        let Ok(data) = encode(req) else {
+            return false;
+        };
+        let mut request = Request::new(WirePayload { data });
+        request.set_timeout(timeout);
+        let mut peer = client(channel);
+        match tokio::time::timeout(timeout, peer.pre_vote(request)).await {
+            Ok(Ok(reply)) => {
+                decode::<PreVoteResponse>(&reply.into_inner().data).is_ok_and(|r| r.granted)
+            }
+            Ok(Err(status)) => status.code() == Code::Unimplemented,
+            Err(_) => false,
+        }
     }
 }
 
@@ -380,6 +375,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             node: node.clone(),
             channel,
+            peers: self.peers.clone(),
         }
     }
 }
@@ -390,6 +386,7 @@ pub(crate) struct PeerConnection {
     target: NodeId,
     node: NodeInfo,
     channel: Result<Channel, String>,
+    peers: Arc<Peers>,
 }
 
 impl PeerConnection {
@@ -405,6 +402,11 @@ impl PeerConnection {
         Resp: DeserializeOwned,
         E: StdError + DeserializeOwned,
     {
+        if self.peers.is_cut() {
+            return Err(RPCError::Unreachable(Unreachable::new(&StringError(
+                "link cut".into(),
+            ))));
+        }
         let channel = match &self.channel {
             Ok(channel) => channel.clone(),
             Err(e) => {
@@ -521,14 +523,25 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
 
 /// The gRPC service: hands peers' calls to the local Raft.
 pub(crate) struct PeerService {
-    pub(crate) node: Arc<Inner>,
+    pub(crate) raft: Raft<TypeConfig>,
+    pub(crate) leader: Arc<LeaderOps>,
+    pub(crate) admission: Option<PeerAdmission>,
+    /// Updated whenever a leader's AppendEntries or snapshot is accepted.
+    pub(crate) contact: Arc<LeaderContact>,
+    /// A pre-vote is refused while a leader was heard within this window.
+    pub(crate) pre_vote_window: Duration,
+    pub(crate) peers: Arc<Peers>,
 }
 
 impl PeerService {
     /// Refuses callers whose certificate the application no longer admits
-    /// (a removed member). Without TLS there is no certificate to judge.
+    /// (a removed member), and every caller while a test has cut this node
+    /// off. Without TLS there is no certificate to judge.
     fn admit<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let Some(admission) = &self.node.peer_admission else {
+        if self.peers.is_cut() {
+            return Err(Status::unavailable("link cut"));
+        }
+        let Some(admission) = &self.admission else {
             return Ok(());
         };
         let certs = request.peer_certs();
@@ -561,14 +574,17 @@ impl RaftPeer for PeerService {
         self.admit(&request)?;
         let req: AppendEntriesRequest<TypeConfig> =
             decode(&request.into_inner().data).map_err(bad_request)?;
-        let result = self.node.raft.append_entries(req).await;
+        let result = self.raft.append_entries(req).await;
+        if matches!(&result, Ok(resp) if !matches!(resp, AppendEntriesResponse::HigherVote(_))) {
+            self.contact.touch();
+        }
         reply(&result)
     }
 
     async fn vote(&self, request: Request<WirePayload>) -> Result<Response<WirePayload>, Status> {
         self.admit(&request)?;
         let req: VoteRequest<NodeId> = decode(&request.into_inner().data).map_err(bad_request)?;
-        let result = self.node.raft.vote(req).await;
+        let result = self.raft.vote(req).await;
         reply(&result)
     }
 
@@ -578,7 +594,11 @@ impl RaftPeer for PeerService {
     ) -> Result<Response<WirePayload>, Status> {
         self.admit(&request)?;
         let req = decode_chunk(request.into_inner().data).map_err(bad_request)?;
-        let result = self.node.raft.install_snapshot(req).await;
+        let vote = req.vote;
+        let result = self.raft.install_snapshot(req).await;
+        if matches!(&result, Ok(resp) if resp.vote == vote) {
+            self.contact.touch();
+        }
         reply(&result)
     }
 
@@ -588,24 +608,47 @@ impl RaftPeer for PeerService {
     ) -> Result<Response<WirePayload>, Status> {
         self.admit(&request)?;
         let envelope: ForwardEnvelope = decode(&request.into_inner().data).map_err(bad_request)?;
-        if unix_ms() > envelope.deadline_unix_ms {
-            // Its sender has given up on it: acting now would apply a write
-            // whose client was told it failed.
-            return Err(Status::deadline_exceeded(
-                "the forwarded request arrived after its deadline (a delayed link, or clocks far apart)",
-            ));
-        }
-        let req = envelope.request;
-        // Executed here or refused with NotLeader: never forwarded on, so a
-        // request cannot loop between nodes with stale leader views.
-        let result = self.node.execute_as_leader(req).await;
+        let result = if unix_ms() >= envelope.deadline_unix_ms {
+            // Its sender has given up on it, or its caller's deadline has
+            // passed: acting now would apply a write whose client was told
+            // it failed, or work nobody waits for.
+            Err(ForwardFailure::Expired(
+                "the forwarded request arrived after its deadline (a queue or a delayed link, or clocks far apart)".into(),
+            ))
+        } else {
+            // Executed here or refused with NotLeader: never forwarded on,
+            // so a request cannot loop between nodes with stale leader
+            // views.
+            self.leader.execute(envelope.request).await
+        };
         reply(&result)
+    }
+
+    async fn pre_vote(
+        &self,
+        request: Request<WirePayload>,
+    ) -> Result<Response<WirePayload>, Status> {
+        self.admit(&request)?;
+        let req: PreVoteRequest = decode(&request.into_inner().data).map_err(bad_request)?;
+        let granted = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            prevote::grant(&m, &self.contact, self.pre_vote_window)
+        };
+        tracing::debug!(
+            candidate = req.candidate,
+            term = req.term,
+            granted,
+            "pre-vote"
+        );
+        reply(&PreVoteResponse { granted })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::Payload;
     use openraft::{CommittedLeaderId, LogId, StoredMembership};
 
     #[test]
@@ -647,7 +690,9 @@ mod tests {
         drop(listener);
         let peers = Peers::new(None);
         let req = ForwardRequest::Write(Payload(b"x".to_vec()));
-        let result = peers.forward(9, &addr, &req, Duration::from_secs(2)).await;
+        let result = peers
+            .forward(9, &addr, &req, Duration::from_secs(2), None)
+            .await;
         assert!(matches!(result, Err(CallError::NotSent(_))), "{result:?}");
         // The channel is cached per peer and address.
         let a = peers.channel(9, &addr).await.unwrap();

@@ -2,18 +2,20 @@
 //! starts openraft over the log store, state machine and network, serves
 //! peer RPC, and turns client writes, linearizable reads and membership
 //! changes into leader operations, forwarding them when this node is not
-//! the leader. No openraft type crosses this module's public API.
+//! the leader. It also runs the pre-vote round that decides whether this
+//! node may start an election ([`crate::prevote`]). No openraft type crosses
+//! this module's public API.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use futures::StreamExt;
+use openraft::error::{InitializeError, RaftError};
 use openraft::metrics::WaitError;
-use openraft::{Config, Raft, RaftMetrics, ServerState, SnapshotPolicy};
+use openraft::{Config, Raft, ServerState, SnapshotPolicy};
 use rocksdb::DB;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -21,11 +23,14 @@ use tokio::time::Instant;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Server, ServerTlsConfig};
 
+use crate::forward::{
+    matched_index, CallError, ForwardFailure, ForwardReply, ForwardRequest, LeaderOps,
+};
 use crate::log_store::{CommittedIndex, LogStore};
 use crate::network::{
-    CallError, ForwardFailure, ForwardReply, ForwardRequest, NetworkFactory, PeerService, PeerTls,
-    Peers, MAX_MESSAGE_BYTES,
+    NetworkFactory, PeerAdmission, PeerService, PeerTls, Peers, MAX_MESSAGE_BYTES,
 };
+use crate::prevote::{LeaderContact, PreVoteRequest};
 use crate::proto::raft_peer_server::RaftPeerServer;
 use crate::state_machine::{ReadView, Readers, StateMachine};
 use crate::store::{open_db, StateMachineApp, StoreError};
@@ -71,19 +76,10 @@ pub struct NodeConfig {
     /// checked it was signed by the cluster CA; this refuses certificates of
     /// removed members.
     pub peer_admission: Option<PeerAdmission>,
-}
-
-/// See [`NodeConfig::peer_admission`].
-#[derive(Clone)]
-pub struct PeerAdmission(pub Arc<AdmitFn>);
-
-/// Given a peer's leaf certificate (DER), whether to admit it.
-pub type AdmitFn = dyn Fn(&[u8]) -> bool + Send + Sync;
-
-impl fmt::Debug for PeerAdmission {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("PeerAdmission(..)")
-    }
+    /// Start an election only after a pre-vote round succeeds (see
+    /// [`crate::prevote`]). Off gives openraft's plain elections, where a
+    /// node returning from a partition deposes the leader.
+    pub pre_vote: bool,
 }
 
 impl NodeConfig {
@@ -105,6 +101,7 @@ impl NodeConfig {
             learner_catch_up_ms: 60_000,
             peer_tls: None,
             peer_admission: None,
+            pre_vote: true,
         }
     }
 
@@ -188,6 +185,11 @@ pub enum WriteError {
     /// failure).
     #[error("raft stopped: {0}")]
     Fatal(String),
+    /// The caller's deadline passed before the request was proposed (no
+    /// leader in time, or the leader received it too late). Nothing was
+    /// proposed.
+    #[error("deadline passed before the request was proposed")]
+    DeadlineExceeded,
 }
 
 impl From<ForwardFailure> for WriteError {
@@ -199,6 +201,7 @@ impl From<ForwardFailure> for WriteError {
             ForwardFailure::Timeout(s) => WriteError::Timeout(s),
             ForwardFailure::Rejected(s) => WriteError::Rejected(s),
             ForwardFailure::Fatal(s) => WriteError::Fatal(s),
+            ForwardFailure::Expired(_) => WriteError::DeadlineExceeded,
         }
     }
 }
@@ -229,6 +232,10 @@ pub struct MemberStatus {
 pub struct RaftStatus {
     pub node_id: NodeId,
     pub state: RaftRole,
+    /// The leader this node follows. `None` when it knows none, or when it
+    /// is not the leader and has heard from none for twice the longest
+    /// election timeout: with pre-vote a cut-off follower keeps its term and
+    /// would otherwise go on naming a leader it cannot reach.
     pub current_leader: Option<NodeId>,
     pub term: u64,
     pub last_log_index: Option<u64>,
@@ -247,21 +254,32 @@ pub struct RaftStatus {
     pub stopped: Option<String>,
 }
 
-/// Shared state behind [`RaftNode`] and the peer RPC service.
-pub(crate) struct Inner {
-    pub(crate) id: NodeId,
+/// Shared state behind [`RaftNode`].
+struct Inner {
+    id: NodeId,
     info: NodeInfo,
-    pub(crate) raft: Raft<TypeConfig>,
+    raft: Raft<TypeConfig>,
     db: Arc<DB>,
     readers: Arc<Readers>,
     peers: Arc<Peers>,
     committed: Arc<CommittedIndex>,
+    leader_ops: Arc<LeaderOps>,
+    contact: Arc<LeaderContact>,
     forward_timeout: Duration,
     no_leader_wait: Duration,
     learner_catch_up: Duration,
+    /// A leader heard within this long means there is no election to hold.
+    election_min: Duration,
+    /// How long a pre-vote round waits for answers.
+    pre_vote_timeout: Duration,
+    /// How often the pre-vote gate re-decides.
+    pre_vote_every: Duration,
+    /// A follower that heard no leader for this long reports none.
+    leader_silence: Duration,
+    opened: Instant,
     server_tls: Option<ServerTlsConfig>,
-    pub(crate) peer_admission: Option<PeerAdmission>,
-    /// Set once by shutdown; stops the peer RPC server.
+    peer_admission: Option<PeerAdmission>,
+    /// Set once by shutdown; stops the peer RPC server and the pre-vote gate.
     stop: watch::Sender<bool>,
 }
 
@@ -271,102 +289,11 @@ const FORWARD_MARGIN: Duration = Duration::from_millis(1_000);
 /// Polling bounds while waiting for a leader to appear or change.
 const POLL_MIN: Duration = Duration::from_millis(10);
 const POLL_MAX: Duration = Duration::from_millis(50);
-
-fn write_failure(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> ForwardFailure {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ForwardFailure::NotLeader {
-            leader_id: f.leader_id,
-            leader: f.leader_node,
-        },
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-            ForwardFailure::Rejected(e.to_string())
-        }
-        RaftError::Fatal(f) => ForwardFailure::Fatal(f.to_string()),
-    }
-}
+/// Once another leader is elected while a request is forwarded to the old
+/// one, how long an answer already on its way is still awaited.
+const LEADER_CHANGE_GRACE: Duration = Duration::from_millis(100);
 
 impl Inner {
-    /// Runs `req` on this node as leader; refuses with NotLeader when it is
-    /// not. Every wait is bounded.
-    pub(crate) async fn execute_as_leader(
-        &self,
-        req: ForwardRequest,
-    ) -> Result<ForwardReply, ForwardFailure> {
-        let bound = self.forward_timeout;
-        match req {
-            ForwardRequest::Write(payload) => {
-                match tokio::time::timeout(bound, self.raft.client_write(payload)).await {
-                    Err(_) => Err(ForwardFailure::Indeterminate(format!(
-                        "not committed within {bound:?}"
-                    ))),
-                    Ok(Ok(resp)) => Ok(ForwardReply::Written(resp.data)),
-                    Ok(Err(e)) => Err(write_failure(e)),
-                }
-            }
-            ForwardRequest::ReadIndex => {
-                match tokio::time::timeout(bound, self.raft.get_read_log_id()).await {
-                    Err(_) => Err(ForwardFailure::NoQuorum(format!(
-                        "leadership not confirmed within {bound:?}"
-                    ))),
-                    Ok(Ok((read_log_id, _applied))) => {
-                        Ok(ForwardReply::ReadIndex(read_log_id.map(|l| l.index)))
-                    }
-                    Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                        Err(ForwardFailure::NotLeader {
-                            leader_id: f.leader_id,
-                            leader: f.leader_node,
-                        })
-                    }
-                    Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => {
-                        Err(ForwardFailure::NoQuorum(q.to_string()))
-                    }
-                    Ok(Err(RaftError::Fatal(f))) => Err(ForwardFailure::Fatal(f.to_string())),
-                }
-            }
-            ForwardRequest::AddLearner { id, info } => {
-                let added =
-                    tokio::time::timeout(bound, self.raft.add_learner(id, info, false)).await;
-                let resp = match added {
-                    Err(_) => {
-                        return Err(ForwardFailure::Indeterminate(format!(
-                            "learner not added within {bound:?}"
-                        )))
-                    }
-                    Ok(result) => result.map_err(write_failure)?,
-                };
-                // Wait for the learner to hold everything up to its own
-                // membership entry, so a promotion right after does not
-                // leave the cluster waiting on a voter that is far behind.
-                let target = resp.log_id.index;
-                let mut metrics = self.raft.metrics();
-                let caught_up = async move {
-                    metrics
-                        .wait_for(|m| matched_index(m, id).is_some_and(|i| i >= target))
-                        .await
-                        .map(|_| ())
-                };
-                match tokio::time::timeout(self.learner_catch_up, caught_up).await {
-                    Ok(Ok(_)) => Ok(ForwardReply::MembershipChanged),
-                    Ok(Err(_)) => Err(ForwardFailure::Fatal("raft stopped".into())),
-                    Err(_) => Err(ForwardFailure::Timeout(format!(
-                        "learner {id} added but not caught up to {target} within {:?}",
-                        self.learner_catch_up
-                    ))),
-                }
-            }
-            ForwardRequest::ChangeMembership { voters } => {
-                match tokio::time::timeout(bound, self.raft.change_membership(voters, false)).await
-                {
-                    Err(_) => Err(ForwardFailure::Indeterminate(format!(
-                        "membership change not committed within {bound:?}"
-                    ))),
-                    Ok(Ok(_)) => Ok(ForwardReply::MembershipChanged),
-                    Ok(Err(e)) => Err(write_failure(e)),
-                }
-            }
-        }
-    }
-
     /// The leader this node currently knows of, with its address.
     fn leader(&self) -> Option<(NodeId, NodeInfo)> {
         let metrics = self.raft.metrics();
@@ -388,32 +315,40 @@ impl Inner {
 
     /// Runs `req` on the leader, here or forwarded, waiting up to
     /// `no_leader_wait` for a reachable leader. Retries only when the
-    /// request certainly was not proposed.
-    async fn call_leader(&self, req: ForwardRequest) -> Result<ForwardReply, WriteError> {
+    /// request certainly was not proposed. With a `deadline`, nothing is
+    /// proposed after it (by this node's clock, or the leader's for a
+    /// forwarded request): the call fails with
+    /// [`WriteError::DeadlineExceeded`] instead.
+    async fn call_leader(
+        &self,
+        req: ForwardRequest,
+        deadline: Option<Instant>,
+    ) -> Result<ForwardReply, WriteError> {
         // A stopped node's view of the leader is frozen; do not act on it.
         if *self.stop.borrow() {
             return Err(WriteError::Fatal("this node is shut down".into()));
         }
         // A read index proposes nothing, so losing its answer is harmless.
         let retry_lost = matches!(req, ForwardRequest::ReadIndex);
-        let deadline = Instant::now() + self.no_leader_wait;
+        let no_leader_by = Instant::now() + self.no_leader_wait;
+        let give_up = deadline.map_or(no_leader_by, |d| d.min(no_leader_by));
         let mut hint: Option<(NodeId, NodeInfo)> = None;
         let mut unreachable: Option<String> = None;
         let mut poll = POLL_MIN;
         loop {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(WriteError::DeadlineExceeded);
+            }
             let target = hint.take().or_else(|| self.leader());
             let result = match &target {
                 None => None,
                 Some((id, _)) if *id == self.id => Some(
-                    self.execute_as_leader(req.clone())
+                    self.leader_ops
+                        .execute(req.clone())
                         .await
                         .map_err(CallError::Remote),
                 ),
-                Some((id, info)) => Some(
-                    self.peers
-                        .forward(*id, &info.rpc_addr, &req, self.forward_bound(&req))
-                        .await,
-                ),
+                Some((id, info)) => Some(self.forward(*id, info, &req, deadline).await),
             };
             let mut follow_hint = false;
             match result {
@@ -435,23 +370,157 @@ impl Inner {
                 Some(Err(CallError::Remote(failure))) => return Err(failure.into()),
             }
             let now = Instant::now();
-            if now >= deadline {
+            if now >= give_up {
+                if deadline.is_some_and(|d| now >= d) {
+                    return Err(WriteError::DeadlineExceeded);
+                }
                 return Err(unreachable.map_or(WriteError::NoLeader, WriteError::Unreachable));
             }
             if !follow_hint {
-                tokio::time::sleep(poll.min(deadline - now)).await;
+                tokio::time::sleep(poll.min(give_up - now)).await;
                 poll = (poll * 2).min(POLL_MAX);
             }
         }
     }
+
+    /// Forwards `req` to `id`, the leader as far as this node knows. If
+    /// another leader is elected meanwhile (a higher term with a leader that
+    /// is not `id`), the call is abandoned after a short grace: the old
+    /// leader may be frozen or cut off, and everything queued behind this
+    /// request should go to the new one instead of waiting out the forward
+    /// timeout. Abandoned means sent and unanswered, so its outcome is
+    /// unknown ([`CallError::Lost`]): it may still apply if the old leader
+    /// had replicated it.
+    async fn forward(
+        &self,
+        id: NodeId,
+        info: &NodeInfo,
+        req: &ForwardRequest,
+        deadline: Option<Instant>,
+    ) -> Result<ForwardReply, CallError> {
+        let mut metrics = self.raft.metrics();
+        let term = metrics.borrow().current_term;
+        let call = self
+            .peers
+            .forward(id, &info.rpc_addr, req, self.forward_bound(req), deadline);
+        tokio::pin!(call);
+        // The guard `wait_for` returns is not `Send`: keep only the id.
+        let replaced = async move {
+            metrics
+                .wait_for(|m| {
+                    m.current_term > term && m.current_leader.is_some_and(|leader| leader != id)
+                })
+                .await
+                .map(|m| m.current_leader)
+        };
+        let new_leader = tokio::select! {
+            result = &mut call => return result,
+            changed = replaced => match changed {
+                Ok(leader) => leader,
+                // Raft stopped; the call is bounded on its own.
+                Err(_) => return call.await,
+            },
+        };
+        match tokio::time::timeout(LEADER_CHANGE_GRACE, &mut call).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::info!(
+                    old_leader = id,
+                    ?new_leader,
+                    "abandoning a request forwarded to a replaced leader"
+                );
+                Err(CallError::Lost(format!(
+                    "node {id} did not answer and node {} was elected leader meanwhile; the request may still apply",
+                    new_leader.map_or_else(|| "?".to_string(), |l| l.to_string())
+                )))
+            }
+        }
+    }
+
+    /// Whether this node may start an election now: it is a voter, has not
+    /// heard from a leader within the shortest election timeout, and a
+    /// majority of voters (of each half of a joint configuration), itself
+    /// included, have not either.
+    async fn pre_vote(&self) -> bool {
+        let (state, term, configs, others) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            let membership = m.membership_config.membership();
+            let configs: Vec<BTreeSet<NodeId>> = membership.get_joint_config().clone();
+            let others: Vec<(NodeId, NodeInfo)> = membership
+                .voter_ids()
+                .filter(|id| *id != self.id)
+                .filter_map(|id| membership.get_node(&id).map(|n| (id, n.clone())))
+                .collect();
+            (m.state, m.current_term, configs, others)
+        };
+        if matches!(
+            state,
+            ServerState::Leader | ServerState::Learner | ServerState::Shutdown
+        ) || !configs.iter().any(|c| c.contains(&self.id))
+        {
+            return false;
+        }
+        if self.contact.heard_within(self.election_min) {
+            return false;
+        }
+        let req = PreVoteRequest {
+            candidate: self.id,
+            term,
+        };
+        let mut asks: futures::stream::FuturesUnordered<_> = others
+            .iter()
+            .map(|(id, info)| async {
+                let granted = self
+                    .peers
+                    .pre_vote(*id, &info.rpc_addr, &req, self.pre_vote_timeout)
+                    .await;
+                (*id, granted)
+            })
+            .collect();
+        let quorum = |granted: &BTreeSet<NodeId>| {
+            configs
+                .iter()
+                .all(|c| c.iter().filter(|id| granted.contains(id)).count() * 2 > c.len())
+        };
+        let mut granted = BTreeSet::from([self.id]);
+        // Decide as soon as a majority granted: a frozen or cut-off voter
+        // (often the old leader) must not hold the round up to its timeout.
+        while !quorum(&granted) {
+            match asks.next().await {
+                Some((id, true)) => {
+                    granted.insert(id);
+                }
+                Some((_, false)) => {}
+                None => return false,
+            }
+        }
+        true
+    }
 }
 
-/// Last index the leader knows replicated to `id`.
-fn matched_index(m: &RaftMetrics<NodeId, NodeInfo>, id: NodeId) -> Option<u64> {
-    m.replication
-        .as_ref()
-        .and_then(|r| r.get(&id).copied().flatten())
-        .map(|l| l.index)
+/// Keeps openraft's elections switched on only while a pre-vote round
+/// succeeds (see [`crate::prevote`]). Holds the node weakly, so a dropped
+/// node is not kept alive; ends on shutdown.
+async fn gate_elections(inner: Weak<Inner>, mut stopped: watch::Receiver<bool>) {
+    let mut allowed = false;
+    loop {
+        let Some(node) = inner.upgrade() else {
+            return;
+        };
+        let allow = node.pre_vote().await;
+        if allow != allowed {
+            node.raft.runtime_config().elect(allow);
+            tracing::debug!(node_id = node.id, allow, "elections");
+            allowed = allow;
+        }
+        let every = node.pre_vote_every;
+        drop(node);
+        tokio::select! {
+            _ = stopped.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
 }
 
 /// The handle the application uses. Cheap to clone.
@@ -512,25 +581,44 @@ impl RaftNode {
         )
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
-        let (stop, _) = watch::channel(false);
+        // With pre-vote, elections start only through its gate: switch them
+        // off before openraft's first tick can start one.
+        if config.pre_vote {
+            raft.runtime_config().elect(false);
+        }
+        let (stop, stopped) = watch::channel(false);
+        let leader_ops = Arc::new(LeaderOps {
+            raft: raft.clone(),
+            timeout: Duration::from_millis(config.forward_timeout_ms),
+            learner_catch_up: Duration::from_millis(config.learner_catch_up_ms),
+        });
+        let inner = Arc::new(Inner {
+            id: config.node_id,
+            info: config.info.clone(),
+            raft,
+            db,
+            readers,
+            peers,
+            committed,
+            leader_ops,
+            contact: Arc::new(LeaderContact::default()),
+            forward_timeout: Duration::from_millis(config.forward_timeout_ms),
+            no_leader_wait: Duration::from_millis(config.no_leader_wait_ms),
+            learner_catch_up: Duration::from_millis(config.learner_catch_up_ms),
+            election_min: Duration::from_millis(config.election_min_ms),
+            pre_vote_timeout: Duration::from_millis(config.election_min_ms),
+            pre_vote_every: Duration::from_millis(config.heartbeat_ms),
+            leader_silence: Duration::from_millis(config.election_max_ms.saturating_mul(2)),
+            opened: Instant::now(),
+            server_tls: config.peer_tls.as_ref().map(PeerTls::server_config),
+            peer_admission: config.peer_admission.clone(),
+            stop,
+        });
+        if config.pre_vote {
+            tokio::spawn(gate_elections(Arc::downgrade(&inner), stopped));
+        }
         tracing::info!(node_id = config.node_id, data_dir = %config.data_dir.display(), "raft node open");
-        Ok(RaftNode {
-            inner: Arc::new(Inner {
-                id: config.node_id,
-                info: config.info.clone(),
-                raft,
-                db,
-                readers,
-                peers,
-                committed,
-                forward_timeout: Duration::from_millis(config.forward_timeout_ms),
-                no_leader_wait: Duration::from_millis(config.no_leader_wait_ms),
-                learner_catch_up: Duration::from_millis(config.learner_catch_up_ms),
-                server_tls: config.peer_tls.as_ref().map(PeerTls::server_config),
-                peer_admission: config.peer_admission.clone(),
-                stop,
-            }),
-        })
+        Ok(RaftNode { inner })
     }
 
     /// The database, for the application's reads of committed state.
@@ -562,8 +650,14 @@ impl RaftNode {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), NodeError> {
+        let inner = &self.inner;
         let service = RaftPeerServer::new(PeerService {
-            node: self.inner.clone(),
+            raft: inner.raft.clone(),
+            leader: inner.leader_ops.clone(),
+            admission: inner.peer_admission.clone(),
+            contact: inner.contact.clone(),
+            pre_vote_window: inner.election_min,
+            peers: inner.peers.clone(),
         })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -615,11 +709,35 @@ impl RaftNode {
     }
 
     /// Proposes `payload` and returns the application's reply once it is
-    /// committed and applied on the leader. Followers forward to the leader.
+    /// committed and applied on the leader. Followers forward to the leader;
+    /// if another leader is elected while the forwarded write is unanswered
+    /// (the old one froze or was cut off), the call ends at once with
+    /// [`WriteError::Indeterminate`] instead of waiting out the forward
+    /// timeout, so what the caller queued behind it can go to the new leader.
     pub async fn write(&self, payload: Vec<u8>) -> Result<Vec<u8>, WriteError> {
+        self.write_inner(payload, None).await
+    }
+
+    /// [`RaftNode::write`], but nothing is proposed once `deadline` has
+    /// passed: no leader by then, or the leader received the forwarded
+    /// write after it, gives [`WriteError::DeadlineExceeded`]. Once
+    /// proposed, the outcome is awaited as for any write.
+    pub async fn write_before(
+        &self,
+        payload: Vec<u8>,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, WriteError> {
+        self.write_inner(payload, Some(deadline)).await
+    }
+
+    async fn write_inner(
+        &self,
+        payload: Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<u8>, WriteError> {
         match self
             .inner
-            .call_leader(ForwardRequest::Write(Payload(payload)))
+            .call_leader(ForwardRequest::Write(Payload(payload)), deadline)
             .await?
         {
             ForwardReply::Written(reply) => Ok(reply.0),
@@ -633,7 +751,11 @@ impl RaftNode {
     /// was committed when the call started: a read from [`RaftNode::db`]
     /// afterwards is linearizable.
     pub async fn read_barrier(&self) -> Result<(), WriteError> {
-        let index = match self.inner.call_leader(ForwardRequest::ReadIndex).await? {
+        let index = match self
+            .inner
+            .call_leader(ForwardRequest::ReadIndex, None)
+            .await?
+        {
             ForwardReply::ReadIndex(index) => index,
             other => {
                 return Err(WriteError::Fatal(format!(
@@ -652,7 +774,7 @@ impl RaftNode {
     /// still catching up.
     pub async fn add_learner(&self, id: NodeId, info: NodeInfo) -> Result<(), WriteError> {
         self.inner
-            .call_leader(ForwardRequest::AddLearner { id, info })
+            .call_leader(ForwardRequest::AddLearner { id, info }, None)
             .await
             .map(|_| ())
     }
@@ -661,7 +783,7 @@ impl RaftNode {
     /// listed leave the cluster; learners not listed stay learners.
     pub async fn change_membership(&self, voters: BTreeSet<NodeId>) -> Result<(), WriteError> {
         self.inner
-            .call_leader(ForwardRequest::ChangeMembership { voters })
+            .call_leader(ForwardRequest::ChangeMembership { voters }, None)
             .await
             .map(|_| ())
     }
@@ -690,7 +812,11 @@ impl RaftNode {
                 ServerState::Learner => RaftRole::Learner,
                 ServerState::Shutdown => RaftRole::Shutdown,
             },
-            current_leader: m.current_leader,
+            current_leader: m.current_leader.filter(|leader| {
+                *leader == self.inner.id
+                    || self.inner.contact.heard_within(self.inner.leader_silence)
+                    || self.inner.opened.elapsed() < self.inner.leader_silence
+            }),
             term: m.current_term,
             last_log_index: m.last_log_index,
             committed: self.inner.committed.get(),
@@ -719,6 +845,13 @@ impl RaftNode {
             })
     }
 
+    /// Cuts this node off from its peers (every call out fails, every call
+    /// in is refused) or heals the cut.
+    #[cfg(test)]
+    pub(crate) fn set_cut(&self, cut: bool) {
+        self.inner.peers.set_cut(cut);
+    }
+
     /// Stops Raft and the peer RPC server. The database closes when the
     /// last handle to it (this node and any [`RaftNode::db`] clone) drops.
     pub async fn shutdown(&self) -> Result<(), NodeError> {
@@ -744,6 +877,7 @@ mod tests {
     fn handle_and_futures_are_send(node: RaftNode, listener: TcpListener) {
         is_send_sync::<RaftNode>();
         is_send(&node.write(Vec::new()));
+        is_send(&node.write_before(Vec::new(), Instant::now()));
         is_send(&node.read_barrier());
         is_send(&node.add_learner(2, NodeInfo::default()));
         is_send(&node.change_membership(BTreeSet::new()));

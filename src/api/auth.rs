@@ -275,10 +275,13 @@ async fn grant(state: &AppState, user: &User, request: TokenRequest) -> ApiResul
     let object = serde_json::to_value(&info).map_err(|e| ApiError::internal(e.to_string()))?;
     let done = state
         .store
-        .submit(Command::Create {
-            kind: ObjectKind::Tokens,
-            object,
-        })
+        .submit(
+            Command::Create {
+                kind: ObjectKind::Tokens,
+                object,
+            },
+            state.store.write_deadline(),
+        )
         .await?;
     let info: TokenInfo = done
         .object

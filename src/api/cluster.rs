@@ -100,9 +100,12 @@ pub async fn create_token(State(state): State<AppState>, body: Bytes) -> ApiResu
     };
     state
         .store
-        .submit(Command::CreateJoinToken {
-            token: token.clone(),
-        })
+        .submit(
+            Command::CreateJoinToken {
+                token: token.clone(),
+            },
+            state.store.write_deadline(),
+        )
         .await?;
     let full = format!("{id}.{secret}");
     let fingerprint = crate::tls::fingerprint_pem(&state.ca_pem)
@@ -162,7 +165,13 @@ pub async fn revoke_token(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let done = state.store.submit(Command::RevokeJoinToken { id }).await?;
+    let done = state
+        .store
+        .submit(
+            Command::RevokeJoinToken { id },
+            state.store.write_deadline(),
+        )
+        .await?;
     Ok(Json(json!({ "revision": done.revision, "revoked": true })))
 }
 
@@ -242,13 +251,16 @@ async fn join_checked(state: &AppState, body: Bytes) -> ApiResult<Json<JoinRespo
     })?;
     let done = state
         .store
-        .submit(Command::Join {
-            token_id: token_id.to_string(),
-            secret_sha256,
-            now_unix: state.now(),
-            rpc_addr: request.rpc_addr.clone(),
-            api_addr: request.api_addr.clone(),
-        })
+        .submit(
+            Command::Join {
+                token_id: token_id.to_string(),
+                secret_sha256,
+                now_unix: state.now(),
+                rpc_addr: request.rpc_addr.clone(),
+                api_addr: request.api_addr.clone(),
+            },
+            state.store.write_deadline(),
+        )
         .await?;
     let node_id = done
         .object
@@ -341,6 +353,9 @@ pub async fn remove_node(
             ));
         }
     }
-    let done = state.store.submit(Command::RemoveNode { id }).await?;
+    let done = state
+        .store
+        .submit(Command::RemoveNode { id }, state.store.write_deadline())
+        .await?;
     Ok(Json(json!({ "revision": done.revision, "removed": id })))
 }

@@ -114,6 +114,11 @@ impl From<StoreError> for ApiError {
                 code::OUTCOME_UNKNOWN,
                 format!("the write may or may not have been applied (check before retrying): {m}"),
             ),
+            StoreError::DeadlineExceeded => ApiError::new(
+                code::DEADLINE_EXCEEDED,
+                "the write waited past its deadline before it could be proposed; nothing was written; retry",
+            )
+            .retry_after(1),
             StoreError::Internal(m) => ApiError::internal(m),
         }
     }
@@ -155,6 +160,7 @@ mod tests {
             "outcome_unknown",
             503,
         );
+        check(StoreError::DeadlineExceeded, "deadline_exceeded", 503);
         check(StoreError::Internal("x".into()), "internal", 500);
         check(
             Rejection::new(code::MISSING_REFERENCE, "no such profile").into(),

@@ -279,7 +279,13 @@ pub async fn create(
             object
         }
     };
-    let done = state.store.submit(Command::Create { kind, object }).await?;
+    let done = state
+        .store
+        .submit(
+            Command::Create { kind, object },
+            state.store.write_deadline(),
+        )
+        .await?;
     Ok(with_etag(StatusCode::CREATED, kind, done))
 }
 
@@ -303,12 +309,15 @@ pub async fn replace(
     };
     let done = state
         .store
-        .submit(Command::Replace {
-            kind,
-            key,
-            object,
-            if_match,
-        })
+        .submit(
+            Command::Replace {
+                kind,
+                key,
+                object,
+                if_match,
+            },
+            state.store.write_deadline(),
+        )
         .await?;
     Ok(with_etag(StatusCode::OK, kind, done))
 }
@@ -334,12 +343,15 @@ pub async fn patch(
     }
     let done = state
         .store
-        .submit(Command::Patch {
-            kind,
-            key,
-            patch,
-            if_match,
-        })
+        .submit(
+            Command::Patch {
+                kind,
+                key,
+                patch,
+                if_match,
+            },
+            state.store.write_deadline(),
+        )
         .await?;
     Ok(with_etag(StatusCode::OK, kind, done))
 }
@@ -384,7 +396,10 @@ pub async fn delete(
             if_match,
         },
     };
-    let done = state.store.submit(command).await?;
+    let done = state
+        .store
+        .submit(command, state.store.write_deadline())
+        .await?;
     if let (ObjectKind::Users, Some(name)) = (kind, &target.key) {
         state.throttle.forget_user(name);
     }

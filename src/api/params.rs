@@ -120,12 +120,15 @@ async fn submit_patch(
     let if_match = if_match(headers)?;
     let done = state
         .store
-        .submit(Command::Patch {
-            kind,
-            key,
-            patch,
-            if_match,
-        })
+        .submit(
+            Command::Patch {
+                kind,
+                key,
+                patch,
+                if_match,
+            },
+            state.store.write_deadline(),
+        )
         .await?;
     let params = done
         .object

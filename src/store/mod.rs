@@ -10,6 +10,12 @@
 //! log entry (a framed batch, see [`frames`]), so many small writes share one
 //! log append and one fsync.
 //!
+//! Every write carries a deadline: one still queued when its deadline
+//! passes (behind a batch in flight, or while no leader is known) is
+//! refused with [`StoreError::DeadlineExceeded`] and never proposed, and a
+//! forwarded batch carries its earliest deadline so the leader refuses it
+//! too once that has passed.
+//!
 //! Nothing unbounded reaches the log: [`Store::submit`] checks the limits in
 //! [`limits`] before proposing, and `apply` checks them again.
 //!
@@ -33,10 +39,12 @@ pub mod view;
 pub mod watch;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use cradle_raft::{RaftNode, WriteError};
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
 
 pub use command::{Command, Rejection, Reply};
 pub use events::{Action, Event};
@@ -52,9 +60,23 @@ const MAX_BATCH_COMMANDS: usize = 512;
 /// durable before taking the next, so a second entry in flight only splits
 /// what would have been one larger batch (measured: 1 in flight gives ~40%
 /// more creates/s than 4 on one node, and more on three).
+///
+/// One slot does not let a stalled leader stall every write here: a batch
+/// forwarded to a leader that stops answering is abandoned (as
+/// `outcome_unknown`) once another leader is elected, and the next batch
+/// goes to the new one (see `RaftNode::write_before`).
 const MAX_BATCHES_IN_FLIGHT: usize = 1;
 /// Submissions waiting to be batched before callers are pushed back on.
 const PROPOSAL_QUEUE: usize = 16_384;
+/// Times one batch is offered to the leader. A batch goes out with the
+/// earliest deadline among its commands; when the leader refuses it as
+/// late, the commands whose own deadline has not passed go again without
+/// the expired ones. A refusal each time means the leader's clock is ahead
+/// of this node's: the rest fail as expired by it.
+const MAX_PROPOSE_ROUNDS: usize = 3;
+/// How long a write may wait to be proposed unless told otherwise
+/// ([`Store::with_write_timeout`]).
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -70,6 +92,10 @@ pub enum StoreError {
     /// Proposed or sent, but no answer in time: it may or may not apply.
     #[error("{0}")]
     OutcomeUnknown(String),
+    /// The write's deadline passed before it was proposed (it waited in the
+    /// queue, or for a leader, too long). Nothing was proposed.
+    #[error("the deadline passed before the write could be proposed; nothing was written")]
+    DeadlineExceeded,
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -82,6 +108,7 @@ impl From<WriteError> for StoreError {
             WriteError::Unreachable(_) => StoreError::NoLeader,
             WriteError::NoQuorum(m) => StoreError::NoQuorum(m),
             WriteError::Indeterminate(m) | WriteError::Timeout(m) => StoreError::OutcomeUnknown(m),
+            WriteError::DeadlineExceeded => StoreError::DeadlineExceeded,
             other => StoreError::Internal(other.to_string()),
         }
     }
@@ -96,6 +123,7 @@ pub struct Done {
 
 struct Proposal {
     command: Command,
+    deadline: Instant,
     reply: oneshot::Sender<Result<Reply, StoreError>>,
 }
 
@@ -104,6 +132,7 @@ pub struct Store {
     raft: Arc<RaftNode>,
     events: broadcast::Sender<Event>,
     proposals: mpsc::Sender<Proposal>,
+    write_timeout: Duration,
 }
 
 /// A [`Store`] that does not keep the node alive: for callbacks the Raft
@@ -114,6 +143,7 @@ pub struct WeakStore {
     raft: std::sync::Weak<RaftNode>,
     events: broadcast::Sender<Event>,
     proposals: mpsc::WeakSender<Proposal>,
+    write_timeout: Duration,
 }
 
 impl WeakStore {
@@ -123,6 +153,7 @@ impl WeakStore {
             raft: self.raft.upgrade()?,
             events: self.events.clone(),
             proposals: self.proposals.upgrade()?,
+            write_timeout: self.write_timeout,
         })
     }
 }
@@ -133,6 +164,7 @@ impl Store {
             raft: Arc::downgrade(&self.raft),
             events: self.events.clone(),
             proposals: self.proposals.downgrade(),
+            write_timeout: self.write_timeout,
         }
     }
 
@@ -150,8 +182,21 @@ impl Store {
             raft,
             events,
             proposals,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
         };
         (store, batcher)
+    }
+
+    /// Sets how long from now [`Store::write_deadline`] gives a write.
+    pub fn with_write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = timeout;
+        self
+    }
+
+    /// The deadline of a write made now on behalf of an API request: the
+    /// configured write timeout from now.
+    pub fn write_deadline(&self) -> Instant {
+        Instant::now() + self.write_timeout
     }
 
     pub fn raft(&self) -> &Arc<RaftNode> {
@@ -160,12 +205,21 @@ impl Store {
 
     /// Proposes `command` and waits until it is committed and applied.
     /// Commands over the limits are refused here, before anything is
-    /// proposed.
-    pub async fn submit(&self, command: Command) -> Result<Done, StoreError> {
+    /// proposed. If `deadline` passes before the command is proposed, it
+    /// fails with [`StoreError::DeadlineExceeded`] and is never applied;
+    /// once proposed, its outcome is awaited (bounded by the Raft layer).
+    pub async fn submit(&self, command: Command, deadline: Instant) -> Result<Done, StoreError> {
         self.check_limits(&command)?;
+        if Instant::now() >= deadline {
+            return Err(StoreError::DeadlineExceeded);
+        }
         let (reply, answer) = oneshot::channel();
         self.proposals
-            .send(Proposal { command, reply })
+            .send(Proposal {
+                command,
+                deadline,
+                reply,
+            })
             .await
             .map_err(|_| StoreError::Unavailable("store is shutting down".into()))?;
         let reply = answer
@@ -212,7 +266,10 @@ impl Store {
     /// before `now_unix`; returns how many went.
     pub async fn purge_expired_tokens(&self, now_unix: u64, limit: u32) -> Result<u64, StoreError> {
         let done = self
-            .submit(Command::PurgeExpiredTokens { now_unix, limit })
+            .submit(
+                Command::PurgeExpiredTokens { now_unix, limit },
+                self.write_deadline(),
+            )
             .await?;
         Ok(done
             .object
@@ -377,6 +434,8 @@ impl Batcher {
 
 /// Gathers whatever proposals are waiting into one batch and keeps a few
 /// batches in flight, so throughput grows with load instead of with fsyncs.
+/// Deadlines are judged as proposals leave the queue: one that expired while
+/// waiting (behind a batch in flight, or for a leader) is refused here.
 async fn batch_proposals(
     raft: Arc<RaftNode>,
     mut queue: mpsc::Receiver<Proposal>,
@@ -386,12 +445,25 @@ async fn batch_proposals(
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let mut batch = vec![first];
+        let now = Instant::now();
+        let mut batch = Vec::new();
+        let mut next = Some(first);
         while batch.len() < MAX_BATCH_COMMANDS {
-            match queue.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
+            let proposal = match next.take() {
+                Some(p) => p,
+                None => match queue.try_recv() {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            if proposal.deadline <= now {
+                let _ = proposal.reply.send(Err(StoreError::DeadlineExceeded));
+            } else {
+                batch.push(proposal);
             }
+        }
+        if batch.is_empty() {
+            continue;
         }
         let raft = raft.clone();
         tokio::spawn(async move {
@@ -401,58 +473,82 @@ async fn batch_proposals(
     }
 }
 
+/// One command of a batch, encoded.
+struct Encoded {
+    bytes: Vec<u8>,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<Reply, StoreError>>,
+}
+
 async fn propose(raft: &RaftNode, batch: Vec<Proposal>) {
-    let (commands, waiters): (Vec<_>, Vec<_>) =
-        batch.into_iter().map(|p| (p.command, p.reply)).unzip();
     let format = match entry_format(raft) {
         Ok(format) => format,
         Err(e) => {
-            for waiter in waiters {
-                let _ = waiter.send(Err(e.clone()));
+            for proposal in batch {
+                let _ = proposal.reply.send(Err(e.clone()));
             }
             return;
         }
     };
     // Each command is encoded on its own: one that cannot be fails alone.
-    let mut encoded = Vec::with_capacity(commands.len());
-    let mut senders = Vec::with_capacity(waiters.len());
-    for (command, waiter) in commands.iter().zip(waiters) {
-        if let Err(rejection) = command::check_format(command, format) {
-            let _ = waiter.send(Err(StoreError::Rejected(rejection)));
+    let mut pending = Vec::with_capacity(batch.len());
+    for proposal in batch {
+        if let Err(rejection) = command::check_format(&proposal.command, format) {
+            let _ = proposal.reply.send(Err(StoreError::Rejected(rejection)));
             continue;
         }
-        match serde_json::to_vec(command) {
-            Ok(bytes) => {
-                encoded.push(bytes);
-                senders.push(waiter);
+        match serde_json::to_vec(&proposal.command) {
+            Ok(bytes) => pending.push(Encoded {
+                bytes,
+                deadline: proposal.deadline,
+                reply: proposal.reply,
+            }),
+            Err(e) => {
+                let _ = proposal
+                    .reply
+                    .send(Err(StoreError::Internal(format!("encoding command: {e}"))));
+            }
+        }
+    }
+    for _ in 0..MAX_PROPOSE_ROUNDS {
+        let now = Instant::now();
+        let (live, expired): (Vec<_>, Vec<_>) = pending.into_iter().partition(|p| p.deadline > now);
+        for p in expired {
+            let _ = p.reply.send(Err(StoreError::DeadlineExceeded));
+        }
+        let Some(deadline) = live.iter().map(|p| p.deadline).min() else {
+            return;
+        };
+        // Always framed, even one command: the envelope carries the format.
+        let parts: Vec<&[u8]> = live.iter().map(|p| &p.bytes[..]).collect();
+        let payload = match frames::encode(format, &parts) {
+            Ok(payload) => payload,
+            Err(e) => {
+                for p in live {
+                    let _ = p.reply.send(Err(StoreError::Internal(e.to_string())));
+                }
+                return;
+            }
+        };
+        let replies = match raft.write_before(payload, deadline).await {
+            Ok(bytes) => match_replies(&bytes, live.len()),
+            // Nothing was proposed: try the others without the expired.
+            Err(WriteError::DeadlineExceeded) => {
+                pending = live;
+                continue;
             }
             Err(e) => {
-                let _ = waiter.send(Err(StoreError::Internal(format!("encoding command: {e}"))));
+                let e = StoreError::from(e);
+                (0..live.len()).map(|_| Err(e.clone())).collect()
             }
+        };
+        for (p, reply) in live.into_iter().zip(replies) {
+            let _ = p.reply.send(reply);
         }
-    }
-    if encoded.is_empty() {
         return;
     }
-    // Always framed, even one command: the envelope carries the format.
-    let payload = match frames::encode(format, &encoded) {
-        Ok(payload) => payload,
-        Err(e) => {
-            for waiter in senders {
-                let _ = waiter.send(Err(StoreError::Internal(e.to_string())));
-            }
-            return;
-        }
-    };
-    let replies = match raft.write(payload).await {
-        Ok(bytes) => match_replies(&bytes, senders.len()),
-        Err(e) => {
-            let e = StoreError::from(e);
-            (0..senders.len()).map(|_| Err(e.clone())).collect()
-        }
-    };
-    for (waiter, reply) in senders.into_iter().zip(replies) {
-        let _ = waiter.send(reply);
+    for p in pending {
+        let _ = p.reply.send(Err(StoreError::DeadlineExceeded));
     }
 }
 
@@ -499,5 +595,89 @@ fn match_replies(bytes: &[u8], count: usize) -> Vec<Result<Reply, StoreError>> {
         _ => (0..count)
             .map(|_| Err(unknown("does not match the batch")))
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cradle_raft::{NodeConfig, NodeInfo};
+    use serde_json::json;
+
+    fn profile(name: &str) -> Command {
+        Command::Create {
+            kind: ObjectKind::Profiles,
+            object: json!({ "name": name }),
+        }
+    }
+
+    /// Writes queued behind a batch that cannot be proposed (no leader yet)
+    /// whose deadline passes meanwhile are refused with `DeadlineExceeded`
+    /// once the queue moves, and never applied.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_expired_in_the_queue_are_refused_and_never_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let (events, _) = broadcast::channel(64);
+        let app = Arc::new(apply::CradleApp::new(events.clone()));
+        let info = NodeInfo {
+            rpc_addr: "127.0.0.1:1".into(),
+            api_addr: "127.0.0.1:2".into(),
+        };
+        let raft = Arc::new(
+            RaftNode::open(NodeConfig::new(1, dir.path(), info), app)
+                .await
+                .unwrap(),
+        );
+        let (store, batcher) = Store::new(raft.clone(), events);
+        let (_stop, shutdown) = crate::service::Shutdown::new();
+        tokio::spawn(batcher.run(shutdown));
+
+        // No leader yet: the first write waits for one, holding the only
+        // batch slot, and the next ones wait in the queue behind it.
+        let long = Instant::now() + Duration::from_secs(30);
+        let first = tokio::spawn({
+            let store = store.clone();
+            async move { store.submit(profile("first"), long).await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let short = Instant::now() + Duration::from_millis(300);
+        let late: Vec<_> = (0..3)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(
+                    async move { store.submit(profile(&format!("late-{i}")), short).await },
+                )
+            })
+            .collect();
+        // An already expired write is refused without being queued.
+        assert!(matches!(
+            store.submit(profile("past"), Instant::now()).await,
+            Err(StoreError::DeadlineExceeded)
+        ));
+        tokio::time::sleep_until(short + Duration::from_millis(200)).await;
+        raft.initialize_single().await.unwrap();
+
+        let first = first
+            .await
+            .unwrap()
+            .expect("the first write, within its deadline");
+        for task in late {
+            let result = task.await.unwrap();
+            assert!(
+                matches!(result, Err(StoreError::DeadlineExceeded)),
+                "{result:?}"
+            );
+        }
+        for name in ["late-0", "late-1", "late-2", "past"] {
+            assert_eq!(store.get(ObjectKind::Profiles, name).unwrap(), None);
+        }
+        assert!(store.get(ObjectKind::Profiles, "first").unwrap().is_some());
+        // Nothing of the refused writes took a revision.
+        let next = store
+            .submit(profile("next"), store.write_deadline())
+            .await
+            .unwrap();
+        assert_eq!(next.revision, first.revision + 1);
+        raft.shutdown().await.unwrap();
     }
 }

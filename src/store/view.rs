@@ -511,10 +511,13 @@ pub(crate) mod tests {
         });
         if retention != crate::model::DEFAULT_EVENT_RETENTION {
             store
-                .submit(Command::Create {
-                    kind: ObjectKind::Prefs,
-                    object: json!({ "event_retention": retention }),
-                })
+                .submit(
+                    Command::Create {
+                        kind: ObjectKind::Prefs,
+                        object: json!({ "event_retention": retention }),
+                    },
+                    store.write_deadline(),
+                )
                 .await
                 .expect("setting the event retention pref");
         }
@@ -523,7 +526,7 @@ pub(crate) mod tests {
 
     pub(crate) async fn create(store: &Store, kind: ObjectKind, object: Value) -> u64 {
         store
-            .submit(Command::Create { kind, object })
+            .submit(Command::Create { kind, object }, store.write_deadline())
             .await
             .unwrap_or_else(|e| panic!("creating {kind:?}: {e}"))
             .revision

@@ -419,10 +419,13 @@ mod tests {
         let mut revisions = Vec::new();
         for n in names {
             let done = store
-                .submit(Command::Create {
-                    kind: ObjectKind::Profiles,
-                    object: json!({"name": format!("p{n}")}),
-                })
+                .submit(
+                    Command::Create {
+                        kind: ObjectKind::Profiles,
+                        object: json!({"name": format!("p{n}")}),
+                    },
+                    store.write_deadline(),
+                )
                 .await
                 .unwrap();
             revisions.push(done.revision);

@@ -95,6 +95,18 @@ impl Node {
         }
     }
 
+    /// Sends `signal` to the child this harness started; false if it is not
+    /// running.
+    fn signal(&self, signal: nix::sys::signal::Signal) -> bool {
+        let Some(child) = &self.child else {
+            return false;
+        };
+        let Ok(pid) = i32::try_from(child.id()) else {
+            return false;
+        };
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).is_ok()
+    }
+
     /// The exit status if the child has exited on its own.
     fn exited(&mut self) -> Option<ExitStatus> {
         let status = self.child.as_mut()?.try_wait().ok()??;
@@ -543,6 +555,24 @@ impl Cluster {
     /// SIGKILL slot `i`.
     pub fn kill(&mut self, i: usize) {
         self.nodes[i].kill();
+    }
+
+    /// SIGSTOP slot `i`: the process freezes with its sockets open, as a
+    /// node does under a long GC-like pause or a stalled disk. A stopped
+    /// child is still killed on drop (SIGKILL ends stopped processes too).
+    pub fn pause(&mut self, i: usize) {
+        assert!(
+            self.nodes[i].signal(nix::sys::signal::Signal::SIGSTOP),
+            "node {i} is not running"
+        );
+    }
+
+    /// SIGCONT slot `i` after [`Cluster::pause`].
+    pub fn resume(&mut self, i: usize) {
+        assert!(
+            self.nodes[i].signal(nix::sys::signal::Signal::SIGCONT),
+            "node {i} is not running"
+        );
     }
 
     /// Restarts slot `i` with `cradle server` and the same environment, and

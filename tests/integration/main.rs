@@ -11,6 +11,7 @@ mod cli;
 mod cluster;
 mod connections;
 mod events;
+mod failover;
 mod join_tokens;
 mod restart;
 mod security;
