@@ -16,6 +16,9 @@
 //! - [`cluster`]: membership: node identity, join tokens and the join
 //!   protocol, peer admission, the leader's membership reconciler.
 //! - [`server`]: wiring a node together and shutting it down.
+//! - [`testkit`]: a cluster of child processes on loopback (kill, pause,
+//!   restart, cut and heal, wait for a leader, compare digests) for the
+//!   integration tests and the cluster benchmark; no node code uses it.
 //!
 //! Consensus lives in the separate `cradle-raft` crate (`raft/`), the only
 //! code that knows about openraft.
@@ -30,4 +33,5 @@ pub mod config;
 pub mod model;
 pub mod server;
 pub mod store;
+pub mod testkit;
 pub mod tls;

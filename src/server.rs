@@ -124,7 +124,7 @@ pub async fn start(settings: ServerSettings) -> anyhow::Result<Running> {
     let app = Arc::new(CradleApp::new(events.clone(), settings.event_retention));
     let store_slot: Arc<OnceLock<Store>> = Arc::default();
     let node_info = NodeInfo {
-        rpc_addr: format!("{host}:{}", rpc_addr.port()),
+        rpc_addr: settings.advertised_rpc_addr(rpc_addr.port()),
         api_addr: format!("{host}:{}", api_addr.port()),
     };
     let mut node_config = NodeConfig::new(
@@ -138,6 +138,12 @@ pub async fn start(settings: ServerSettings) -> anyhow::Result<Running> {
     node_config.snapshot_every_entries = settings.snapshot_every;
     node_config.no_leader_wait_ms = settings.no_leader_wait_ms;
     node_config.peer_tls = Some(peer_tls);
+    // Peer connections leave from the address peers are told, so a
+    // multi-homed host (or a test's per-node loopback address) is seen by
+    // its peers as itself.
+    if !settings.rpc_listen.ip().is_unspecified() {
+        node_config.peer_source_ip = Some(settings.rpc_listen.ip());
+    }
     node_config.peer_admission = Some(cluster::peer_admission(store_slot.clone()));
     let raft = Arc::new(
         RaftNode::open(node_config, app)
@@ -186,6 +192,7 @@ pub async fn start(settings: ServerSettings) -> anyhow::Result<Running> {
     tasks.push(tokio::spawn(purge_expired_tokens_forever(
         store.clone(),
         identity.node_id,
+        settings.clock.clone(),
         stopped.clone(),
     )));
 
@@ -223,6 +230,7 @@ const TOKEN_PURGE_ROUNDS: usize = 16;
 async fn purge_expired_tokens_forever(
     store: Store,
     node_id: u64,
+    clock: crate::clock::Clock,
     mut stopped: watch::Receiver<bool>,
 ) {
     loop {
@@ -235,7 +243,7 @@ async fn purge_expired_tokens_forever(
         }
         for _ in 0..TOKEN_PURGE_ROUNDS {
             match store
-                .purge_expired_tokens(crate::clock::unix_now(), TOKEN_PURGE_BATCH)
+                .purge_expired_tokens(clock.unix_now(), TOKEN_PURGE_BATCH)
                 .await
             {
                 Ok(purged) if purged >= u64::from(TOKEN_PURGE_BATCH) => continue,
@@ -298,7 +306,7 @@ async fn bootstrap(
         id: node_id,
         rpc_addr: info.rpc_addr,
         api_addr: info.api_addr,
-        joined_at_unix: crate::clock::unix_now(),
+        joined_at_unix: settings.clock.unix_now(),
         removed: false,
     };
     store

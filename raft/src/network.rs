@@ -247,6 +247,8 @@ fn decode_chunk(mut bytes: Vec<u8>) -> Result<InstallSnapshotRequest<TypeConfig>
 /// forwarding.
 pub(crate) struct Peers {
     tls: Option<ClientTlsConfig>,
+    /// The local address connections leave from, if not the system's choice.
+    source_ip: Option<std::net::IpAddr>,
     /// Peer id -> (address the channel was made for, channel).
     channels: Mutex<HashMap<NodeId, (String, Channel)>>,
 }
@@ -255,7 +257,16 @@ impl Peers {
     pub(crate) fn new(tls: Option<ClientTlsConfig>) -> Self {
         Peers {
             tls,
+            source_ip: None,
             channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Connections leave from `ip` (when `Some`).
+    pub(crate) fn with_source_ip(self, ip: Option<std::net::IpAddr>) -> Self {
+        Peers {
+            source_ip: ip,
+            ..self
         }
     }
 
@@ -275,7 +286,8 @@ impl Peers {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true);
+            .keep_alive_while_idle(true)
+            .local_address(self.source_ip);
         if let Some(tls) = &self.tls {
             endpoint = endpoint
                 .tls_config(tls.clone())

@@ -66,6 +66,9 @@ pub struct NodeConfig {
     pub learner_catch_up_ms: u64,
     /// Mutual TLS for peer RPC; plain HTTP/2 when `None`.
     pub peer_tls: Option<PeerTls>,
+    /// The local address connections to peers leave from; the system's
+    /// choice when `None`.
+    pub peer_source_ip: Option<std::net::IpAddr>,
     /// With mutual TLS: decides, per call, whether a peer's leaf certificate
     /// (DER) still belongs to the cluster. The TLS handshake has already
     /// checked it was signed by the cluster CA; this refuses certificates of
@@ -104,6 +107,7 @@ impl NodeConfig {
             no_leader_wait_ms: 5_000,
             learner_catch_up_ms: 60_000,
             peer_tls: None,
+            peer_source_ip: None,
             peer_admission: None,
         }
     }
@@ -491,9 +495,10 @@ impl RaftNode {
             .map_err(|e| NodeError::Raft(e.to_string()))?;
         let state_machine =
             StateMachine::open(db.clone(), app, config.data_dir.join("snapshots")).await?;
-        let peers = Arc::new(Peers::new(
-            config.peer_tls.as_ref().map(PeerTls::client_config),
-        ));
+        let peers = Arc::new(
+            Peers::new(config.peer_tls.as_ref().map(PeerTls::client_config))
+                .with_source_ip(config.peer_source_ip),
+        );
         let network = NetworkFactory {
             local_id: config.node_id,
             peers: peers.clone(),

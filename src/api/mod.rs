@@ -25,7 +25,6 @@ use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
 
 use crate::auth::HashPool;
-use crate::clock::unix_now;
 use crate::config::ServerSettings;
 use crate::model::{ObjectKind, ScopeLevel};
 use crate::store::Store;
@@ -50,11 +49,12 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(store: Store, settings: Arc<ServerSettings>, ca_pem: String) -> Self {
+        let clock = settings.clock.clone();
         AppState {
             store,
             settings,
             ca_pem: Arc::new(ca_pem),
-            clock: Arc::new(unix_now),
+            clock: Arc::new(move || clock.unix_now()),
             hash_pool: HashPool::new(),
             throttle: Arc::default(),
         }
