@@ -29,6 +29,8 @@ const RESUME_LIMIT: Duration = Duration::from_secs(15);
 /// Acknowledged writes (per node where one is named) that show writes
 /// flow in a phase of the failover test.
 const ACKS_PER_PHASE: usize = 30;
+/// Longest a cut node may go on hearing a leader (a few election timeouts).
+const CUT_LIMIT: Duration = Duration::from_secs(10);
 /// Longest a failing `cradle join` may run before it must have exited.
 const EXIT_LIMIT: Duration = Duration::from_secs(30);
 
@@ -591,4 +593,84 @@ async fn lost_majority_refuses_writes_and_serves_reads() {
         // "during" found no leader to propose it, so it must not appear.
         assert_eq!(names, ["after", "before"], "node {node}");
     }
+}
+
+/// The test cluster's own faults do what they say, judged from the nodes'
+/// status: a cut follower hears no leader (its term climbs) while its vote
+/// requests reach nobody (the majority's term stays put); after the heal
+/// every node converges to the same state; a paused leader is replaced and
+/// rejoins when resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_heal_and_pause_isolate_a_node() {
+    let mut cluster = Cluster::start_with(
+        3,
+        Options {
+            relay: true,
+            no_leader_wait_ms: 1_500,
+            ..Options::default()
+        },
+    )
+    .await;
+    let leader = cluster.wait_leader(LEADER_LIMIT).await;
+    let term = |status: &Value| status["term"].as_u64().expect("term");
+    let term_before = term(&cluster.try_status(leader).await.expect("status"));
+    let follower = (0..3).find(|&i| i != leader).unwrap();
+
+    cluster.cut(follower);
+    let started = Instant::now();
+    loop {
+        let cut_term = term(&cluster.try_status(follower).await.expect("status"));
+        if cut_term >= term_before + 2 {
+            break;
+        }
+        assert!(
+            started.elapsed() < CUT_LIMIT,
+            "the cut node's term stayed at {cut_term} for {CUT_LIMIT:?}: it still hears a leader"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The majority neither heard the cut node's elections nor lost its leader.
+    assert_eq!(cluster.wait_leader(LEADER_LIMIT).await, leader);
+    let majority_term = term(&cluster.try_status(leader).await.expect("status"));
+    assert_eq!(majority_term, term_before, "vote requests crossed the cut");
+    cluster
+        .client(leader)
+        .post(
+            "/api/v1/machines",
+            json!({"name": "during-cut", "hardware_addrs": [mac(10)]}),
+        )
+        .await
+        .expect(201);
+    let refused = cluster
+        .client(follower)
+        .post(
+            "/api/v1/machines",
+            json!({"name": "on-the-cut-node", "hardware_addrs": [mac(11)]}),
+        )
+        .await;
+    assert_eq!(refused.status, 503, "{:?}", refused.body);
+
+    cluster.heal(follower);
+    cluster.wait_converged(Duration::from_secs(30)).await;
+    let digests = cluster.assert_same_digests(Duration::from_secs(30)).await;
+    eprintln!("after the heal: {digests:?}");
+    let leader = cluster.wait_leader(LEADER_LIMIT).await;
+    let names: Vec<String> = cluster
+        .list_all(follower, "machines")
+        .await
+        .iter()
+        .map(|m| m["name"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(names, ["during-cut"], "the healed node's state");
+
+    // A stopped leader is replaced; resumed, it follows again.
+    let term_before = term(&cluster.try_status(leader).await.expect("status"));
+    cluster.pause(leader);
+    let new_leader = cluster.wait_leader(LEADER_LIMIT).await;
+    assert_ne!(new_leader, leader);
+    let new_term = term(&cluster.try_status(new_leader).await.expect("status"));
+    assert!(new_term > term_before);
+    cluster.resume(leader);
+    cluster.wait_converged(Duration::from_secs(30)).await;
+    cluster.assert_same_digests(Duration::from_secs(30)).await;
 }
