@@ -246,6 +246,10 @@ pub struct RaftStatus {
     /// A growing value means the leader is cut off.
     pub quorum_ack_age_ms: Option<u64>,
     pub members: Vec<MemberStatus>,
+    /// A membership change is half done: the log's latest membership is a
+    /// joint configuration, and commits need a majority of the old voters
+    /// and of the new.
+    pub membership_joint: bool,
 }
 
 /// Shared state behind [`RaftNode`] and the peer RPC service.
@@ -686,6 +690,7 @@ impl RaftNode {
             purged: m.purged.map(|l| l.index),
             quorum_ack_age_ms: m.millis_since_quorum_ack,
             members,
+            membership_joint: membership.get_joint_config().len() > 1,
         }
     }
 

@@ -1523,6 +1523,7 @@ fn extra_schemas() -> Vec<(&'static str, Value)> {
                     "term": { "type": "integer", "minimum": 0 },
                     "revision": { "type": "integer", "minimum": 0 },
                     "members": { "type": "array", "items": { "type": "object" } },
+                    "membership_joint": { "type": "boolean" },
                     "version": { "type": "string" },
                 },
             }),

@@ -61,6 +61,7 @@ pub async fn status(State(state): State<AppState>) -> ApiResult<Json<Value>> {
         "quorum_ack_age_ms": raft.quorum_ack_age_ms,
         "revision": state.store.revision()?,
         "members": members,
+        "membership_joint": raft.membership_joint,
         "version": env!("CARGO_PKG_VERSION"),
     })))
 }

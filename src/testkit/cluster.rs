@@ -544,8 +544,9 @@ impl Cluster {
 
     /// Waits until the running nodes agree on a leader and every one has
     /// applied exactly the leader's commit index (no writes may be in
-    /// flight); returns that index. After this, local (stale) reads on every
-    /// running node see the same state.
+    /// flight) and no membership change is half done; returns that index.
+    /// After this, local (stale) reads on every running node see the same
+    /// state.
     pub async fn wait_converged(&self, limit: Duration) -> Result<u64, Error> {
         let started = Instant::now();
         let mut last = Vec::new();
@@ -558,9 +559,13 @@ impl Cluster {
             let after = self.try_status(leader).await;
             if let (Some(before), Some(after)) = (before, after) {
                 let commit = before["commit_index"].as_u64();
+                // A joint configuration needs the old voters' majority too:
+                // a membership change still under way is not converged.
                 let same_leader = before["role"] == "leader"
                     && after["role"] == "leader"
-                    && before["term"] == after["term"];
+                    && before["term"] == after["term"]
+                    && before["membership_joint"] != true
+                    && after["membership_joint"] != true;
                 let all_applied = statuses.iter().all(|(_, s)| {
                     s.as_ref().is_some_and(|s| {
                         s["applied_index"].as_u64() == commit && s["leader"] == before["node_id"]
@@ -1163,13 +1168,14 @@ fn brief(statuses: &[(usize, Option<Value>)]) -> String {
         .iter()
         .map(|(i, s)| match s {
             Some(s) => format!(
-                "\n  node {i}: id {} role {} leader {} term {} commit {} applied {} members {}",
+                "\n  node {i}: id {} role {} leader {} term {} commit {} applied {} joint {} members {}",
                 s["node_id"],
                 s["role"],
                 s["leader"],
                 s["term"],
                 s["commit_index"],
                 s["applied_index"],
+                s["membership_joint"],
                 s["members"]
             ),
             None => format!("\n  node {i}: no answer"),
