@@ -7,8 +7,9 @@ use serde_json::{json, Value};
 
 use crate::common::{machine, Client, InProcess};
 
-/// Reads `count` events from the stream at `path`.
-async fn read_events(api: &Client, path: &str, count: usize) -> Vec<Value> {
+/// Opens the stream at `path`. Once its head has arrived the server has
+/// subscribed, so every later commit reaches it.
+async fn open_events(api: &Client, path: &str) -> reqwest::Response {
     let response = api
         .http
         .get(api.url(path))
@@ -17,6 +18,16 @@ async fn read_events(api: &Client, path: &str, count: usize) -> Vec<Value> {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+    response
+}
+
+/// Reads `count` events from the stream at `path`.
+async fn read_events(api: &Client, path: &str, count: usize) -> Vec<Value> {
+    read_from(open_events(api, path).await, count).await
+}
+
+/// Reads `count` events from an open stream.
+async fn read_from(response: reqwest::Response, count: usize) -> Vec<Value> {
     let mut body = response.bytes_stream();
     let mut buffer = String::new();
     let mut events = Vec::new();
@@ -46,11 +57,7 @@ async fn events_stream_in_commit_order_and_resume() {
         .as_u64()
         .unwrap();
 
-    let live = {
-        let api = api.clone();
-        tokio::spawn(async move { read_events(&api, "/api/v1/events", 6).await })
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let live = tokio::spawn(read_from(open_events(&api, "/api/v1/events").await, 6));
     let mut revisions = Vec::new();
     for n in 0..3 {
         let created = api.post("/api/v1/machines", machine(n)).await.expect(201);
