@@ -50,10 +50,10 @@ readonly NODE_ENV=(
     CRADLE_NO_LEADER_WAIT_MS=3000
 )
 
-# Error codes that say a write was refused because no leader could be reached,
-# with nothing proposed: the client may retry, so such a write must never
-# show up later.
-readonly CUT_WRITE_CODES="no_leader unavailable"
+# Error codes that say a write was refused because no leader (or, on a
+# cut-off leader, no quorum) could be reached, with nothing proposed: the
+# client may retry, so such a write must never show up later.
+readonly CUT_WRITE_CODES="no_leader no_quorum unavailable"
 # Error codes that honestly say a write's outcome is unknown (it may have
 # been sent to a leader that did not answer). Accepted only for the write sent
 # right after a cut, before the node can know its leader is gone; a 500

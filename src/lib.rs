@@ -8,6 +8,8 @@
 //!   validation, and param resolution.
 //! - [`store`]: the replicated state: commands through Raft, the
 //!   deterministic apply, indexes, list queries, the change feed.
+//! - [`error_code`]: every stable error code, with its HTTP status and
+//!   description, defined once.
 //! - [`auth`]: password hashing (on a bounded pool), bearer tokens, scopes.
 //! - [`clock`]: the wall clock, read in one place.
 //! - [`tls`]: the CA, server certificates, rustls configurations.
@@ -30,6 +32,7 @@ pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod error_code;
 pub mod model;
 pub mod server;
 pub mod store;

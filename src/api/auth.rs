@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use axum::extract::{ConnectInfo, Path, Request, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{header, HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json, RequestExt as _};
@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::throttle::RetryAfter;
 use super::{ApiError, ApiResult, AppState};
 use crate::auth::{self, Claims};
+use crate::error_code as code;
 use crate::model::{ObjectKind, Scope, ScopeLevel, TokenInfo, User};
 use crate::store::Command;
 
@@ -135,8 +136,7 @@ pub fn source_ip(connect: Option<&ConnectInfo<SocketAddr>>) -> IpAddr {
 /// `429 too_many_requests` with `Retry-After`.
 pub fn too_many(retry: RetryAfter, what: &str) -> ApiError {
     ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "too_many_requests",
+        code::TOO_MANY_REQUESTS,
         format!("too many {what}; retry in {} s", retry.secs),
     )
     .retry_after(retry.secs)
@@ -144,12 +144,7 @@ pub fn too_many(retry: RetryAfter, what: &str) -> ApiError {
 
 /// `503 busy` with `Retry-After`: password hashing is at capacity.
 pub fn hashing_busy() -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "busy",
-        "password checks are at capacity; retry shortly",
-    )
-    .retry_after(1)
+    ApiError::new(code::BUSY, "password checks are at capacity; retry shortly").retry_after(1)
 }
 
 /// `POST /api/v1/auth/token` with HTTP Basic credentials.
@@ -175,8 +170,8 @@ pub async fn issue_token(
         super::body::parse_json_object(&body)?
     };
     if request.user.is_some() {
-        return Err(ApiError::bad_request(
-            "invalid_body",
+        return Err(ApiError::new(
+            code::INVALID_BODY,
             "`user` is only for POST /tokens; this endpoint issues for the caller",
         )
         .at("user"));
@@ -255,8 +250,8 @@ async fn grant(state: &AppState, user: &User, request: TokenRequest) -> ApiResul
         .ttl_secs
         .unwrap_or_else(|| state.settings.token_ttl_secs.min(max_ttl));
     if ttl == 0 || ttl > max_ttl {
-        return Err(ApiError::bad_request(
-            "invalid_ttl",
+        return Err(ApiError::new(
+            code::INVALID_TTL,
             format!("ttl_secs must be between 1 and {max_ttl} (the max_api_token_ttl_secs pref)"),
         )
         .at("ttl_secs"));
@@ -324,7 +319,7 @@ pub async fn guard(
         Ok(Path(params)) => params,
         Err(axum::extract::rejection::PathRejection::MissingPathParams(_)) => HashMap::new(),
         Err(e) => {
-            return ApiError::bad_request("invalid_path", format!("path parameters: {e}"))
+            return ApiError::new(code::INVALID_PATH, format!("path parameters: {e}"))
                 .into_response()
         }
     };
@@ -394,19 +389,12 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
     let now = state.now();
     let claims = auth::verify(token, &key, now).map_err(|e| match e {
         auth::AuthError::Expired => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "token_expired",
+            code::TOKEN_EXPIRED,
             "the bearer token has expired; log in again",
         ),
         _ => ApiError::unauthorized("the bearer token is not valid"),
     })?;
-    let revoked = || {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "token_revoked",
-            "the bearer token has been revoked",
-        )
-    };
+    let revoked = || ApiError::new(code::TOKEN_REVOKED, "the bearer token has been revoked");
     let info: TokenInfo = state
         .store
         .get_typed(ObjectKind::Tokens, &claims.jti)?
@@ -422,8 +410,7 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
         || (claims.scope.level == ScopeLevel::Admin && !user.admin)
     {
         return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "token_superseded",
+            code::TOKEN_SUPERSEDED,
             "the token's user has changed (password, rights, or deleted and re-created) since it was issued; log in again",
         ));
     }

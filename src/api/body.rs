@@ -10,7 +10,8 @@ use axum::http::{header, HeaderMap};
 use serde::de::{DeserializeOwned, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
 use super::{ApiError, ApiResult};
-use crate::store::limits::{self, MAX_JSON_DEPTH};
+use crate::error_code::{self as code, Code};
+use crate::store::limits::MAX_JSON_DEPTH;
 
 /// Deepest JSON a request body may nest: an object at the limit, inside a
 /// JSON Patch operation inside its array.
@@ -126,23 +127,23 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     .and_then(|()| checker.end());
     if let Err(e) = checked {
         return Err(match fault.take() {
-            Some(Fault::Duplicate(key)) => ApiError::bad_request(
-                "duplicate_key",
+            Some(Fault::Duplicate(key)) => ApiError::new(
+                code::DUPLICATE_KEY,
                 format!("request body: the key {key:?} appears twice in one object"),
             )
             .at(key),
             Some(Fault::TooDeep) => too_deep(),
             None if e.to_string().contains("recursion limit") => too_deep(),
-            None => ApiError::bad_request("malformed_json", format!("request body: {e}")),
+            None => ApiError::new(code::MALFORMED_JSON, format!("request body: {e}")),
         });
     }
     serde_json::from_slice(body).map_err(|e| {
         let code = if e.is_data() {
-            "invalid_body"
+            code::INVALID_BODY
         } else {
-            "malformed_json"
+            code::MALFORMED_JSON
         };
-        ApiError::bad_request(code, format!("request body: {e}"))
+        ApiError::new(code, format!("request body: {e}"))
     })
 }
 
@@ -150,17 +151,14 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
 /// an array too (its fields in order), which no client means: refuse that.
 pub fn parse_json_object<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     if body.trim_ascii_start().first() == Some(&b'[') {
-        return Err(ApiError::bad_request(
-            "invalid_body",
-            "expected a JSON object",
-        ));
+        return Err(ApiError::new(code::INVALID_BODY, "expected a JSON object"));
     }
     parse_json(body)
 }
 
 fn too_deep() -> ApiError {
-    ApiError::bad_request(
-        limits::code::TOO_DEEP,
+    ApiError::new(
+        code::TOO_DEEP,
         format!("request body: JSON nested deeper than {MAX_BODY_DEPTH} levels"),
     )
 }
@@ -185,7 +183,7 @@ enum Condition {
 fn parse_condition(name: &str, text: &str) -> ApiResult<Condition> {
     let code = condition_code(name);
     let bad = || {
-        ApiError::bad_request(
+        ApiError::new(
             code,
             format!("{name} {text:?} is not `*` or a list of entity tags like \"12\""),
         )
@@ -225,11 +223,11 @@ fn parse_condition(name: &str, text: &str) -> ApiResult<Condition> {
 }
 
 /// The stable code for a malformed conditional header.
-fn condition_code(name: &str) -> &'static str {
+fn condition_code(name: &str) -> &'static Code {
     if name.eq_ignore_ascii_case("if-none-match") {
-        "invalid_if_none_match"
+        code::INVALID_IF_NONE_MATCH
     } else {
-        "invalid_if_match"
+        code::INVALID_IF_MATCH
     }
 }
 
@@ -241,7 +239,7 @@ fn header_text(headers: &HeaderMap, name: header::HeaderName) -> ApiResult<Optio
     let mut joined = Vec::new();
     for value in values {
         joined.push(value.to_str().map_err(|_| {
-            ApiError::bad_request(condition_code(name.as_str()), format!("{name} is not text"))
+            ApiError::new(condition_code(name.as_str()), format!("{name} is not text"))
                 .at(name.to_string())
         })?);
     }
@@ -279,8 +277,8 @@ pub fn if_match(headers: &HeaderMap) -> ApiResult<IfMatch> {
             match strong.as_slice() {
                 [] => Ok(IfMatch::Never),
                 [one] => Ok(IfMatch::Revision(*one)),
-                _ => Err(ApiError::bad_request(
-                    "invalid_if_match",
+                _ => Err(ApiError::new(
+                    code::INVALID_IF_MATCH,
                     "If-Match with more than one entity tag is not supported; send the one revision you read",
                 )
                 .at("If-Match")),
@@ -296,8 +294,7 @@ pub fn if_match_revision(headers: &HeaderMap) -> ApiResult<Option<u64>> {
         IfMatch::Any => Ok(None),
         IfMatch::Revision(revision) => Ok(Some(revision)),
         IfMatch::Never => Err(ApiError::new(
-            axum::http::StatusCode::PRECONDITION_FAILED,
-            "precondition_failed",
+            code::PRECONDITION_FAILED,
             "If-Match holds only weak entity tags, which never match (RFC 9110 13.1.1)",
         )),
     }
@@ -339,8 +336,7 @@ pub async fn bounded(
 
     let too_large = || {
         let mut response = ApiError::new(
-            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+            code::BODY_TOO_LARGE,
             format!("the request body is larger than {max_body_bytes} bytes"),
         )
         .into_response();
@@ -403,13 +399,10 @@ pub async fn bounded(
             let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(kept));
             next.run(request).await
         }
-        Ok(Err(e)) => {
-            ApiError::bad_request("invalid_body", format!("reading the request body: {e}"))
-                .into_response()
-        }
+        Ok(Err(e)) => ApiError::new(code::INVALID_BODY, format!("reading the request body: {e}"))
+            .into_response(),
         Err(_) => ApiError::new(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            "body_timeout",
+            code::BODY_TIMEOUT,
             "the request body did not arrive in time",
         )
         .into_response(),
@@ -422,8 +415,8 @@ mod tests {
     use axum::http::HeaderValue;
     use serde_json::Value;
 
-    fn check(body: &str) -> Result<Value, String> {
-        parse_json::<Value>(body.as_bytes()).map_err(|e| e.body.code)
+    fn check(body: &str) -> Result<Value, &'static str> {
+        parse_json::<Value>(body.as_bytes()).map_err(|e| e.code().name())
     }
 
     #[test]
@@ -456,7 +449,7 @@ mod tests {
 
     #[test]
     fn if_match_follows_rfc_9110() {
-        let m = |v: &str| if_match(&headers(header::IF_MATCH, v)).map_err(|e| e.body.code);
+        let m = |v: &str| if_match(&headers(header::IF_MATCH, v)).map_err(|e| e.code().name());
         assert_eq!(if_match(&HeaderMap::new()).unwrap(), IfMatch::Any);
         assert_eq!(m("*"), Ok(IfMatch::Any));
         assert_eq!(m("\"7\""), Ok(IfMatch::Revision(7)));
@@ -475,7 +468,7 @@ mod tests {
             "\"-1\"",
             "\"99999999999999999999999\"",
         ] {
-            assert_eq!(m(bad), Err("invalid_if_match".to_string()), "{bad}");
+            assert_eq!(m(bad), Err("invalid_if_match"), "{bad}");
         }
     }
 

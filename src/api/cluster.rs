@@ -20,6 +20,7 @@ use crate::cluster::state::{
     check_join_token, hash_secret, node_common_name, parse_join_token, JoinRefusal, JoinToken,
     TOKEN_ID_HEX, TOKEN_SECRET_HEX,
 };
+use crate::error_code as code;
 use crate::store::{Command, Rejection};
 
 /// Longest a join token may live: joining is an operator's action, now.
@@ -72,15 +73,15 @@ pub async fn create_token(State(state): State<AppState>, body: Bytes) -> ApiResu
         parse_json_object(&body)?
     };
     if request.ttl_secs == 0 || request.ttl_secs > MAX_JOIN_TOKEN_TTL_SECS {
-        return Err(ApiError::bad_request(
-            "invalid_ttl",
+        return Err(ApiError::new(
+            code::INVALID_TTL,
             format!("ttl_secs must be between 1 and {MAX_JOIN_TOKEN_TTL_SECS}"),
         )
         .at("ttl_secs"));
     }
     if request.uses == 0 || request.uses > MAX_JOIN_TOKEN_USES {
-        return Err(ApiError::bad_request(
-            "invalid_uses",
+        return Err(ApiError::new(
+            code::INVALID_USES,
             format!("uses must be between 1 and {MAX_JOIN_TOKEN_USES}"),
         )
         .at("uses"));
@@ -162,7 +163,7 @@ pub async fn join(
     match join_checked(&state, body).await {
         Ok(response) => Ok(response),
         Err(e) => {
-            if e.status.is_client_error() {
+            if e.status().is_client_error() {
                 state.throttle.join_refused(source);
             }
             Err(e)
@@ -174,8 +175,7 @@ async fn join_checked(state: &AppState, body: Bytes) -> ApiResult<Json<JoinRespo
     let request: JoinRequest = parse_json_object(&body)?;
     let (token_id, secret) = parse_join_token(&request.token).ok_or_else(|| {
         ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_join_token",
+            code::INVALID_JOIN_TOKEN,
             "the join token is malformed (expected <id>.<secret>)",
         )
         .at("token")
@@ -203,11 +203,10 @@ async fn join_checked(state: &AppState, body: Bytes) -> ApiResult<Json<JoinRespo
             || !addr.contains(':')
             || addr.contains(char::is_whitespace)
         {
-            return Err(ApiError::bad_request(
-                "invalid_address",
-                format!("{field} must be host:port"),
-            )
-            .at(field));
+            return Err(
+                ApiError::new(code::INVALID_ADDRESS, format!("{field} must be host:port"))
+                    .at(field),
+            );
         }
     }
     // Check the CSR parses before spending a token use on it.
@@ -216,7 +215,7 @@ async fn join_checked(state: &AppState, body: Bytes) -> ApiResult<Json<JoinRespo
         .cluster_ca()?
         .ok_or_else(|| ApiError::internal("this node has no cluster CA in its state yet"))?;
     rcgen::CertificateSigningRequestParams::from_pem(&request.csr_pem).map_err(|e| {
-        ApiError::bad_request("invalid_csr", format!("the CSR does not parse: {e}")).at("csr_pem")
+        ApiError::new(code::INVALID_CSR, format!("the CSR does not parse: {e}")).at("csr_pem")
     })?;
     let done = state
         .store
@@ -240,7 +239,7 @@ async fn join_checked(state: &AppState, body: Bytes) -> ApiResult<Json<JoinRespo
         &request.csr_pem,
         &node_common_name(node_id),
     )
-    .map_err(|e| ApiError::bad_request("invalid_csr", e.to_string()).at("csr_pem"))?;
+    .map_err(|e| ApiError::new(code::INVALID_CSR, e.to_string()).at("csr_pem"))?;
     tracing::info!(node_id, rpc = %request.rpc_addr, "node joined");
     Ok(Json(JoinResponse {
         node_id,
@@ -307,15 +306,13 @@ pub async fn remove_node(
     if !force {
         if id == status.node_id {
             return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "removing_self",
+                code::REMOVING_SELF,
                 "this is the node you are talking to; ask another member, or pass force=true",
             ));
         }
         if voters == [id] {
             return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "last_voter",
+                code::LAST_VOTER,
                 "this is the last voter: removing it would end the cluster; pass force=true",
             ));
         }

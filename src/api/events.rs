@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::Extension;
 use futures::Stream;
@@ -14,6 +14,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::auth::{may_read, Principal};
 use super::objects::{present, query_pairs};
 use super::{ApiError, ApiResult, AppState};
+use crate::error_code as code;
 use crate::model::ObjectKind;
 use crate::store::Event;
 
@@ -38,16 +39,15 @@ pub async fn stream(
         match name.as_str() {
             "since" => {
                 since = Some(value.parse().map_err(|_| {
-                    ApiError::bad_request("invalid_query", "since must be a revision").at("since")
+                    ApiError::new(code::INVALID_QUERY, "since must be a revision").at("since")
                 })?)
             }
             "kind" => kinds.push(value.parse().map_err(|_| {
-                ApiError::bad_request("invalid_query", format!("no object kind {value:?}"))
-                    .at("kind")
+                ApiError::new(code::INVALID_QUERY, format!("no object kind {value:?}")).at("kind")
             })?),
             _ => {
-                return Err(ApiError::bad_request(
-                    "invalid_query",
+                return Err(ApiError::new(
+                    code::INVALID_QUERY,
                     format!("unknown parameter {name:?}"),
                 )
                 .at(name))
@@ -64,8 +64,7 @@ pub async fn stream(
     if let Some(oldest) = store.oldest_event()? {
         if since.saturating_add(1) < oldest {
             return Err(ApiError::new(
-                StatusCode::GONE,
-                "events_expired",
+                code::EVENTS_EXPIRED,
                 format!("events before revision {oldest} are no longer kept; list the objects and resume from their revision"),
             ));
         }

@@ -26,6 +26,7 @@ use axum::Router;
 
 use crate::auth::HashPool;
 use crate::config::ServerSettings;
+use crate::error_code as code;
 use crate::model::{ObjectKind, ScopeLevel};
 use crate::store::Store;
 use auth::Need;
@@ -191,13 +192,17 @@ async fn json_errors(response: axum::response::Response) -> axum::response::Resp
     if is_json {
         return response;
     }
+    // The framework's own rejections, by the status it chose; the response
+    // then carries the status the table gives that code.
     let code = match status {
-        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
-        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        StatusCode::NOT_FOUND => "not_found",
-        s if s.is_server_error() => "internal",
-        _ => "bad_request",
+        StatusCode::PAYLOAD_TOO_LARGE => code::BODY_TOO_LARGE,
+        StatusCode::METHOD_NOT_ALLOWED => code::METHOD_NOT_ALLOWED,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => code::UNSUPPORTED_MEDIA_TYPE,
+        StatusCode::NOT_FOUND => code::NOT_FOUND,
+        StatusCode::TOO_MANY_REQUESTS => code::TOO_MANY_REQUESTS,
+        StatusCode::SERVICE_UNAVAILABLE => code::UNAVAILABLE,
+        s if s.is_server_error() => code::INTERNAL,
+        _ => code::BAD_REQUEST,
     };
     let (parts, body) = response.into_parts();
     let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
@@ -205,7 +210,7 @@ async fn json_errors(response: axum::response::Response) -> axum::response::Resp
     if message.is_empty() {
         message = status.canonical_reason().unwrap_or("error").to_string();
     }
-    let mut json = ApiError::new(status, code, message).into_response();
+    let mut json = ApiError::new(code, message).into_response();
     for (name, value) in parts.headers.iter() {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
             json.headers_mut().insert(name.clone(), value.clone());

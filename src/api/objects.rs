@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use super::auth::{create_for_user, hashing_busy, Principal, Target, TokenRequest};
 use super::body::if_none_match_holds;
 use super::{ApiError, ApiResult, AppState};
+use crate::error_code as code;
 use crate::model::{ObjectKind, User};
 use crate::store::{Command, Done, ListQuery};
 
@@ -38,8 +39,7 @@ fn write_preconditions(
             .map(|o| o.get("revision").and_then(Value::as_u64).unwrap_or(0));
         if current.is_some() && !if_none_match_holds(headers, current)? {
             return Err(ApiError::new(
-                StatusCode::PRECONDITION_FAILED,
-                "precondition_failed",
+                code::PRECONDITION_FAILED,
                 "If-None-Match matches the object's current revision",
             ));
         }
@@ -50,7 +50,7 @@ fn write_preconditions(
 /// `?name=value&...` pairs in order.
 pub fn query_pairs(raw: Option<&str>) -> ApiResult<Vec<(String, String)>> {
     serde_urlencoded::from_str::<Vec<(String, String)>>(raw.unwrap_or(""))
-        .map_err(|e| ApiError::bad_request("invalid_query", format!("query string: {e}")))
+        .map_err(|e| ApiError::new(code::INVALID_QUERY, format!("query string: {e}")))
 }
 
 pub fn flag(value: &str, name: &str) -> ApiResult<bool> {
@@ -58,15 +58,14 @@ pub fn flag(value: &str, name: &str) -> ApiResult<bool> {
         "" | "true" | "1" | "yes" => Ok(true),
         "false" | "0" | "no" => Ok(false),
         _ => Err(
-            ApiError::bad_request("invalid_query", format!("{name} must be true or false"))
-                .at(name),
+            ApiError::new(code::INVALID_QUERY, format!("{name} must be true or false")).at(name),
         ),
     }
 }
 
 fn number(value: &str, name: &str) -> ApiResult<usize> {
     value.parse().map_err(|_| {
-        ApiError::bad_request("invalid_query", format!("{name} must be a number")).at(name)
+        ApiError::new(code::INVALID_QUERY, format!("{name} must be a number")).at(name)
     })
 }
 
@@ -189,8 +188,8 @@ async fn user_object(state: &AppState, body: &[u8], existing: Option<User>) -> A
     let password_hash = match (input.password, existing) {
         (Some(password), _) => {
             if password.chars().count() < 8 {
-                return Err(ApiError::bad_request(
-                    "weak_password",
+                return Err(ApiError::new(
+                    code::WEAK_PASSWORD,
                     "passwords have at least 8 characters",
                 )
                 .at("password"));
@@ -205,7 +204,7 @@ async fn user_object(state: &AppState, body: &[u8], existing: Option<User>) -> A
         (None, Some(existing)) => existing.password_hash,
         (None, None) => {
             return Err(
-                ApiError::bad_request("invalid_body", "a new user needs a password").at("password"),
+                ApiError::new(code::INVALID_BODY, "a new user needs a password").at("password"),
             )
         }
     };
@@ -240,18 +239,14 @@ pub async fn create(
         ObjectKind::Users => user_object(&state, &body, None).await?,
         ObjectKind::Prefs => {
             return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "already_exists",
+                code::ALREADY_EXISTS,
                 "prefs always exist; use PUT or PATCH /api/v1/prefs/prefs",
             ))
         }
         _ => {
             let mut object: Value = parse_json(&body)?;
             if !object.is_object() {
-                return Err(ApiError::bad_request(
-                    "invalid_body",
-                    "expected a JSON object",
-                ));
+                return Err(ApiError::new(code::INVALID_BODY, "expected a JSON object"));
             }
             if kind == ObjectKind::Machines && object.get("uuid").is_none() {
                 if let Some(map) = object.as_object_mut() {
@@ -308,8 +303,8 @@ pub async fn patch(
     let if_match = write_preconditions(&state, kind, &key, &headers)?;
     let patch: json_patch::Patch = parse_json(&body)?;
     if kind == ObjectKind::Users && patch.0.iter().any(|op| touches(op, "/password_hash")) {
-        return Err(ApiError::bad_request(
-            "invalid_patch",
+        return Err(ApiError::new(
+            code::INVALID_PATCH,
             "passwords change with PUT and a `password` field",
         )
         .at("/password_hash"));
@@ -348,11 +343,7 @@ pub async fn delete(
     let if_match = write_preconditions(&state, kind, &key, &headers)?;
     let command = match kind {
         ObjectKind::Prefs => {
-            return Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "read_only",
-                "prefs cannot be deleted",
-            ));
+            return Err(ApiError::new(code::READ_ONLY, "prefs cannot be deleted"));
         }
         // A revoked token stays listed until it expires, so operators see it.
         ObjectKind::Tokens => Command::Patch {
@@ -379,8 +370,7 @@ pub async fn delete(
 
 fn read_only(kind: ObjectKind) -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "read_only",
+        code::READ_ONLY,
         format!(
             "{} cannot be changed; create a new one or revoke it",
             kind.as_str()

@@ -8,12 +8,13 @@
 //! the document sends what the server accepts and the server refuses what the
 //! document forbids. Rules JSON Schema cannot state (template syntax, pools
 //! inside their subnet, references to other objects, param values against
-//! their definitions) are answered with the stable codes listed on
-//! `ErrorBody.code` (see [`ERROR_CODES`]).
+//! their definitions) are answered with the stable codes of the error table
+//! ([`crate::error_code`]), which the `ErrorCode` schema lists.
 //!
 //! The tests at the bottom keep document and server together: every route is
 //! documented with exactly its methods, public routes are documented public,
-//! and every error code the code base emits is listed under its status.
+//! every error code is in the document, and every code the code base emits
+//! has its status documented.
 
 use std::sync::OnceLock;
 
@@ -38,6 +39,7 @@ use super::cluster::{
 use super::error::ErrorBody;
 use crate::cluster::join::{JoinRequest, JoinResponse};
 use crate::cluster::state::JoinToken;
+use crate::error_code;
 use crate::model::validate::{
     MAX_DESCRIPTION_LEN, MAX_HARDWARE_ADDRS, MAX_HOSTNAME_LEN, MAX_META, MAX_META_VALUE_LEN,
     MAX_NAME_LEN, MAX_PARAMS, MAX_PROFILES, MAX_TEMPLATE_LEN,
@@ -62,108 +64,6 @@ pub fn openapi() -> &'static Value {
     static DOC: OnceLock<Value> = OnceLock::new();
     DOC.get_or_init(build)
 }
-
-/// Every error code the API answers with, by status. `ErrorBody.code`
-/// lists them; a test checks that every code in the source is here.
-pub const ERROR_CODES: &[(u16, &[&str])] = &[
-    (
-        400,
-        &[
-            "bad_request",
-            "malformed_json",
-            "invalid_body",
-            "invalid_query",
-            "invalid_if_match",
-            "invalid_if_none_match",
-            "invalid_patch",
-            "duplicate_key",
-            "too_deep",
-            "too_many_patch_ops",
-            "weak_password",
-            "invalid_ttl",
-            "invalid_uses",
-            "invalid_address",
-            "invalid_csr",
-            "invalid_command",
-            // The model's validation codes (`model::validate::code`).
-            "invalid_json",
-            "unknown_field",
-            "missing_field",
-            "invalid_type",
-            "invalid_value",
-            "required",
-            "invalid_name",
-            "too_long",
-            "too_many",
-            "invalid_mac",
-            "duplicate_mac",
-            "missing_uuid",
-            "duplicate_profile",
-            "self_reference",
-            "invalid_template",
-            "invalid_template_source",
-            "duplicate_template",
-            "invalid_path",
-            "duplicate_param",
-            "invalid_schema",
-            "invalid_default",
-            "invalid_param_value",
-            "invalid_cidr",
-            "pool_outside_subnet",
-            "pool_reversed",
-            "pool_overlap",
-            "invalid_lease_time",
-            "invalid_option_code",
-            "reserved_option_code",
-            "duplicate_option",
-            "invalid_client_id",
-            "invalid_password_hash",
-            "invalid_expiry",
-            "invalid_scope",
-        ],
-    ),
-    (
-        401,
-        &[
-            "unauthorized",
-            "token_expired",
-            "token_revoked",
-            "token_superseded",
-            "invalid_join_token",
-            "join_token_revoked",
-            "join_token_expired",
-            "join_token_used_up",
-        ],
-    ),
-    (403, &["forbidden"]),
-    (404, &["not_found"]),
-    (405, &["method_not_allowed", "read_only"]),
-    (408, &["body_timeout"]),
-    (
-        409,
-        &[
-            "already_exists",
-            "duplicate",
-            "in_use",
-            "key_mismatch",
-            "missing_reference",
-            "patch_test_failed",
-            "removing_self",
-            "last_voter",
-            "stale_user",
-        ],
-    ),
-    (410, &["events_expired"]),
-    (412, &["precondition_failed"]),
-    (413, &["body_too_large", "too_large"]),
-    (415, &["unsupported_media_type"]),
-    (429, &["too_many_requests"]),
-    (500, &["internal"]),
-    (
-        503,
-        &["no_leader", "unavailable", "outcome_unknown", "busy"],
-    ),
-];
 
 /// The schema name of each kind's object as the API shows it.
 pub fn schema_name(kind: ObjectKind) -> &'static str {
@@ -357,37 +257,52 @@ fn json_body(schema: RefOr<Schema>, required: bool) -> utoipa::openapi::request_
 }
 
 // The usual meaning of each error status; an operation lists those it can
-// answer with (see `errors`).
-const E400: &str = "Bad input: malformed JSON or query, or a field that fails validation \
-                    (`code` names the rule, `field` where). The codes are listed on `ErrorBody`.";
-const E401: &str = "No valid bearer token (`unauthorized`, `token_expired`, `token_revoked`, \
-                    `token_superseded`: its user's password or admin right changed since)";
-const E403: &str = "The token's scope does not cover this call (`forbidden`)";
-const E404: &str = "No such object (`not_found`)";
-const E503: &str = "No leader or no quorum reachable in time (`no_leader`, `unavailable`; \
-                    nothing was written, retry), a write's outcome is unknown \
-                    (`outcome_unknown`: check before retrying), or password hashing is at \
-                    capacity (`busy`); `Retry-After` when a retry will do";
-const E408: &str = "The request body did not arrive in time (`body_timeout`)";
-const E412: &str = "`If-Match` names another revision, or `If-None-Match` one the object is at \
-                    (`precondition_failed`)";
-const E413: &str = "The body is larger than the server's limit (`body_too_large`), or the \
-                    object would be larger than the `max_object_bytes` pref (`too_large`)";
+// answer with (see `errors`). The codes each may carry are appended from the
+// error table, so this text cannot name a code the server does not send.
+fn usual_meaning(status: u16) -> Option<&'static str> {
+    Some(match status {
+        400 => {
+            "Bad input: malformed JSON or query, or a field that fails validation \
+             (`code` names the rule, `field` where; `ErrorCode` lists them all)"
+        }
+        401 => "No valid bearer token (`token_superseded`: its user's password or admin right changed since)",
+        403 => "The token's scope does not cover this call",
+        404 => "No such object",
+        408 => "The request body did not arrive in time",
+        412 => "`If-Match` names another revision, or `If-None-Match` one the object is at",
+        413 => {
+            "The body is larger than the server's limit, or the object would be larger than \
+             the `max_object_bytes` pref"
+        }
+        503 => {
+            "The cluster cannot answer now: no leader or no quorum reachable in time (nothing \
+             was written, retry), a write's outcome is unknown (check before retrying), or \
+             password hashing is at capacity; `Retry-After` when a retry will do"
+        }
+        _ => return None,
+    })
+}
+
+/// The usual meaning of `status` and, except for 400 (too many to repeat),
+/// every code the table gives that status.
+fn default_error_text(status: u16) -> String {
+    let meaning = usual_meaning(status).unwrap_or("Error");
+    if status == 400 {
+        return meaning.to_string();
+    }
+    let codes: Vec<String> = error_code::with_status(status)
+        .map(|c| format!("`{c}`"))
+        .collect();
+    format!("{meaning}. Codes: {}", codes.join(", "))
+}
 
 fn errors(mut op: OperationBuilder, list: &[(u16, &str)]) -> OperationBuilder {
     for (status, text) in list {
-        let text = match (*status, *text) {
-            (400, "") => E400,
-            (401, "") => E401,
-            (403, "") => E403,
-            (404, "") => E404,
-            (408, "") => E408,
-            (412, "") => E412,
-            (413, "") => E413,
-            (503, "") => E503,
-            (_, text) => text,
+        let text = match *text {
+            "" => default_error_text(*status),
+            text => text.to_string(),
         };
-        let mut response = error_response(text);
+        let mut response = error_response(&text);
         if matches!(*status, 429 | 503) {
             response.headers.insert(
                 "Retry-After".to_string(),
@@ -500,6 +415,11 @@ fn object_paths(mut paths: PathsBuilder, kind: ObjectKind) -> PathsBuilder {
                     (401, ""),
                     (403, "The scope asked for is above the user's own, or the token's scope does not cover this call (`forbidden`)"),
                     (404, "No such user (`not_found`)"),
+                    (
+                        409,
+                        "The user was deleted (`missing_reference`) or changed \
+                         (`stale_user`) while the token was being issued",
+                    ),
                     (408, ""),
                     (413, ""),
                     (503, ""),
@@ -1960,25 +1880,31 @@ fn refine(doc: &mut Value) {
     machine["description"] = json!("A machine as sent to replace it: with its UUID.");
     schemas.insert("MachineReplace".into(), machine);
 
-    // The error codes, by status.
-    let mut table = String::from(
-        "Stable, machine-readable: clients match on this, never on `message`. By status:",
+    // The error codes, from the table: an enum, so a client or fuzzer can
+    // check every error it receives, described code by code.
+    let mut description = String::from(
+        "Stable, machine-readable: clients match on this, never on `message`. Each code with \
+         the HTTP status it comes with:",
     );
-    for (status, codes) in ERROR_CODES {
-        let list: Vec<String> = codes.iter().map(|c| format!("`{c}`")).collect();
-        table.push_str(&format!("\n- {status}: {}", list.join(", ")));
+    for code in error_code::ALL {
+        description.push_str(&format!(
+            "\n- `{}` ({}): {}",
+            code.name(),
+            code.status(),
+            code.description()
+        ));
     }
-    set(
-        schemas,
-        "ErrorBody",
-        "code",
-        json!({ "type": "string", "description": table }),
+    let names: Vec<&str> = error_code::ALL.iter().map(|c| c.name()).collect();
+    schemas.insert(
+        "ErrorCode".into(),
+        json!({ "type": "string", "enum": names, "description": description }),
     );
+    set(schemas, "ErrorBody", "code", ref_to("ErrorCode"));
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeSet;
     use std::path::{Path, PathBuf};
 
     use super::*;
@@ -2125,165 +2051,171 @@ mod tests {
         }
     }
 
-    /// The first string literal at the start of `text` (after whitespace), or
-    /// a `code::NAME` constant (any path to a `code` module) resolved through
-    /// `consts`.
-    fn literal(text: &str, consts: &BTreeMap<String, String>) -> Option<String> {
-        let text = text.trim_start();
-        if let Some(rest) = text.strip_prefix('"') {
-            return rest.split('"').next().map(str::to_string);
-        }
-        let path: String = text
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
-            .collect();
-        let (_, name) = path.rsplit_once("code::")?;
-        consts.get(name).cloned()
-    }
-
-    fn status_named(name: &str) -> Option<u16> {
-        (100..600).find(|&n| {
-            axum::http::StatusCode::from_u16(n)
-                .ok()
-                .and_then(|s| s.canonical_reason())
-                .is_some_and(|r| r.to_ascii_uppercase().replace([' ', '-'], "_") == name)
-        })
-    }
-
-    /// `(status, code)` pairs the code base can answer with, read from its
-    /// source: `ApiError` constructors, store rejections, the model's codes
-    /// and the framework rejections `api::json_errors` names.
-    fn emitted_codes() -> BTreeSet<(u16, String)> {
+    /// The codes the code base answers with: every `code::NAME` (through
+    /// any path ending in `code::`, e.g. `error_code::`) outside tests and
+    /// outside the table itself. A code is a typed constant, so naming it is
+    /// the only way to emit it.
+    fn emitted_codes() -> BTreeSet<&'static str> {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         let mut files = Vec::new();
         rust_files(&src, &mut files);
-        // The `code` modules' constants (the model's and the store limits').
-        let mut consts = BTreeMap::new();
-        let mut model_codes = Vec::new();
-        for file in &files {
-            let text = std::fs::read_to_string(file).expect("read source");
-            let Some(start) = text.find("pub mod code {") else {
-                continue;
-            };
-            let block = &text[start..];
-            let block = &block[..block.find("\n}").unwrap_or(block.len())];
-            for line in block.lines() {
-                let line = line.trim();
-                if let Some(rest) = line.strip_prefix("pub const ") {
-                    if let Some((name, value)) = rest.split_once(": &str = ") {
-                        let value = value.trim_matches(['"', ';']).to_string();
-                        if file.ends_with("model/validate.rs") {
-                            model_codes.push(value.clone());
-                        }
-                        consts.insert(name.to_string(), value);
-                    }
-                }
-            }
-        }
         let mut out = BTreeSet::new();
-        // Any of the model's validation codes can come back from a write.
-        for value in model_codes {
-            out.insert((super::super::error::status_for(&value).as_u16(), value));
-        }
         for file in files {
+            if file.ends_with("error_code.rs") {
+                continue;
+            }
             let text = std::fs::read_to_string(&file).expect("read source");
             let text = &text[..text.find("#[cfg(test)]").unwrap_or(text.len())];
-            let after = |needle: &str| -> Vec<&str> {
-                text.match_indices(needle)
-                    .map(|(i, _)| &text[i + needle.len()..])
-                    .collect()
-            };
-            for rest in after("ApiError::new(") {
-                let rest = rest.trim_start();
-                let Some(rest) = rest.strip_prefix("StatusCode::") else {
+            for (i, _) in text.match_indices("code::") {
+                let before = text[..i].chars().last().unwrap_or(' ');
+                if before.is_ascii_alphanumeric() && before != '_' {
                     continue;
-                };
-                let name: String = rest
+                }
+                let ident: String = text[i + "code::".len()..]
                     .chars()
-                    .take_while(|c| c.is_ascii_uppercase() || *c == '_')
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                     .collect();
-                let status = status_named(&name)
-                    .unwrap_or_else(|| panic!("unknown status {name} in {}", file.display()));
-                let code = rest[name.len()..].trim_start().trim_start_matches(',');
-                if let Some(code) = literal(code, &consts) {
-                    out.insert((status, code));
+                // `error_code::Code`, `code::with_status`: not a code.
+                if ident.is_empty()
+                    || ident == "ALL"
+                    || ident.chars().any(|c| c.is_ascii_lowercase())
+                {
+                    continue;
                 }
-            }
-            for rest in after("ApiError::bad_request(") {
-                if let Some(code) = literal(rest, &consts) {
-                    out.insert((400, code));
-                }
-            }
-            for rest in after("Rejection::new(") {
-                if let Some(code) = literal(rest, &consts) {
-                    out.insert((super::super::error::status_for(&code).as_u16(), code));
-                }
-            }
-            for (helper, status, code) in [
-                ("ApiError::not_found(", 404, "not_found"),
-                ("ApiError::unauthorized(", 401, "unauthorized"),
-                ("ApiError::forbidden(", 403, "forbidden"),
-                ("ApiError::internal(", 500, "internal"),
-            ] {
-                if text.contains(helper) {
-                    out.insert((status, code.to_string()));
-                }
-            }
-            // `StatusCode::NAME => "code"` (the framework's rejections).
-            for (i, _) in text.match_indices("StatusCode::") {
-                let rest = &text[i + "StatusCode::".len()..];
-                let name: String = rest
-                    .chars()
-                    .take_while(|c| c.is_ascii_uppercase() || *c == '_')
-                    .collect();
-                let tail = rest[name.len()..].trim_start();
-                if let Some(tail) = tail.strip_prefix("=>") {
-                    if let (Some(status), Some(code)) =
-                        (status_named(&name), literal(tail, &consts))
-                    {
-                        out.insert((status, code));
-                    }
-                }
+                let code =
+                    error_code::Code::from_name(&ident.to_ascii_lowercase()).unwrap_or_else(|| {
+                        panic!("{}: code::{ident} is not in the table", file.display())
+                    });
+                out.insert(code.name());
             }
         }
         out
     }
 
-    #[test]
-    fn every_error_code_is_documented_with_its_status() {
-        let emitted = emitted_codes();
-        assert!(emitted.len() > 40, "found only {} codes", emitted.len());
-        let listed: BTreeSet<(u16, String)> = ERROR_CODES
-            .iter()
-            .flat_map(|(status, codes)| codes.iter().map(|c| (*status, c.to_string())))
-            .collect();
-        let missing: Vec<_> = emitted.difference(&listed).collect();
-        assert!(
-            missing.is_empty(),
-            "error codes the code base emits but ERROR_CODES does not list: {missing:?}"
-        );
-        // Every status but 500 that the code base answers with is some
-        // operation's documented response.
-        let doc = openapi();
+    /// The statuses some operation documents as a response.
+    fn documented_statuses() -> BTreeSet<u16> {
         let mut documented = BTreeSet::new();
-        for item in doc["paths"].as_object().expect("paths").values() {
+        for item in openapi()["paths"].as_object().expect("paths").values() {
             for op in item.as_object().expect("path item").values() {
                 if let Some(responses) = op.get("responses").and_then(Value::as_object) {
                     documented.extend(responses.keys().filter_map(|s| s.parse::<u16>().ok()));
                 }
             }
         }
-        for (status, code) in &emitted {
-            // 405 is how the router answers methods a path does not take:
-            // not an operation's response but the lack of one.
-            if *status != 500 && *status != 405 && *status != 415 {
+        documented
+    }
+
+    #[test]
+    fn every_code_is_in_the_document() {
+        let schemas = &openapi()["components"]["schemas"];
+        let listed: Vec<&str> = schemas["ErrorCode"]["enum"]
+            .as_array()
+            .expect("ErrorCode is an enum")
+            .iter()
+            .map(|v| v.as_str().expect("a code name"))
+            .collect();
+        let table: Vec<&str> = error_code::ALL.iter().map(|c| c.name()).collect();
+        assert_eq!(listed, table, "the ErrorCode enum is not the error table");
+        let description = schemas["ErrorCode"]["description"].as_str().expect("text");
+        for code in error_code::ALL {
+            let line = format!(
+                "`{}` ({}): {}",
+                code.name(),
+                code.status(),
+                code.description()
+            );
+            assert!(description.contains(&line), "{code} is not described");
+        }
+        assert_eq!(
+            schemas["ErrorBody"]["properties"]["code"]["$ref"],
+            "#/components/schemas/ErrorCode"
+        );
+    }
+
+    #[test]
+    fn every_code_is_emitted_and_its_status_documented() {
+        let emitted = emitted_codes();
+        assert!(emitted.len() > 40, "found only {} codes", emitted.len());
+        let unused: Vec<&str> = error_code::ALL
+            .iter()
+            .map(|c| c.name())
+            .filter(|name| !emitted.contains(name))
+            .collect();
+        assert!(
+            unused.is_empty(),
+            "codes in the table that nothing emits (remove them, or use them): {unused:?}"
+        );
+        // Every status but 500 that the code base answers with is some
+        // operation's documented response. 405 and 415 are how the router
+        // answers a method or content type a path does not take: not an
+        // operation's response but the lack of one.
+        let documented = documented_statuses();
+        for code in error_code::ALL {
+            let status = code.status();
+            if !matches!(status, 405 | 415 | 500) {
                 assert!(
-                    documented.contains(status),
+                    documented.contains(&status),
                     "{status} ({code}) is answered but no operation documents it"
                 );
             }
         }
     }
+
+    /// Where an operation's error response names a code, that code comes
+    /// with that status: hand-written descriptions cannot drift from the
+    /// table.
+    #[test]
+    fn codes_named_in_responses_match_their_status() {
+        let mut wrong = BTreeSet::new();
+        for (path, item) in openapi()["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("path item") {
+                let Some(responses) = op.get("responses").and_then(Value::as_object) else {
+                    continue;
+                };
+                for (status, response) in responses {
+                    let Ok(status @ 400..) = status.parse::<u16>() else {
+                        continue;
+                    };
+                    let text = response["description"].as_str().unwrap_or("");
+                    for (i, quoted) in text.split('`').enumerate() {
+                        let is_code_like = i % 2 == 1
+                            && !quoted.is_empty()
+                            && quoted.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+                        if !is_code_like {
+                            continue;
+                        }
+                        match error_code::Code::from_name(quoted) {
+                            Some(code) if code.status() == status => {}
+                            Some(code) => {
+                                wrong.insert(format!(
+                                    "{method} {path}: the {status} response names `{code}` ({})",
+                                    code.status()
+                                ));
+                            }
+                            None if NOT_CODES.contains(&quoted) => {}
+                            None => {
+                                wrong.insert(format!(
+                                    "{method} {path}: the {status} response names `{quoted}`, \
+                                     not an error code"
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    /// Words in backquotes in error descriptions that are not codes.
+    const NOT_CODES: &[&str] = &[
+        "code",
+        "field",
+        "force",
+        "max_object_bytes",
+        "since",
+        "test",
+    ];
 
     #[test]
     fn every_reference_resolves() {

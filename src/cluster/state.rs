@@ -2,6 +2,7 @@
 //! They live in the `cluster` column family, beside (not among) the API's
 //! object kinds, and change only through the store's commands.
 
+use crate::error_code::{self as code, Code};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -37,12 +38,12 @@ pub enum JoinRefusal {
 
 impl JoinRefusal {
     /// The stable error code.
-    pub fn code(self) -> &'static str {
+    pub fn code(self) -> &'static Code {
         match self {
-            JoinRefusal::Invalid => "invalid_join_token",
-            JoinRefusal::Revoked => "join_token_revoked",
-            JoinRefusal::Expired => "join_token_expired",
-            JoinRefusal::UsedUp => "join_token_used_up",
+            JoinRefusal::Invalid => code::INVALID_JOIN_TOKEN,
+            JoinRefusal::Revoked => code::JOIN_TOKEN_REVOKED,
+            JoinRefusal::Expired => code::JOIN_TOKEN_EXPIRED,
+            JoinRefusal::UsedUp => code::JOIN_TOKEN_USED_UP,
         }
     }
 }

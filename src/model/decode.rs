@@ -226,7 +226,7 @@ mod tests {
         params: std::collections::BTreeMap<String, serde_json::Value>,
     }
 
-    fn check(input: &str, field: &str, code: &str) {
+    fn check(input: &str, field: &str, code: &crate::error_code::Code) {
         let err = decode::<Doc>(input).expect_err(input);
         assert_eq!(
             (err.field.as_str(), err.code),

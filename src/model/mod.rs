@@ -125,7 +125,11 @@ pub(crate) mod testutil {
     }
 
     /// Refuses `input` with `code` at `field`; returns the error for further checks.
-    pub(crate) fn check_err<T: Object>(input: &str, field: &str, code: &str) -> ValidationError {
+    pub(crate) fn check_err<T: Object>(
+        input: &str,
+        field: &str,
+        code: &crate::error_code::Code,
+    ) -> ValidationError {
         match decode_valid::<T>(input) {
             Ok(o) => panic!("{input} accepted as {o:?}"),
             Err(e) => {

@@ -9,52 +9,11 @@ use std::net::Ipv4Addr;
 
 use serde::Serialize;
 
-/// Stable error codes. Clients and the API's status mapping match on these strings, so they never
-/// change once shipped; add new ones instead.
-pub mod code {
-    /// The body is not JSON, or is truncated.
-    pub const INVALID_JSON: &str = "invalid_json";
-    /// A field the kind does not have (a typo must not be silently dropped).
-    pub const UNKNOWN_FIELD: &str = "unknown_field";
-    /// A required field is absent.
-    pub const MISSING_FIELD: &str = "missing_field";
-    /// A field has the wrong JSON type (string where a number belongs, …).
-    pub const INVALID_TYPE: &str = "invalid_type";
-    /// A field has the right JSON type but an unparsable value (bad IP, UUID, CIDR, enum variant).
-    pub const INVALID_VALUE: &str = "invalid_value";
-    /// A required string is empty.
-    pub const REQUIRED: &str = "required";
-    pub const INVALID_NAME: &str = "invalid_name";
-    pub const TOO_LONG: &str = "too_long";
-    pub const TOO_MANY: &str = "too_many";
-    pub const INVALID_MAC: &str = "invalid_mac";
-    pub const DUPLICATE_MAC: &str = "duplicate_mac";
-    pub const INVALID_ADDRESS: &str = "invalid_address";
-    pub const MISSING_UUID: &str = "missing_uuid";
-    pub const DUPLICATE_PROFILE: &str = "duplicate_profile";
-    pub const SELF_REFERENCE: &str = "self_reference";
-    pub const INVALID_TEMPLATE: &str = "invalid_template";
-    pub const INVALID_TEMPLATE_SOURCE: &str = "invalid_template_source";
-    pub const DUPLICATE_TEMPLATE: &str = "duplicate_template";
-    pub const INVALID_PATH: &str = "invalid_path";
-    pub const DUPLICATE_PARAM: &str = "duplicate_param";
-    pub const INVALID_SCHEMA: &str = "invalid_schema";
-    pub const INVALID_DEFAULT: &str = "invalid_default";
-    pub const INVALID_PARAM_VALUE: &str = "invalid_param_value";
-    pub const INVALID_CIDR: &str = "invalid_cidr";
-    pub const POOL_OUTSIDE_SUBNET: &str = "pool_outside_subnet";
-    pub const POOL_REVERSED: &str = "pool_reversed";
-    pub const POOL_OVERLAP: &str = "pool_overlap";
-    pub const INVALID_LEASE_TIME: &str = "invalid_lease_time";
-    pub const INVALID_OPTION_CODE: &str = "invalid_option_code";
-    pub const RESERVED_OPTION_CODE: &str = "reserved_option_code";
-    pub const DUPLICATE_OPTION: &str = "duplicate_option";
-    pub const INVALID_CLIENT_ID: &str = "invalid_client_id";
-    pub const INVALID_PASSWORD_HASH: &str = "invalid_password_hash";
-    pub const INVALID_EXPIRY: &str = "invalid_expiry";
-    pub const INVALID_SCOPE: &str = "invalid_scope";
-    pub const INVALID_TTL: &str = "invalid_ttl";
-}
+use crate::error_code::Code;
+
+/// The stable error codes, from the one table ([`crate::error_code`]): the model names its
+/// validation codes through it.
+pub use crate::error_code as code;
 
 /// Why an object was refused. `field` is a path into the object as sent (`pools[1].end`), empty
 /// when the problem is with the whole document; `code` is one of [`code`]; `message` is for people.
@@ -62,12 +21,12 @@ pub mod code {
 #[error("{field}: {message} ({code})")]
 pub struct ValidationError {
     pub field: String,
-    pub code: &'static str,
+    pub code: &'static Code,
     pub message: String,
 }
 
 impl ValidationError {
-    pub fn new(field: impl Into<String>, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(field: impl Into<String>, code: &'static Code, message: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             code,

@@ -13,6 +13,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::cluster::state::{check_join_token, ClusterNode, JoinToken};
+use crate::error_code as code;
 use crate::model::{
     check_param_value, expiry_term, ObjectKind, Param, Prefs, ScopeLevel, TokenInfo, PREFS_KEY,
 };
@@ -109,7 +110,7 @@ fn encode_reply(reply: &Reply) -> Vec<u8> {
 /// (serde's position and reason) go to the log, not to the client.
 fn undecodable() -> Rejection {
     Rejection::new(
-        "invalid_command",
+        code::INVALID_COMMAND,
         "the command could not be decoded; nothing was changed",
     )
 }
@@ -129,7 +130,7 @@ type Outcome = Result<Reply, Rejection>;
 const MAX_PURGE_PER_COMMAND: usize = 256;
 
 fn storage(e: impl std::fmt::Display) -> Rejection {
-    Rejection::new("internal", format!("storage: {e}"))
+    Rejection::new(code::INTERNAL, format!("storage: {e}"))
 }
 
 impl Applier<'_, '_> {
@@ -152,7 +153,7 @@ impl Applier<'_, '_> {
                     // rather than recurse on a crafted payload.
                     .map(|c| match c {
                         Command::Batch { .. } => {
-                            Reply::Rejected(Rejection::new("invalid_command", "nested batch"))
+                            Reply::Rejected(Rejection::new(code::INVALID_COMMAND, "nested batch"))
                         }
                         other => self.run_one(other),
                     })
@@ -202,7 +203,7 @@ impl Applier<'_, '_> {
             Command::PurgeExpiredTokens { now_unix, limit } => {
                 self.purge_expired_tokens(now_unix, limit)
             }
-            Command::Batch { .. } => Err(Rejection::new("invalid_command", "nested batch")),
+            Command::Batch { .. } => Err(Rejection::new(code::INVALID_COMMAND, "nested batch")),
         };
         outcome.unwrap_or_else(Reply::Rejected)
     }
@@ -275,7 +276,7 @@ impl Applier<'_, '_> {
         let key = join_token_key(&token.id);
         if self.get_record::<JoinToken>(&key)?.is_some() {
             return Err(Rejection::new(
-                "already_exists",
+                code::ALREADY_EXISTS,
                 "a join token with this id exists",
             ));
         }
@@ -289,7 +290,7 @@ impl Applier<'_, '_> {
     fn revoke_join_token(&mut self, id: &str) -> Outcome {
         let key = join_token_key(id);
         let mut token: JoinToken = self.get_record(&key)?.ok_or_else(|| {
-            Rejection::new("not_found", format!("join token {id:?} does not exist"))
+            Rejection::new(code::NOT_FOUND, format!("join token {id:?} does not exist"))
         })?;
         token.revoked = true;
         self.put_record(&key, &token)?;
@@ -312,7 +313,10 @@ impl Applier<'_, '_> {
         check_join_token(token.as_ref(), secret_sha256, now_unix)
             .map_err(|refusal| Rejection::new(refusal.code(), refusal.to_string()))?;
         let Some(mut token) = token else {
-            return Err(Rejection::new("invalid_join_token", "no such join token"));
+            return Err(Rejection::new(
+                code::INVALID_JOIN_TOKEN,
+                "no such join token",
+            ));
         };
         token.uses_left -= 1;
         self.put_record(&key, &token)?;
@@ -343,7 +347,7 @@ impl Applier<'_, '_> {
         let key = node_key(id);
         let mut node: ClusterNode = self
             .get_record(&key)?
-            .ok_or_else(|| Rejection::new("not_found", format!("node {id} is not a member")))?;
+            .ok_or_else(|| Rejection::new(code::NOT_FOUND, format!("node {id} is not a member")))?;
         node.removed = true;
         self.put_record(&key, &node)?;
         Ok(Reply::Done {
@@ -379,7 +383,7 @@ impl Applier<'_, '_> {
         let key = object.key();
         if self.load(kind, &key)?.is_some() {
             return Err(Rejection::new(
-                "already_exists",
+                code::ALREADY_EXISTS,
                 format!("{} {key:?} already exists", kind.as_str()),
             ));
         }
@@ -399,7 +403,7 @@ impl Applier<'_, '_> {
         let object = AnyObject::decode(kind, value)?;
         if object.key() != key {
             return Err(Rejection::new(
-                "key_mismatch",
+                code::KEY_MISMATCH,
                 format!(
                     "the body names {:?} but the path names {key:?}",
                     object.key()
@@ -428,8 +432,8 @@ impl Applier<'_, '_> {
             json_patch::patch_unsafe(&mut document, std::slice::from_ref(operation)).map_err(
                 |e| {
                     let code = match e.kind {
-                        json_patch::PatchErrorKind::TestFailed => "patch_test_failed",
-                        _ => "invalid_patch",
+                        json_patch::PatchErrorKind::TestFailed => code::PATCH_TEST_FAILED,
+                        _ => code::INVALID_PATCH,
                     };
                     Rejection::new(code, format!("operation {index}: {}", e.kind))
                         .at(e.path.to_string())
@@ -444,7 +448,7 @@ impl Applier<'_, '_> {
         let object = AnyObject::decode(kind, document)?;
         if object.key() != key {
             return Err(Rejection::new(
-                "key_mismatch",
+                code::KEY_MISMATCH,
                 "a patch may not change the object's key",
             ));
         }
@@ -492,7 +496,7 @@ impl Applier<'_, '_> {
                     .unwrap_or_default()
                     .to_string();
                 return Err(Rejection::new(
-                    "in_use",
+                    code::IN_USE,
                     format!(
                         "{} {key:?} is still used by {} {user:?}",
                         kind.as_str(),
@@ -531,7 +535,7 @@ impl Applier<'_, '_> {
             Some(AnyObject::User(user)) => user,
             _ => {
                 return Err(Rejection::new(
-                    "missing_reference",
+                    code::MISSING_REFERENCE,
                     format!("users {:?} does not exist", token.user),
                 )
                 .at("user"))
@@ -539,7 +543,7 @@ impl Applier<'_, '_> {
         };
         if user.generation != token.user_generation {
             return Err(Rejection::new(
-                "stale_user",
+                code::STALE_USER,
                 format!(
                     "user {:?} changed while the token was being issued; ask again",
                     user.name
@@ -548,7 +552,7 @@ impl Applier<'_, '_> {
         }
         if token.scope.level == ScopeLevel::Admin && !user.admin {
             return Err(Rejection::new(
-                "forbidden",
+                code::FORBIDDEN,
                 format!("user {:?} may not hold an admin token", user.name),
             )
             .at("scope.level"));
@@ -557,7 +561,7 @@ impl Applier<'_, '_> {
         let ttl = token.expires_at_unix.saturating_sub(token.created_at_unix);
         if ttl > max_ttl {
             return Err(Rejection::new(
-                "invalid_ttl",
+                code::INVALID_TTL,
                 format!(
                     "ttl_secs must be between 1 and {max_ttl} (the max_api_token_ttl_secs pref)"
                 ),
@@ -607,7 +611,7 @@ impl Applier<'_, '_> {
             {
                 if owner != key.as_bytes() {
                     return Err(Rejection::new(
-                        "duplicate",
+                        code::DUPLICATE,
                         format!(
                             "{field} {value:?} already belongs to {} {:?}",
                             kind.as_str(),
@@ -621,7 +625,7 @@ impl Applier<'_, '_> {
         for reference in object.references() {
             if self.load(reference.kind, &reference.key)?.is_none() {
                 return Err(Rejection::new(
-                    "missing_reference",
+                    code::MISSING_REFERENCE,
                     format!(
                         "{} {:?} does not exist",
                         reference.kind.as_str(),
@@ -659,7 +663,7 @@ impl Applier<'_, '_> {
         let max_bytes = self.max_object_bytes()?;
         if bytes.len() > max_bytes {
             return Err(Rejection::new(
-                limits::code::TOO_LARGE,
+                code::TOO_LARGE,
                 format!(
                     "the object would be {} bytes, more than {max_bytes} (the max_object_bytes pref)",
                     bytes.len()
@@ -730,7 +734,7 @@ impl Applier<'_, '_> {
     fn load_required(&self, kind: ObjectKind, key: &str) -> Result<AnyObject, Rejection> {
         self.load(kind, key)?.ok_or_else(|| {
             Rejection::new(
-                "not_found",
+                code::NOT_FOUND,
                 format!("{} {key:?} does not exist", kind.as_str()),
             )
         })
@@ -775,7 +779,7 @@ fn check_token_change(old: &TokenInfo, new: &TokenInfo) -> Result<(), Rejection>
     expected.revision = new.revision;
     if &expected != new || (old.revoked && !new.revoked) {
         return Err(Rejection::new(
-            "read_only",
+            code::READ_ONLY,
             "a token record cannot be changed, only revoked",
         ));
     }
@@ -785,7 +789,7 @@ fn check_token_change(old: &TokenInfo, new: &TokenInfo) -> Result<(), Rejection>
 fn check_if_match(existing: &AnyObject, if_match: Option<u64>) -> Result<(), Rejection> {
     match if_match {
         Some(expected) if expected != existing.revision() => Err(Rejection::new(
-            "precondition_failed",
+            code::PRECONDITION_FAILED,
             format!(
                 "If-Match revision {expected} is stale: the object is at revision {}",
                 existing.revision()
@@ -822,7 +826,7 @@ mod tests {
 
     fn code(reply: &Reply) -> &str {
         match reply {
-            Reply::Rejected(r) => &r.code,
+            Reply::Rejected(r) => r.code.name(),
             _ => "done",
         }
     }

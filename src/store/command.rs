@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::cluster::state::{ClusterNode, JoinToken};
+use crate::error_code::{self as code, Code};
 use crate::model::{ObjectKind, User};
 
 /// One state change.
@@ -99,17 +100,18 @@ pub enum Reply {
 
 /// Why a command changed nothing. `code` is stable; clients match on it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(from = "WireRejection", into = "WireRejection")]
 #[error("{code}: {message}")]
 pub struct Rejection {
-    pub code: String,
+    pub code: &'static Code,
     pub message: String,
     pub field: Option<String>,
 }
 
 impl Rejection {
-    pub fn new(code: &str, message: impl Into<String>) -> Self {
+    pub fn new(code: &'static Code, message: impl Into<String>) -> Self {
         Rejection {
-            code: code.to_string(),
+            code,
             message: message.into(),
             field: None,
         }
@@ -118,6 +120,47 @@ impl Rejection {
     pub fn at(mut self, field: impl Into<String>) -> Self {
         self.field = Some(field.into());
         self
+    }
+}
+
+/// A rejection as it travels in a reply: the code by name.
+#[derive(Serialize, Deserialize)]
+struct WireRejection {
+    code: String,
+    message: String,
+    field: Option<String>,
+}
+
+impl From<Rejection> for WireRejection {
+    fn from(r: Rejection) -> Self {
+        WireRejection {
+            code: r.code.name().to_string(),
+            message: r.message,
+            field: r.field,
+        }
+    }
+}
+
+/// A newer leader may reject with a code this version does not define: the
+/// command was still refused (nothing changed), so the reply stays a
+/// rejection, as `internal` with the original code kept in the message.
+impl From<WireRejection> for Rejection {
+    fn from(w: WireRejection) -> Self {
+        match Code::from_name(&w.code) {
+            Some(code) => Rejection {
+                code,
+                message: w.message,
+                field: w.field,
+            },
+            None => Rejection {
+                code: code::INTERNAL,
+                message: format!(
+                    "rejected with {:?}, a code this node does not know: {}",
+                    w.code, w.message
+                ),
+                field: w.field,
+            },
+        }
     }
 }
 
@@ -168,11 +211,28 @@ mod tests {
                     revision: 1,
                     object: None,
                 },
-                Reply::Rejected(Rejection::new("not_found", "gone").at("name")),
+                Reply::Rejected(Rejection::new(code::NOT_FOUND, "gone").at("name")),
             ],
         };
         let bytes = serde_json::to_vec(&reply).unwrap();
         assert_eq!(serde_json::from_slice::<Reply>(&bytes).unwrap(), reply);
+    }
+
+    #[test]
+    fn a_rejection_travels_by_code_name() {
+        let rejection = Rejection::new(code::MISSING_REFERENCE, "no such profile").at("profiles");
+        let bytes = serde_json::to_vec(&rejection).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&bytes).unwrap(),
+            json!({"code": "missing_reference", "message": "no such profile", "field": "profiles"})
+        );
+        // A code from a newer version is still a refusal, never a success.
+        let newer: Rejection = serde_json::from_value(
+            json!({"code": "from_the_future", "message": "m", "field": null}),
+        )
+        .unwrap();
+        assert_eq!(newer.code, code::INTERNAL);
+        assert!(newer.message.contains("from_the_future"), "{newer:?}");
     }
 
     #[test]

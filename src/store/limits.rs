@@ -14,6 +14,7 @@
 use serde_json::Value;
 
 use super::command::Rejection;
+use crate::error_code as code;
 
 /// Deepest nesting of any JSON value in an object (an object or array inside
 /// another counts one level; the object itself is level 1). Well below
@@ -23,16 +24,6 @@ pub const MAX_JSON_DEPTH: usize = 32;
 
 /// Most operations in one JSON Patch.
 pub const MAX_PATCH_OPS: usize = 100;
-
-/// Stable codes of the limit errors.
-pub mod code {
-    /// The object would be larger than the `max_object_bytes` pref.
-    pub const TOO_LARGE: &str = "too_large";
-    /// A JSON value is nested deeper than [`super::MAX_JSON_DEPTH`].
-    pub const TOO_DEEP: &str = "too_deep";
-    /// A JSON Patch has more than [`super::MAX_PATCH_OPS`] operations.
-    pub const TOO_MANY_PATCH_OPS: &str = "too_many_patch_ops";
-}
 
 /// How deep `value` nests, counting no further than `limit + 1` (so a huge
 /// value costs no more than a small one that is just too deep). Iterative:

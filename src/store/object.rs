@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 
+use crate::error_code as code;
 use crate::model::{
     decode_value, BootEnv, Lease, Machine, Object, ObjectKind, Param, Prefs, Profile, Reservation,
     Subnet, Template, TokenInfo, User, ValidationError,
@@ -95,7 +96,7 @@ impl AnyObject {
     pub fn decode_stored(kind: ObjectKind, value: Value) -> Result<Self, Rejection> {
         fn typed<T: Object>(value: Value) -> Result<T, Rejection> {
             serde_json::from_value(value)
-                .map_err(|e| Rejection::new("internal", format!("corrupt stored object: {e}")))
+                .map_err(|e| Rejection::new(code::INTERNAL, format!("corrupt stored object: {e}")))
         }
         Ok(by_kind!(kind, typed, value))
     }
@@ -130,7 +131,7 @@ impl AnyObject {
 
     pub fn to_value(&self) -> Result<Value, Rejection> {
         each!(self, o => serde_json::to_value(o))
-            .map_err(|e| Rejection::new("internal", format!("encoding object: {e}")))
+            .map_err(|e| Rejection::new(code::INTERNAL, format!("encoding object: {e}")))
     }
 
     /// Indexed fields: list filters use them, and deletes use them to find

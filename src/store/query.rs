@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::keys::*;
 use super::object::indexed_fields;
 use super::{cf, Rejection, StoreError};
+use crate::error_code as code;
 use crate::model::ObjectKind;
 
 /// Most objects one page may hold.
@@ -52,7 +53,7 @@ fn check_field(kind: ObjectKind, field: &str, what: &str) -> Result<(), StoreErr
     fields.sort();
     fields.dedup();
     Err(Rejection::new(
-        "invalid_query",
+        code::INVALID_QUERY,
         format!(
             "{} have no field {first:?} to {what} by (fields: {})",
             kind.as_str(),
@@ -67,7 +68,7 @@ pub fn list(db: &DB, kind: ObjectKind, query: &ListQuery) -> Result<Page, StoreE
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
         return Err(Rejection::new(
-            "invalid_query",
+            code::INVALID_QUERY,
             format!("limit must be between 1 and {MAX_LIMIT}"),
         )
         .at("limit")
@@ -75,7 +76,7 @@ pub fn list(db: &DB, kind: ObjectKind, query: &ListQuery) -> Result<Page, StoreE
     }
     if query.cursor.is_some() && (query.sort.is_some() || query.offset > 0 || query.descending) {
         return Err(Rejection::new(
-            "invalid_query",
+            code::INVALID_QUERY,
             "a cursor pages in key order; it cannot be combined with sort, desc or offset",
         )
         .at("cursor")
@@ -259,7 +260,7 @@ fn decode_cursor(cursor: &str) -> Result<String, StoreError> {
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .ok_or_else(|| {
-            Rejection::new("invalid_query", "cursor is not one this server issued")
+            Rejection::new(code::INVALID_QUERY, "cursor is not one this server issued")
                 .at("cursor")
                 .into()
         })
