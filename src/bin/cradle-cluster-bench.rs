@@ -630,15 +630,17 @@ async fn heal_elections(exe: &Path, root: &Path, args: &Args) -> anyhow::Result<
         let follower_term_before = cluster
             .try_status(follower)
             .await
-            .and_then(|s| s["term"].as_u64())
-            .unwrap_or(0);
+            .and_then(|s| s["term"].as_u64());
         cluster.cut(follower)?;
         tokio::time::sleep(Duration::from_secs(args.cut_secs)).await;
         let cut_term = cluster
             .try_status(follower)
             .await
-            .and_then(|s| s["term"].as_u64())
-            .unwrap_or(0);
+            .and_then(|s| s["term"].as_u64());
+        let cut_rise = match (follower_term_before, cut_term) {
+            (Some(before), Some(after)) => after.saturating_sub(before).to_string(),
+            _ => "?".to_string(),
+        };
         cluster.heal(follower)?;
         cluster.wait_converged(CONVERGE_LIMIT).await?;
         tokio::time::sleep(AFTER_HEAL).await;
@@ -646,10 +648,9 @@ async fn heal_elections(exe: &Path, root: &Path, args: &Args) -> anyhow::Result<
         let term_after = status["term"].as_u64().unwrap_or(0);
         let elections = term_after.saturating_sub(term_before);
         println!(
-            "  heal {:>2}: node {follower} cut off {} s (its term rose by {} meanwhile); after the heal: {elections} election(s), leader {}",
+            "  heal {:>2}: node {follower} cut off {} s (its term rose by {cut_rise} meanwhile); after the heal: {elections} election(s), leader {}",
             round + 1,
             args.cut_secs,
-            cut_term.saturating_sub(follower_term_before),
             if new_leader == leader {
                 "unchanged".to_string()
             } else {
