@@ -2,7 +2,10 @@
 # Installs what building and testing Cradle needs on Debian 12: a C toolchain
 # and clang (bindgen), Debian's RocksDB to link against (compiling RocksDB
 # from source takes most of an hour on 2 cores), protoc, iproute2 for the
-# namespace chaos tests, and python3-venv for the contract test's venv.
+# namespace chaos tests, python3-venv for the contract test's venv, and
+# etcd-server, the reference cradle-cluster-bench measures Cradle against (the
+# bench runs its own members on 127.0.1.x; it never uses the service Debian
+# may start on install).
 # Installs Rust with rustup only if cargo is missing.
 set -euo pipefail
 
@@ -12,7 +15,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 packages=(build-essential pkg-config clang libclang-dev librocksdb-dev libsnappy-dev
-          protobuf-compiler iproute2 python3 python3-venv ca-certificates curl)
+          protobuf-compiler iproute2 python3 python3-venv ca-certificates curl etcd-server)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

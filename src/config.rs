@@ -31,6 +31,12 @@ pub struct ServerSettings {
     #[arg(long, env = "CRADLE_ADVERTISE_HOST")]
     pub advertise_host: Option<String>,
 
+    /// Port other members use to reach this node's peer RPC, when something
+    /// forwards to the listener from another port (a NAT rule, a relay).
+    /// Defaults to the peer RPC listener's port.
+    #[arg(long, env = "CRADLE_ADVERTISE_RPC_PORT")]
+    pub advertise_rpc_port: Option<u16>,
+
     /// This node's Raft id. A single node started on an empty data dir is node 1.
     #[arg(long, env = "CRADLE_NODE_ID", default_value_t = 1)]
     pub node_id: u64,
@@ -195,6 +201,11 @@ pub struct ServerSettings {
     /// Log format: `text` or `json` (one object per line, for journald).
     #[arg(long, env = "CRADLE_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Where this node reads the time: always the system clock from the
+    /// command line; a test starting a node in-process may move it.
+    #[arg(skip)]
+    pub clock: crate::clock::Clock,
 }
 
 /// Settings for `cradle server` and `cradle init`: every node setting, and
@@ -245,6 +256,13 @@ impl ServerSettings {
         } else {
             ip.to_string()
         }
+    }
+
+    /// The peer RPC address members are told to use, given the port the
+    /// listener is bound to.
+    pub fn advertised_rpc_addr(&self, bound_port: u16) -> String {
+        let port = self.advertise_rpc_port.unwrap_or(bound_port);
+        format!("{}:{port}", self.advertised_host())
     }
 }
 

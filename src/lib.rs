@@ -24,6 +24,9 @@
 //! - [`service`]: the one shape of every listener (bind before Raft, run with
 //!   a cap, one shutdown with a bounded drain) and of the background tasks.
 //! - [`server`]: wiring a node together and shutting it down.
+//! - [`testkit`]: a cluster of child processes on loopback (kill, pause,
+//!   restart, cut and heal, wait for a leader, compare digests) for the
+//!   integration tests and the cluster benchmark; no node code uses it.
 //!
 //! Consensus lives in the separate `cradle-raft` crate (`raft/`), the only
 //! code that knows about openraft.
@@ -42,4 +45,5 @@ pub mod model;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod testkit;
 pub mod tls;

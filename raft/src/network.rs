@@ -187,6 +187,8 @@ fn decode_chunk(mut bytes: Vec<u8>) -> Result<InstallSnapshotRequest<TypeConfig>
 /// forwarding.
 pub(crate) struct Peers {
     tls: Option<ClientTlsConfig>,
+    /// The local address connections leave from, if not the system's choice.
+    source_ip: Option<std::net::IpAddr>,
     /// Peer id -> (address the channel was made for, channel).
     channels: Mutex<HashMap<NodeId, (String, Channel)>>,
     /// Tests cut a node off: every call out fails as unreachable and every
@@ -198,6 +200,7 @@ impl Peers {
     pub(crate) fn new(tls: Option<ClientTlsConfig>) -> Self {
         Peers {
             tls,
+            source_ip: None,
             channels: Mutex::new(HashMap::new()),
             cut: AtomicBool::new(false),
         }
@@ -210,6 +213,14 @@ impl Peers {
     #[cfg(test)]
     pub(crate) fn set_cut(&self, cut: bool) {
         self.cut.store(cut, Ordering::Relaxed);
+    }
+
+    /// Connections leave from `ip` (when `Some`).
+    pub(crate) fn with_source_ip(self, ip: Option<std::net::IpAddr>) -> Self {
+        Peers {
+            source_ip: ip,
+            ..self
+        }
     }
 
     /// The channel to `id` at `addr`, made on first use (without connecting:
@@ -228,7 +239,8 @@ impl Peers {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true);
+            .keep_alive_while_idle(true)
+            .local_address(self.source_ip);
         if let Some(tls) = &self.tls {
             endpoint = endpoint
                 .tls_config(tls.clone())

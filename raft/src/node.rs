@@ -71,6 +71,9 @@ pub struct NodeConfig {
     pub learner_catch_up_ms: u64,
     /// Mutual TLS for peer RPC; plain HTTP/2 when `None`.
     pub peer_tls: Option<PeerTls>,
+    /// The local address connections to peers leave from; the system's
+    /// choice when `None`.
+    pub peer_source_ip: Option<std::net::IpAddr>,
     /// With mutual TLS: decides, per call, whether a peer's leaf certificate
     /// (DER) still belongs to the cluster. The TLS handshake has already
     /// checked it was signed by the cluster CA; this refuses certificates of
@@ -100,6 +103,7 @@ impl NodeConfig {
             no_leader_wait_ms: 5_000,
             learner_catch_up_ms: 60_000,
             peer_tls: None,
+            peer_source_ip: None,
             peer_admission: None,
             pre_vote: true,
         }
@@ -252,6 +256,10 @@ pub struct RaftStatus {
     /// Why Raft stopped on this node, if it stopped on an error (a storage
     /// fault, or the state machine halting at an entry it cannot apply).
     pub stopped: Option<String>,
+    /// A membership change is half done: the log's latest membership is a
+    /// joint configuration, and commits need a majority of the old voters
+    /// and of the new.
+    pub membership_joint: bool,
 }
 
 /// Shared state behind [`RaftNode`].
@@ -565,9 +573,10 @@ impl RaftNode {
         let state_machine =
             StateMachine::open(db.clone(), app, config.data_dir.join("snapshots")).await?;
         let readers = state_machine.readers();
-        let peers = Arc::new(Peers::new(
-            config.peer_tls.as_ref().map(PeerTls::client_config),
-        ));
+        let peers = Arc::new(
+            Peers::new(config.peer_tls.as_ref().map(PeerTls::client_config))
+                .with_source_ip(config.peer_source_ip),
+        );
         let network = NetworkFactory {
             local_id: config.node_id,
             peers: peers.clone(),
@@ -826,6 +835,7 @@ impl RaftNode {
             quorum_ack_age_ms: m.millis_since_quorum_ack,
             members,
             stopped: m.running_state.as_ref().err().map(|e| e.to_string()),
+            membership_joint: membership.get_joint_config().len() > 1,
         }
     }
 

@@ -26,7 +26,6 @@ use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
 
 use crate::auth::HashPool;
-use crate::clock::unix_now;
 use crate::config::ServerSettings;
 use crate::error_code as code;
 use crate::model::{ObjectKind, ScopeLevel};
@@ -61,6 +60,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(store: Store, settings: Arc<ServerSettings>, ca_pem: String) -> Self {
+        let clock = settings.clock.clone();
         let busy_wait = Duration::from_millis(settings.api_busy_wait_ms);
         AppState {
             requests: Limit::new(settings.api_max_requests, busy_wait),
@@ -68,7 +68,7 @@ impl AppState {
             store,
             settings,
             ca_pem: Arc::new(ca_pem),
-            clock: Arc::new(unix_now),
+            clock: Arc::new(move || clock.unix_now()),
             hash_pool: HashPool::new(),
             throttle: Arc::default(),
         }

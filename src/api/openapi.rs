@@ -1479,6 +1479,7 @@ fn extra_schemas() -> Vec<(&'static str, Value)> {
                         "description": "The newest log entry format this node reads."
                     },
                     "members": { "type": "array", "items": { "type": "object" } },
+                    "membership_joint": { "type": "boolean" },
                     "version": { "type": "string" },
                 },
             }),

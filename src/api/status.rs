@@ -73,6 +73,7 @@ pub async fn status(State(state): State<AppState>) -> ApiResult<Json<Value>> {
         "state_digest_index": digest.map(|d| d.log_index),
         "log_format": crate::store::frames::NEWEST_FORMAT,
         "members": members,
+        "membership_joint": raft.membership_joint,
         "version": env!("CARGO_PKG_VERSION"),
     })))
 }

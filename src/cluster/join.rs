@@ -75,7 +75,7 @@ pub async fn join(
     let request = JoinRequest {
         token: token.trim().to_string(),
         csr_pem,
-        rpc_addr: format!("{host}:{}", settings.rpc_listen.port()),
+        rpc_addr: settings.advertised_rpc_addr(settings.rpc_listen.port()),
         api_addr: format!("{host}:{}", settings.api_listen.port()),
     };
     let client = Client::new(endpoint, &offered.ca_pem, None, CONNECT_TIMEOUT)?;
@@ -94,7 +94,7 @@ pub async fn join(
     if response.ca_pem.trim() != offered.ca_pem.trim() {
         bail!("the cluster answered with a different CA than the pinned one; refusing");
     }
-    let now = crate::clock::unix_now();
+    let now = settings.clock.unix_now();
     if now.abs_diff(response.server_time_unix) > CLOCK_SKEW_WARN_SECS {
         tracing::warn!(
             local = now,

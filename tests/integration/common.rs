@@ -1,18 +1,18 @@
-//! Test harness: Cradle nodes in-process or as child processes on loopback,
-//! and an HTTPS client that pins the node's CA.
+//! In-process nodes and an HTTPS client that pins a node's CA. Nodes as
+//! child processes come from `cluster_harness` (one node is a cluster of
+//! one).
 
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser as _;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-pub const ADMIN_PASSWORD: &str = "test-admin-password";
+pub use cradle::testkit::ADMIN_PASSWORD;
 
 /// Settings for a node on loopback with the given data dir and ports
 /// (0 = any free port).
@@ -57,36 +57,37 @@ pub fn settings_with(
         .into_settings()
 }
 
-/// A node running inside the test process.
+/// A node running inside the test process. Its clock is adjustable:
+/// [`InProcess::advance_clock`] moves time forward instead of sleeping.
 pub struct InProcess {
     pub running: cradle::server::Running,
     pub client: Client,
+    pub clock: cradle::clock::Clock,
     pub dir: tempfile::TempDir,
 }
 
 impl InProcess {
     pub async fn start() -> InProcess {
         let dir = tempfile::tempdir().expect("tempdir");
-        let running = cradle::server::start(settings(dir.path(), 0, 0))
-            .await
-            .expect("node starts");
+        let clock = cradle::clock::Clock::adjustable();
+        let mut settings = settings(dir.path(), 0, 0);
+        settings.clock = clock.clone();
+        let running = cradle::server::start(settings).await.expect("node starts");
         let client = Client::for_node(running.api_addr, dir.path())
             .login("admin", ADMIN_PASSWORD)
             .await;
         InProcess {
             running,
             client,
+            clock,
             dir,
         }
     }
-}
 
-/// A node running as a child process of the `cradle` binary.
-pub struct ChildNode {
-    pub child: Option<Child>,
-    pub data_dir: PathBuf,
-    pub api_addr: SocketAddr,
-    pub rpc_port: u16,
+    /// Moves the node's clock forward (token lifetimes, join-token expiry).
+    pub fn advance_clock(&self, by: Duration) {
+        assert!(self.clock.advance(by), "the node's clock is adjustable");
+    }
 }
 
 pub fn free_port() -> u16 {
@@ -94,77 +95,6 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
-}
-
-impl ChildNode {
-    pub fn spawn(data_dir: &Path) -> ChildNode {
-        let api_port = free_port();
-        let rpc_port = free_port();
-        let mut node = ChildNode {
-            child: None,
-            data_dir: data_dir.to_path_buf(),
-            api_addr: SocketAddr::from(([127, 0, 0, 1], api_port)),
-            rpc_port,
-        };
-        node.start();
-        node
-    }
-
-    pub fn start(&mut self) {
-        let child = Command::new(env!("CARGO_BIN_EXE_cradle"))
-            .arg("server")
-            .env("CRADLE_DATA_DIR", &self.data_dir)
-            .env("CRADLE_API_LISTEN", self.api_addr.to_string())
-            .env("CRADLE_RPC_LISTEN", format!("127.0.0.1:{}", self.rpc_port))
-            .env("CRADLE_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .env("CRADLE_LOG", "error")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn cradle server");
-        self.child = Some(child);
-    }
-
-    /// SIGKILL: no shutdown path runs.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Waits until the API answers, returning how long it took.
-    pub async fn wait_ready(&self, limit: Duration) -> Duration {
-        let started = Instant::now();
-        // The child writes its CA when it starts: a client made before that
-        // trusts nothing, so it is made again until the CA is there.
-        let mut client = Client::for_node(self.api_addr, &self.data_dir);
-        while started.elapsed() < limit {
-            if client.ca_pem_missing() {
-                client = Client::for_node(self.api_addr, &self.data_dir);
-            }
-            if let Ok(response) = client
-                .http
-                .get(client.url("/api/v1/ca"))
-                .timeout(Duration::from_millis(500))
-                .send()
-                .await
-            {
-                if response.status().is_success() {
-                    return started.elapsed();
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("node at {} not ready within {limit:?}", self.api_addr);
-    }
-}
-
-impl Drop for ChildNode {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// An HTTPS client for one node, trusting only that node's CA.
@@ -230,13 +160,7 @@ impl Reply {
 impl Client {
     pub fn for_node(api_addr: SocketAddr, data_dir: &Path) -> Client {
         cradle::tls::install_crypto_provider();
-        let ca_pem = std::fs::read_to_string(data_dir.join("ca.pem"))
-            .or_else(|_| {
-                // The child may not have written it yet.
-                std::thread::sleep(Duration::from_millis(500));
-                std::fs::read_to_string(data_dir.join("ca.pem"))
-            })
-            .unwrap_or_default();
+        let ca_pem = std::fs::read_to_string(data_dir.join("ca.pem")).unwrap_or_default();
         let config = if ca_pem.is_empty() {
             rustls::ClientConfig::builder()
                 .with_root_certificates(rustls::RootCertStore::empty())

@@ -5,7 +5,6 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,8 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::common::{self, ChildNode, Client, ADMIN_PASSWORD};
+use crate::cluster_harness::{Cluster, Options};
+use crate::common::{self, Client, ADMIN_PASSWORD};
 
 /// Where the flood comes from.
 const FLOOD: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
@@ -459,37 +459,28 @@ fn max_open_files(pid: u32) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_idle_tls_connections_in_a_child_process() {
     raise_own_open_files_limit();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let api_port = common::free_port();
-    let rpc_port = common::free_port();
-    let api_addr = SocketAddr::from(([127, 0, 0, 1], api_port));
-    let child = Command::new("sh")
-        .arg("-c")
-        .arg(r#"ulimit -Sn 1024 && exec "$0" server"#)
-        .arg(env!("CARGO_BIN_EXE_cradle"))
-        .env("CRADLE_DATA_DIR", dir.path())
-        .env("CRADLE_API_LISTEN", api_addr.to_string())
-        .env("CRADLE_RPC_LISTEN", format!("127.0.0.1:{rpc_port}"))
-        .env("CRADLE_ADMIN_PASSWORD", ADMIN_PASSWORD)
-        .env("CRADLE_API_MAX_CONNECTIONS_PER_SOURCE", "2000")
-        .env("CRADLE_API_HANDSHAKE_TIMEOUT_MS", "120000")
-        .env("CRADLE_API_HEADER_TIMEOUT_MS", "120000")
-        .env("CRADLE_API_IDLE_TIMEOUT_MS", "120000")
-        .env("CRADLE_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn cradle server");
-    let pid = child.id();
-    let node = ChildNode {
-        child: Some(child),
-        data_dir: dir.path().to_path_buf(),
-        api_addr,
-        rpc_port,
-    };
-    node.wait_ready(Duration::from_secs(60)).await;
-    let ca_pem = std::fs::read_to_string(dir.path().join("ca.pem")).expect("CA");
+    let env = [
+        ("CRADLE_API_MAX_CONNECTIONS_PER_SOURCE", "2000"),
+        ("CRADLE_API_HANDSHAKE_TIMEOUT_MS", "120000"),
+        ("CRADLE_API_HEADER_TIMEOUT_MS", "120000"),
+        ("CRADLE_API_IDLE_TIMEOUT_MS", "120000"),
+    ];
+    let node = Cluster::start_with(
+        1,
+        Options {
+            open_files_soft_limit: Some(1024),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            log: "warn".into(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let pid = node.nodes[0].pid().expect("running");
+    let api_addr = node.nodes[0].api_addr;
+    let ca_pem = node.ca_pem.clone();
     // Warm up (connections, a login) before the baseline.
     served_from(OTHER, api_addr, &ca_pem).await;
     let before = vm_rss_kib(pid);

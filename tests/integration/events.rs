@@ -9,10 +9,11 @@ use futures::StreamExt as _;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::common::{machine, settings_with, Client, InProcess, ADMIN_PASSWORD};
+use crate::common::{machine, Client, InProcess};
 
-/// Reads `count` events from the stream at `path`.
-async fn read_events(api: &Client, path: &str, count: usize) -> Vec<Value> {
+/// Opens the stream at `path`. Once its head has arrived the server has
+/// subscribed, so every later commit reaches it.
+async fn open_events(api: &Client, path: &str) -> reqwest::Response {
     let response = api
         .http
         .get(api.url(path))
@@ -21,6 +22,16 @@ async fn read_events(api: &Client, path: &str, count: usize) -> Vec<Value> {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+    response
+}
+
+/// Reads `count` events from the stream at `path`.
+async fn read_events(api: &Client, path: &str, count: usize) -> Vec<Value> {
+    read_from(open_events(api, path).await, count).await
+}
+
+/// Reads `count` events from an open stream.
+async fn read_from(response: reqwest::Response, count: usize) -> Vec<Value> {
     let mut body = response.bytes_stream();
     let mut buffer = String::new();
     let mut events = Vec::new();
@@ -50,11 +61,7 @@ async fn events_stream_in_commit_order_and_resume() {
         .as_u64()
         .unwrap();
 
-    let live = {
-        let api = api.clone();
-        tokio::spawn(async move { read_events(&api, "/api/v1/events", 6).await })
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let live = tokio::spawn(read_from(open_events(&api, "/api/v1/events").await, 6));
     let mut revisions = Vec::new();
     for n in 0..3 {
         let created = api.post("/api/v1/machines", machine(n)).await.expect(201);
@@ -101,26 +108,18 @@ async fn events_stream_in_commit_order_and_resume() {
     node.running.shutdown().await;
 }
 
-/// A node in this process keeping only `retention` events.
+/// A node in this process keeping only `retention` events (the
+/// cluster-wide `event_retention` pref).
 async fn node_with_retention(retention: u64) -> InProcess {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let retention = retention.to_string();
-    let running = cradle::server::start(settings_with(
-        dir.path(),
-        0,
-        0,
-        &["--event-retention", &retention],
-    ))
-    .await
-    .expect("node starts");
-    let client = Client::for_node(running.api_addr, dir.path())
-        .login("admin", ADMIN_PASSWORD)
-        .await;
-    InProcess {
-        running,
-        client,
-        dir,
-    }
+    let node = InProcess::start().await;
+    node.client
+        .patch(
+            "/api/v1/prefs/prefs",
+            json!([{"op": "replace", "path": "/event_retention", "value": retention}]),
+        )
+        .await
+        .expect(200);
+    node
 }
 
 /// Creates `count` profiles named `{prefix}{n}`, `concurrency` at a time,

@@ -144,7 +144,7 @@ async fn join_tokens_are_checked_and_refusals_change_nothing() {
         .post("/api/v1/cluster/tokens", json!({"ttl_secs": 1}))
         .await
         .expect(201);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    node.advance_clock(Duration::from_secs(2));
     anonymous
         .post(
             "/api/v1/cluster/join",
@@ -219,6 +219,24 @@ async fn join_refuses_a_ca_that_does_not_match_the_pin() {
     let output = run(node.running.ca_fingerprint.clone(), "nonsense".into()).await;
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("malformed"));
+    // Expired (the node's clock moved past its lifetime): refused by the
+    // cluster, nothing registered, the joiner keeps no identity.
+    let short = node
+        .client
+        .post("/api/v1/cluster/tokens", json!({"ttl_secs": 60}))
+        .await
+        .expect(201);
+    node.advance_clock(Duration::from_secs(61));
+    let output = run(
+        node.running.ca_fingerprint.clone(),
+        short.body["token"].as_str().unwrap().to_string(),
+    )
+    .await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("join_token_expired"), "{stderr}");
+    assert!(!joiner.path().join("node.json").exists());
+
     // Nothing was registered and the token is unspent.
     let nodes = node
         .client
@@ -233,6 +251,12 @@ async fn join_refuses_a_ca_that_does_not_match_the_pin() {
         .await
         .expect(200)
         .body;
-    assert_eq!(tokens[0]["uses_left"], 1);
+    let first = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == grant.body["id"])
+        .expect("the first token is listed");
+    assert_eq!(first["uses_left"], 1);
     node.running.shutdown().await;
 }

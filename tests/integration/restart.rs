@@ -7,16 +7,18 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 
-use crate::common::{machine, ChildNode, Client, ADMIN_PASSWORD};
+use crate::cluster_harness::Cluster;
+use crate::common::{machine, ADMIN_PASSWORD};
+
+/// Acknowledged writes to see before the kill.
+const WRITES_BEFORE_KILL: usize = 300;
+/// Longest to wait for them.
+const WRITES_LIMIT: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_writes_loses_no_acknowledged_write() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut node = ChildNode::spawn(dir.path());
-    node.wait_ready(Duration::from_secs(30)).await;
-    let api = Client::for_node(node.api_addr, dir.path())
-        .login("admin", ADMIN_PASSWORD)
-        .await;
+    let mut node = Cluster::start(1).await;
+    let api = node.client(0);
 
     // uuid -> revision for every create that got a 2xx.
     let acknowledged: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
@@ -49,8 +51,15 @@ async fn sigkill_during_writes_loses_no_acknowledged_write() {
         }));
     }
     // Let writes flow, then kill -9 mid-stream.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    node.kill();
+    let started = std::time::Instant::now();
+    while acknowledged.lock().await.len() < WRITES_BEFORE_KILL {
+        assert!(
+            started.elapsed() < WRITES_LIMIT,
+            "fewer than {WRITES_BEFORE_KILL} writes acknowledged within {WRITES_LIMIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    node.kill(0);
     for writer in writers {
         let _ = tokio::time::timeout(Duration::from_secs(40), writer).await;
     }
@@ -62,11 +71,8 @@ async fn sigkill_during_writes_loses_no_acknowledged_write() {
         acknowledged.len()
     );
 
-    node.start();
-    node.wait_ready(Duration::from_secs(30)).await;
-    let api = Client::for_node(node.api_addr, dir.path())
-        .login("admin", ADMIN_PASSWORD)
-        .await;
+    node.restart(0).await;
+    let api = node.anonymous(0).login("admin", ADMIN_PASSWORD).await;
     let mut missing = 0;
     for (uuid, revision) in &acknowledged {
         let reply = api.get(&format!("/api/v1/machines/{uuid}")).await;

@@ -635,6 +635,30 @@ async fn tokens_end_with_their_users_rights() {
     node.running.shutdown().await;
 }
 
+/// A bearer token ends at its lifetime by the node's clock (moved, not
+/// waited for), and only that token.
+#[tokio::test]
+async fn api_tokens_expire_by_the_node_clock() {
+    let node = InProcess::start().await;
+    let grant = node
+        .client
+        .post("/api/v1/tokens", json!({"ttl_secs": 60}))
+        .await
+        .expect(201);
+    let mut short = Client::for_node(node.running.api_addr, node.dir.path());
+    short.token = Some(grant.body["token"].as_str().unwrap().to_string());
+    short.get("/api/v1/machines").await.expect(200);
+    node.advance_clock(Duration::from_secs(30));
+    short.get("/api/v1/machines").await.expect(200);
+    node.advance_clock(Duration::from_secs(31));
+    short
+        .get("/api/v1/machines")
+        .await
+        .expect_error(401, "token_expired");
+    node.client.get("/api/v1/machines").await.expect(200);
+    node.running.shutdown().await;
+}
+
 /// Reads the event stream from `since` until `until` revision, returning
 /// the (kind, key) of each event seen.
 async fn events_seen(client: &Client, query: &str, until: u64) -> Vec<(String, String)> {
@@ -782,12 +806,11 @@ fn memory_kib(pid: u32, field: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn login_burst_is_bounded() {
     // A node of its own process, so its memory is its own.
-    let dir = tempfile::tempdir().unwrap();
-    let node = crate::common::ChildNode::spawn(dir.path());
-    node.wait_ready(Duration::from_secs(30)).await;
-    let pid = node.child.as_ref().unwrap().id();
-    let ca_pem = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
-    let admin = Client::for_node(node.api_addr, dir.path())
+    let node = crate::cluster_harness::Cluster::start(1).await;
+    let pid = node.nodes[0].pid().unwrap();
+    let ca_pem = node.ca_pem.clone();
+    let admin = node
+        .anonymous(0)
         .login("admin", crate::common::ADMIN_PASSWORD)
         .await;
     let before_kib = memory_kib(pid, "VmRSS:");
@@ -882,7 +905,7 @@ async fn login_burst_is_bounded() {
         .await
         .unwrap();
     assert_eq!(reply.status(), 429);
-    Client::for_node(node.api_addr, dir.path())
+    node.anonymous(0)
         .login("admin", crate::common::ADMIN_PASSWORD)
         .await;
     drop(node);
