@@ -140,6 +140,35 @@ pub struct ServerSettings {
     )]
     pub api_idle_timeout_ms: u64,
 
+    /// Requests the API handles at once (from the request head to the
+    /// response head; an open event stream does not hold a place). One over
+    /// the cap waits up to --api-busy-wait-ms for room, then gets `503 busy`
+    /// with `Retry-After`: under a burst, the node answers quickly, either
+    /// way, instead of queueing without bound.
+    #[arg(
+        long,
+        env = "CRADLE_API_MAX_REQUESTS",
+        default_value_t = 256,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    pub api_max_requests: usize,
+
+    /// How long a request over --api-max-requests (or a list over
+    /// --api-max-lists, for ten times as long) waits for room before `503 busy`.
+    #[arg(long, env = "CRADLE_API_BUSY_WAIT_MS", default_value_t = 100)]
+    pub api_busy_wait_ms: u64,
+
+    /// Object lists run at once, each on a blocking thread off the async
+    /// workers (a list reads up to 20,000 objects). Two leave the other cores
+    /// of a small appliance to DHCP, TFTP and the API's other requests.
+    #[arg(
+        long,
+        env = "CRADLE_API_MAX_LISTS",
+        default_value_t = 2,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    pub api_max_lists: usize,
+
     /// Lifetime of tokens issued by `POST /api/v1/auth/token` unless the
     /// request asks for less.
     #[arg(long, env = "CRADLE_TOKEN_TTL_SECS", default_value_t = 8 * 3600)]

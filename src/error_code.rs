@@ -95,6 +95,7 @@ codes! {
     MALFORMED_JSON = (400, "malformed_json", "The request body is not well-formed JSON");
     INVALID_BODY = (400, "invalid_body", "The request body is JSON of the wrong shape for this call, or could not be read");
     INVALID_QUERY = (400, "invalid_query", "A query parameter is unknown or has a bad value (limit, offset, cursor, sort, filter, since, kind)");
+    QUERY_TOO_BROAD = (400, "query_too_broad", "A list would read more than a request may (20,000 objects): filter on an indexed field or sort by one");
     INVALID_IF_MATCH = (400, "invalid_if_match", "`If-Match` is not `*` or a list of entity tags, or names more than one revision");
     INVALID_IF_NONE_MATCH = (400, "invalid_if_none_match", "`If-None-Match` is not `*` or a list of entity tags");
     INVALID_PATCH = (400, "invalid_patch", "A JSON Patch operation cannot apply (a path the object does not have), or patches what only PUT may change");
@@ -199,7 +200,7 @@ codes! {
     NO_QUORUM = (503, "no_quorum", "The leader cannot reach a quorum; nothing was written, retry");
     UNAVAILABLE = (503, "unavailable", "The cluster or this node cannot take the request now (shutting down, unreachable); retry");
     OUTCOME_UNKNOWN = (503, "outcome_unknown", "The write may or may not have been applied; check before retrying");
-    BUSY = (503, "busy", "Password hashing is at capacity; retry shortly");
+    BUSY = (503, "busy", "The node is at capacity (requests, lists or password hashing); retry shortly");
 }
 
 /// The codes with `status`, in table order.

@@ -14,9 +14,15 @@
 //! - [`clock`]: the wall clock, read in one place.
 //! - [`tls`]: the CA, server certificates, rustls configurations.
 //! - [`api`]: the HTTPS REST API, the only module that knows HTTP.
+//! - [`client`]: the HTTPS client of the API (CA pinning, bounded
+//!   responses, paging, the event stream), for the CLI and for joining.
 //! - [`cli`]: the `cradle` client verbs.
-//! - [`cluster`]: membership: node identity, join tokens and the join
-//!   protocol, peer admission, the leader's membership reconciler.
+//! - [`cluster`]: membership records and identity: node identity, join
+//!   tokens, the node registry, the joining side of the join protocol.
+//! - [`membership`]: on top of the store: the leader's membership reconciler
+//!   and peer admission.
+//! - [`service`]: the one shape of every listener (bind before Raft, run with
+//!   a cap, one shutdown with a bounded drain) and of the background tasks.
 //! - [`server`]: wiring a node together and shutting it down.
 //!
 //! Consensus lives in the separate `cradle-raft` crate (`raft/`), the only
@@ -26,11 +32,14 @@
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod error_code;
+pub mod membership;
 pub mod model;
 pub mod server;
+pub mod service;
 pub mod store;
 pub mod tls;

@@ -23,6 +23,8 @@ fn main() -> std::process::ExitCode {
             Command::Join(args) => {
                 init_logging(args.settings.log_format);
                 cradle::tls::install_crypto_provider();
+                // A port conflict is found before the join spends the token.
+                let bound = cradle::server::Bound::bind(&args.settings).await?;
                 cradle::cluster::join::join(
                     &args.settings,
                     &args.join_token,
@@ -30,7 +32,7 @@ fn main() -> std::process::ExitCode {
                     &args.url,
                 )
                 .await?;
-                serve_logged(args.settings).await
+                serve_logged(args.settings, Some(bound)).await
             }
             other => cradle::cli::run(other, cli.client).await,
         }
@@ -46,11 +48,20 @@ fn main() -> std::process::ExitCode {
 
 async fn serve(settings: ServerSettings) -> anyhow::Result<()> {
     init_logging(settings.log_format);
-    serve_logged(settings).await
+    serve_logged(settings, None).await
 }
 
-async fn serve_logged(settings: ServerSettings) -> anyhow::Result<()> {
-    let running = cradle::server::start(settings).await?;
+/// Runs a node until SIGTERM or Ctrl-C (then exits 0 once it has stopped),
+/// or until one of its services fails (then stops it and exits non-zero with
+/// the reason). A start that fails has already stopped what it started.
+async fn serve_logged(
+    settings: ServerSettings,
+    bound: Option<cradle::server::Bound>,
+) -> anyhow::Result<()> {
+    let mut running = match bound {
+        Some(bound) => cradle::server::start_bound(settings, bound).await?,
+        None => cradle::server::start(settings).await?,
+    };
     if let Some(password) = &running.generated_admin_password {
         // Printed once, on the first start only; it is not stored in clear.
         println!("Created user `admin` with password: {password}");
@@ -60,10 +71,20 @@ async fn serve_logged(settings: ServerSettings) -> anyhow::Result<()> {
         "Log in with: cradle login https://{} --user admin --ca-hash {}",
         running.api_addr, running.ca_fingerprint
     );
-    wait_for_signal().await;
+    let failed = tokio::select! {
+        () = wait_for_signal() => None,
+        failure = running.failed() => Some(failure),
+    };
     tracing::info!("shutting down");
     running.shutdown().await;
-    Ok(())
+    match failed {
+        None => Ok(()),
+        Some(failure) => Err(anyhow::anyhow!(
+            "the {} service stopped: {}",
+            failure.name,
+            failure.error
+        )),
+    }
 }
 
 async fn wait_for_signal() {

@@ -1,33 +1,41 @@
-//! `cradle server`: opens the replicated store, bootstraps a new cluster on
-//! first start, and runs every listener in one tokio runtime until told to
-//! stop.
+//! `cradle server`: binds every listener, opens the replicated store,
+//! bootstraps a new cluster on first start, and runs every service and
+//! background task in one tokio runtime until told to stop.
 //!
-//! Shutdown is the same for every listener: one watch channel says "stop",
-//! each server drains its connections, then the Raft node shuts down.
+//! Every listener is started here, the same way (see [`crate::service`]):
+//! bound before Raft opens, so a port conflict fails the start at once with
+//! the address; run under [`Services`], so one shutdown drains them all
+//! within a bound, then stops the background tasks, then Raft. A start that
+//! fails half-way stops whatever it had started before returning the error.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use std::sync::OnceLock;
-
 use cradle_raft::{NodeConfig, NodeInfo, PeerTls, RaftNode};
-use tokio::sync::{broadcast, watch};
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
 
 use crate::api::{self, AppState};
 use crate::auth;
 use crate::cluster::info::ClusterInfo;
-use crate::cluster::{self, state::node_common_name, state::ClusterNode, Identity};
+use crate::cluster::{state::node_common_name, state::ClusterNode, Identity};
 use crate::config::ServerSettings;
+use crate::membership;
 use crate::model::User;
-use crate::store::{apply::CradleApp, Command, Store};
+use crate::service::{self, Failure, Service, ServiceError, Services, Shutdown};
+use crate::store::{apply::CradleApp, Command, Store, WeakStore};
 use crate::tls;
 
 /// Capacity of the in-process event channel; slower subscribers catch up
 /// from the stored feed.
 const EVENT_CHANNEL: usize = 4_096;
-/// How long shutdown waits for each listener, and for Raft, to stop.
-const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+/// How long each stage of shutdown (services, then background tasks) may
+/// take, and then Raft: a node cut off from its peers still stops within
+/// three times this.
+pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 /// How long the API listener lets open connections finish on shutdown:
 /// under `SHUTDOWN_WAIT`, so it closes the rest itself before being stopped.
 const API_DRAIN_WAIT: Duration = Duration::from_secs(4);
@@ -37,39 +45,88 @@ const FIRST_LEADER_WAIT: Duration = Duration::from_secs(30);
 /// A running node, for `main` and for tests that run nodes in-process.
 pub struct Running {
     pub store: Store,
-    pub api_addr: std::net::SocketAddr,
-    pub rpc_addr: std::net::SocketAddr,
+    pub api_addr: SocketAddr,
+    pub rpc_addr: SocketAddr,
     pub ca_fingerprint: String,
     /// Set on the first start only, when the password was generated.
     pub generated_admin_password: Option<String>,
-    stop: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    services: Services,
 }
 
 impl Running {
-    /// Stops every listener and the Raft node, waiting a bounded time for
-    /// each: a node cut off from its peers must still stop promptly.
+    /// Stops every service (they drain), then the background tasks, then the
+    /// Raft node, waiting a bounded time for each.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        for mut task in self.tasks {
-            if tokio::time::timeout(SHUTDOWN_WAIT, &mut task)
-                .await
-                .is_err()
-            {
-                tracing::warn!("a listener did not drain in time; stopping it");
-                task.abort();
-            }
-        }
-        match tokio::time::timeout(SHUTDOWN_WAIT, self.store.raft().shutdown()).await {
-            Ok(Err(e)) => tracing::warn!(error = %e, "raft shutdown"),
-            Err(_) => tracing::warn!("raft did not stop in time"),
-            Ok(Ok(())) => {}
-        }
+        stop(self.services, self.store.raft()).await;
+    }
+
+    /// Resolves if a service stops on its own (its socket failed, Raft
+    /// stopped under the peer RPC server): the node cannot serve as it
+    /// should and is to be stopped.
+    pub async fn failed(&mut self) -> Failure {
+        self.services.failed().await
     }
 }
 
-/// Starts a node: TLS material, Raft, bootstrap, API and peer RPC listeners.
+/// Stops `services`, then Raft, each within its bound.
+async fn stop(services: Services, raft: &RaftNode) {
+    let aborted = services.shutdown().await;
+    if !aborted.is_empty() {
+        tracing::warn!(?aborted, "stopped without draining");
+    }
+    match tokio::time::timeout(SHUTDOWN_WAIT, raft.shutdown()).await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "raft shutdown"),
+        Err(_) => tracing::warn!("raft did not stop in time"),
+        Ok(Ok(())) => {}
+    }
+}
+
+/// The peer RPC server (Raft messages and forwarded writes) as a service.
+/// Only members get past its mutual TLS and peer admission.
+struct PeerRpc {
+    raft: Arc<RaftNode>,
+    listener: TcpListener,
+}
+
+impl Service for PeerRpc {
+    fn name(&self) -> &'static str {
+        "peer RPC"
+    }
+
+    async fn run(self, mut shutdown: Shutdown) -> Result<(), ServiceError> {
+        self.raft
+            .serve_rpc(self.listener, async move { shutdown.requested().await })
+            .await
+            .map_err(|e| ServiceError(e.to_string()))
+    }
+}
+
+/// Every listening socket of a node, bound before anything else starts
+/// (before `cradle join` spends its token, too).
+pub struct Bound {
+    api: TcpListener,
+    rpc: TcpListener,
+}
+
+impl Bound {
+    pub async fn bind(settings: &ServerSettings) -> Result<Bound, service::BindError> {
+        Ok(Bound {
+            api: service::bind_tcp("API", settings.api_listen).await?,
+            rpc: service::bind_tcp("peer RPC", settings.rpc_listen).await?,
+        })
+    }
+}
+
+/// Starts a node: listening sockets, TLS material, Raft, bootstrap, then
+/// every service and background task.
 pub async fn start(settings: ServerSettings) -> anyhow::Result<Running> {
+    // First, so that a port conflict is the first and only thing reported.
+    let bound = Bound::bind(&settings).await?;
+    start_bound(settings, bound).await
+}
+
+/// [`start`] on sockets already bound.
+pub async fn start_bound(settings: ServerSettings, bound: Bound) -> anyhow::Result<Running> {
     tls::install_crypto_provider();
     // Before anything opens files: API connections, RocksDB and peer RPC
     // share this process's open-files limit.
@@ -109,20 +166,15 @@ pub async fn start(settings: ServerSettings) -> anyhow::Result<Running> {
         key_pem: read(tls::SERVER_KEY_FILE)?,
         server_name: None,
     };
+    let api_server_tls = Arc::new(api_tls.server_config()?);
 
-    let rpc_listener = tokio::net::TcpListener::bind(settings.rpc_listen)
-        .await
-        .with_context(|| format!("binding peer RPC listener {}", settings.rpc_listen))?;
-    let api_listener = tokio::net::TcpListener::bind(settings.api_listen)
-        .await
-        .with_context(|| format!("binding API listener {}", settings.api_listen))?;
-    let rpc_addr = rpc_listener.local_addr()?;
-    let api_addr = api_listener.local_addr()?;
+    let rpc_addr = bound.rpc.local_addr()?;
+    let api_addr = bound.api.local_addr()?;
     let host = settings.advertised_host();
 
     let (events, _) = broadcast::channel(EVENT_CHANNEL);
     let app = Arc::new(CradleApp::new(events.clone(), settings.event_retention));
-    let store_slot: Arc<OnceLock<Store>> = Arc::default();
+    let store_slot: Arc<OnceLock<WeakStore>> = Arc::default();
     let node_info = NodeInfo {
         rpc_addr: format!("{host}:{}", rpc_addr.port()),
         api_addr: format!("{host}:{}", api_addr.port()),
@@ -138,66 +190,72 @@ pub async fn start(settings: ServerSettings) -> anyhow::Result<Running> {
     node_config.snapshot_every_entries = settings.snapshot_every;
     node_config.no_leader_wait_ms = settings.no_leader_wait_ms;
     node_config.peer_tls = Some(peer_tls);
-    node_config.peer_admission = Some(cluster::peer_admission(store_slot.clone()));
+    node_config.peer_admission = Some(membership::peer_admission(store_slot.clone()));
     let raft = Arc::new(
         RaftNode::open(node_config, app)
             .await
             .context("opening the Raft node")?,
     );
 
-    let (stop, stopped) = watch::channel(false);
-    let mut tasks = Vec::new();
-    {
-        let raft = raft.clone();
-        let mut stopped = stopped.clone();
-        tasks.push(tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            };
-            if let Err(e) = raft.serve_rpc(rpc_listener, shutdown).await {
-                tracing::error!(error = %e, "peer RPC server failed");
-            }
-        }));
-    }
-
-    if identity.founder && !raft.is_initialized().await {
-        tracing::info!("empty data dir: initializing a one-voter cluster");
-        raft.initialize_single()
-            .await
-            .context("initializing the cluster")?;
-    }
-    let store = Store::new(raft.clone(), events);
-    let _ = store_slot.set(store.clone());
-    let generated_admin_password = if identity.founder {
-        bootstrap(&store, &settings, identity.node_id, node_info).await?
-    } else {
-        None
+    // From here on, a failure stops what was started before it returns.
+    let mut services = Services::new(SHUTDOWN_WAIT);
+    services.spawn(PeerRpc {
+        raft: raft.clone(),
+        listener: bound.rpc,
+    });
+    let (store, batcher) = Store::new(raft.clone(), events);
+    services.spawn_task("store batcher", |shutdown| batcher.run(shutdown));
+    let _ = store_slot.set(store.downgrade());
+    let ready = async {
+        if identity.founder && !raft.is_initialized().await {
+            tracing::info!("empty data dir: initializing a one-voter cluster");
+            raft.initialize_single()
+                .await
+                .context("initializing the cluster")?;
+        }
+        let generated_admin_password = if identity.founder {
+            bootstrap(&store, &settings, identity.node_id, node_info).await?
+        } else {
+            None
+        };
+        // Once bootstrapped, so a script that waits for the file finds a
+        // cluster it can log in to. Written again on a later start if it went
+        // missing.
+        if identity.founder && !ClusterInfo::exists(&settings.data_dir) {
+            ClusterInfo::new(&ca_fingerprint, &host, api_addr.port(), identity.node_id)
+                .write(&settings.data_dir)
+                .context("writing cluster.json")?;
+        }
+        anyhow::Ok(generated_admin_password)
     };
-    // Once bootstrapped, so a script that waits for the file finds a cluster
-    // it can log in to. Written again on a later start if it went missing.
-    if identity.founder && !ClusterInfo::exists(&settings.data_dir) {
-        ClusterInfo::new(&ca_fingerprint, &host, api_addr.port(), identity.node_id)
-            .write(&settings.data_dir)?;
-    }
-    tasks.push(tokio::spawn(cluster::reconcile_forever(
-        store.clone(),
-        stopped.clone(),
-    )));
-    tasks.push(tokio::spawn(purge_expired_tokens_forever(
-        store.clone(),
-        identity.node_id,
-        stopped.clone(),
-    )));
+    let generated_admin_password = match ready.await {
+        Ok(password) => password,
+        Err(e) => {
+            stop(services, &raft).await;
+            return Err(e);
+        }
+    };
 
+    {
+        let store = store.clone();
+        services.spawn_task("membership reconciler", |shutdown| {
+            membership::reconcile_forever(store, shutdown)
+        });
+    }
+    {
+        let store = store.clone();
+        let node_id = identity.node_id;
+        services.spawn_task("expired token purge", move |shutdown| {
+            purge_expired_tokens_forever(store, node_id, shutdown)
+        });
+    }
     let state = AppState::new(store.clone(), settings.clone(), api_tls.ca_pem.clone());
-    let router = api::router(state);
-    let listener = api::listener::Listener::new(
-        api_listener,
-        Arc::new(api_tls.server_config()?),
-        router,
+    services.spawn(api::listener::Listener::new(
+        bound.api,
+        api_server_tls,
+        api::router(state),
         api_limits,
-    );
-    tasks.push(tokio::spawn(listener.run(stopped.clone())));
+    ));
     tracing::info!(%api_addr, %rpc_addr, ca = %ca_fingerprint, "cradle serving");
     Ok(Running {
         store,
@@ -205,8 +263,7 @@ pub async fn start(settings: ServerSettings) -> anyhow::Result<Running> {
         rpc_addr,
         ca_fingerprint,
         generated_admin_password,
-        stop,
-        tasks,
+        services,
     })
 }
 
@@ -220,15 +277,11 @@ const TOKEN_PURGE_ROUNDS: usize = 16;
 /// On the leader, proposes the deletion of expired token records every
 /// [`TOKEN_PURGE_EVERY`], so logins do not leave records forever. Only the
 /// leader proposes, so members do not race each other with the same purge.
-async fn purge_expired_tokens_forever(
-    store: Store,
-    node_id: u64,
-    mut stopped: watch::Receiver<bool>,
-) {
+async fn purge_expired_tokens_forever(store: Store, node_id: u64, mut shutdown: Shutdown) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(TOKEN_PURGE_EVERY) => {}
-            _ = stopped.wait_for(|s| *s) => return,
+            _ = shutdown.requested() => return,
         }
         if store.raft().status().current_leader != Some(node_id) {
             continue;

@@ -18,9 +18,9 @@
 //! Every request carries its peer address as
 //! `axum::extract::ConnectInfo<SocketAddr>`.
 //!
-//! Shutdown, as for every listener: the `stopped` watch channel turns true,
-//! the accept loop stops, every connection is asked to finish gracefully, and
-//! whatever is still open after the drain timeout is closed.
+//! It is a [`Service`]: shutdown, as for every listener, stops the accept
+//! loop, asks every connection to finish gracefully, and closes whatever is
+//! still open after the drain timeout.
 
 use std::collections::HashMap;
 use std::io;
@@ -40,11 +40,13 @@ use hyper_util::server::conn::auto;
 use nix::sys::resource::{getrlimit, rlim_t, setrlimit, Resource};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
+
+use crate::service::{Service, ServiceError, Shutdown};
 
 /// File descriptors kept for everything but API connections: RocksDB's
 /// files, peer RPC connections, the other listeners, logs.
@@ -211,9 +213,9 @@ impl Listener {
         &self.shared.limits
     }
 
-    /// Accepts and serves connections until `stopped` turns true (or its
-    /// sender is dropped), then drains them.
-    pub async fn run(self, mut stopped: watch::Receiver<bool>) {
+    /// Accepts and serves connections until `shutdown` fires, then drains
+    /// them.
+    async fn serve(self, mut shutdown: Shutdown) {
         let mut open = JoinSet::new();
         let mut over_total = Throttle::default();
         let mut over_source = Throttle::default();
@@ -221,7 +223,7 @@ impl Listener {
         loop {
             tokio::select! {
                 biased;
-                _ = stop_requested(&mut stopped) => break,
+                _ = shutdown.requested() => break,
                 Some(ended) = open.join_next(), if !open.is_empty() => {
                     if let Err(e) = ended {
                         if e.is_panic() {
@@ -258,7 +260,7 @@ impl Listener {
                             stream,
                             peer,
                             (permit, slot),
-                            stopped.clone(),
+                            shutdown.clone(),
                         ));
                     }
                     // The peer gave up before we accepted: nothing to wait for.
@@ -272,7 +274,7 @@ impl Listener {
                             );
                         }
                         tokio::select! {
-                            _ = stop_requested(&mut stopped) => break,
+                            _ = shutdown.requested() => break,
                             _ = tokio::time::sleep(ACCEPT_BACKOFF) => {}
                         }
                     }
@@ -284,9 +286,15 @@ impl Listener {
     }
 }
 
-/// Resolves once `stopped` turns true or its sender is gone.
-async fn stop_requested(stopped: &mut watch::Receiver<bool>) {
-    let _ = stopped.wait_for(|s| *s).await;
+impl Service for Listener {
+    fn name(&self) -> &'static str {
+        "API"
+    }
+
+    async fn run(self, shutdown: Shutdown) -> Result<(), ServiceError> {
+        self.serve(shutdown).await;
+        Ok(())
+    }
 }
 
 /// Waits for open connections to finish, closing the rest after `wait`.
@@ -318,7 +326,7 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     _held: (OwnedSemaphorePermit, SourceSlot),
-    mut stopped: watch::Receiver<bool>,
+    mut shutdown: Shutdown,
 ) {
     let limits = &shared.limits;
     let handshake = tokio::time::timeout(limits.handshake_timeout, shared.tls.accept(stream));
@@ -334,7 +342,7 @@ async fn serve_connection(
                 return;
             }
         },
-        _ = stop_requested(&mut stopped) => return,
+        _ = shutdown.requested() => return,
     };
 
     let activity = Arc::new(Activity::new());
@@ -358,7 +366,7 @@ async fn serve_connection(
                 }
                 return;
             }
-            _ = stopped.wait_for(|s| *s), if !draining => {
+            _ = shutdown.requested(), if !draining => {
                 connection.as_mut().graceful_shutdown();
                 draining = true;
             }
@@ -714,8 +722,8 @@ mod tests {
             router,
             limits,
         );
-        let (stop, stopped) = watch::channel(false);
-        let served = tokio::spawn(listener.run(stopped));
+        let (stop, shutdown) = Shutdown::new();
+        let served = tokio::spawn(listener.run(shutdown));
 
         let from: IpAddr = "127.0.0.2".parse().unwrap();
         let client = reqwest::Client::builder()
@@ -738,6 +746,7 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), served)
             .await
             .expect("the listener drains")
+            .unwrap()
             .unwrap();
     }
 }

@@ -19,6 +19,7 @@ pub mod status;
 pub mod throttle;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post, MethodRouter};
@@ -29,8 +30,13 @@ use crate::clock::unix_now;
 use crate::config::ServerSettings;
 use crate::error_code as code;
 use crate::model::{ObjectKind, ScopeLevel};
+use crate::service::Limit;
 use crate::store::Store;
 use auth::Need;
+
+/// A list waits this many times `--api-busy-wait-ms` for a list slot: lists
+/// are fewer and longer than other requests.
+const LIST_WAIT_FACTOR: u32 = 10;
 
 pub use error::{ApiError, ApiResult, ErrorBody};
 
@@ -47,11 +53,18 @@ pub struct AppState {
     pub hash_pool: HashPool,
     /// Rate limits on login and join.
     pub throttle: Arc<throttle::Throttle>,
+    /// Requests handled at once (`--api-max-requests`).
+    pub requests: Limit,
+    /// Lists run at once on blocking threads (`--api-max-lists`).
+    pub lists: Limit,
 }
 
 impl AppState {
     pub fn new(store: Store, settings: Arc<ServerSettings>, ca_pem: String) -> Self {
+        let busy_wait = Duration::from_millis(settings.api_busy_wait_ms);
         AppState {
+            requests: Limit::new(settings.api_max_requests, busy_wait),
+            lists: Limit::new(settings.api_max_lists, busy_wait * LIST_WAIT_FACTOR),
             store,
             settings,
             ca_pem: Arc::new(ca_pem),
@@ -68,6 +81,7 @@ impl AppState {
 
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings.max_body_bytes;
+    let requests = state.requests.clone();
     // Each route with what it needs, side by side: the guard judges the
     // scope on the parameters as routed (see `auth::guard`).
     let needs = |need: Need, route: MethodRouter<AppState>| {
@@ -171,7 +185,35 @@ pub fn router(state: AppState) -> Router {
             max_body,
             body::bounded,
         ))
+        // Outermost: a request over the cap costs nothing but its refusal.
+        .layer(axum::middleware::from_fn_with_state(
+            requests,
+            limit_requests,
+        ))
         .with_state(state)
+}
+
+/// Holds a place under `--api-max-requests` while a request is handled;
+/// over the cap, waits briefly, then answers `503 busy`.
+async fn limit_requests(
+    axum::extract::State(requests): axum::extract::State<Limit>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    match requests.acquire().await {
+        Ok(_permit) => next.run(request).await,
+        Err(busy) => busy_error(&busy, "requests").into_response(),
+    }
+}
+
+/// `503 busy` for a request refused by a [`Limit`].
+pub fn busy_error(busy: &crate::service::Busy, what: &str) -> ApiError {
+    ApiError::new(
+        crate::error_code::BUSY,
+        format!("the node is busy ({} {what} in progress); retry", busy.max),
+    )
+    .retry_after(1)
 }
 
 /// Turns the framework's own plain-text rejections (body too large, method
@@ -217,4 +259,56 @@ async fn json_errors(response: axum::response::Response) -> axum::response::Resp
         }
     }
     json
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt as _;
+
+    /// Over `--api-max-requests`, a request waits the busy wait, then gets
+    /// `503 busy` with `Retry-After`; once the first is done, room is back.
+    #[tokio::test(start_paused = true)]
+    async fn requests_over_the_cap_wait_briefly_then_are_refused() {
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let released = Arc::new(tokio::sync::Mutex::new(Some(released)));
+        let limit = Limit::new(1, Duration::from_millis(100));
+        let router: Router = Router::new()
+            .route(
+                "/slow",
+                get(move || {
+                    let released = released.clone();
+                    async move {
+                        if let Some(wait) = released.lock().await.take() {
+                            let _ = wait.await;
+                        }
+                        "done"
+                    }
+                }),
+            )
+            .layer(axum::middleware::from_fn_with_state(limit, limit_requests));
+        let request = || Request::get("/slow").body(Body::empty()).unwrap();
+
+        let first = tokio::spawn(router.clone().oneshot(request()));
+        // Let the first request take the only place.
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let started = tokio::time::Instant::now();
+        let refused = router.clone().oneshot(request()).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(started.elapsed(), Duration::from_millis(100));
+        assert_eq!(refused.headers()["retry-after"], "1");
+        let body = axum::body::to_bytes(refused.into_body(), 4096)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["code"], "busy");
+
+        release.send(()).unwrap();
+        assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
+        let again = router.oneshot(request()).await.unwrap();
+        assert_eq!(again.status(), StatusCode::OK);
+    }
 }

@@ -127,10 +127,33 @@ pub async fn list(
         }
     }
     maybe_consistent(&state, &pairs).await?;
-    let page = state.store.list(kind, &query)?;
-    let items: Vec<Value> = page.items.into_iter().map(|o| present(kind, o)).collect();
-    let mut response = Json(items).into_response();
-    if let Some(cursor) = page.next_cursor {
+    // A list reads up to the store's scan cap and encodes up to a page of
+    // 10,000 objects: on a blocking thread, a bounded number at once, so
+    // the async workers stay free for everything else.
+    let slot = state
+        .lists
+        .acquire()
+        .await
+        .map_err(|busy| super::busy_error(&busy, "lists"))?;
+    let store = state.store.clone();
+    let (body, next_cursor) = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        let page = store.list(kind, &query)?;
+        let items: Vec<Value> = page.items.into_iter().map(|o| present(kind, o)).collect();
+        let body = serde_json::to_vec(&items).map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok::<_, ApiError>((body, page.next_cursor))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("list task: {e}")))??;
+    let mut response = (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response();
+    if let Some(cursor) = next_cursor {
         if let Ok(value) = HeaderValue::from_str(&cursor) {
             response.headers_mut().insert("x-next-cursor", value);
         }

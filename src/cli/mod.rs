@@ -21,7 +21,7 @@
 //! whose certificate did not verify against a CA the user pinned, either by
 //! its fingerprint (`--ca-hash`) or by file (`--ca-file`).
 
-pub mod client;
+pub use crate::client;
 pub mod input;
 pub mod output;
 pub mod session;
@@ -952,8 +952,13 @@ async fn objects(api: &Client, out: Printer, kind: Kind, cmd: ObjectCmd) -> Resu
 async fn read(api: &Client, out: Printer, kind: Kind, cmd: ReadCmd) -> Result<(), CliError> {
     match cmd {
         ReadCmd::List(args) => {
+            let filters: Vec<(String, String)> = args
+                .filters
+                .iter()
+                .map(|f| (f.field.clone(), f.value.clone()))
+                .collect();
             let pager = Pager::new(
-                &args.filters,
+                &filters,
                 args.sort.as_deref(),
                 args.desc,
                 args.limit,

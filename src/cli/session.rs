@@ -231,62 +231,7 @@ pub fn resolve(overrides: Overrides, session: Option<Session>) -> Result<Target,
     })
 }
 
-/// Why a server's CA is not trusted.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PinError {
-    #[error("not trusting the server yet: its CA fingerprint is {presented}. Compare it with the fingerprint the cluster's first node printed; if they are the same, re-run with --ca-hash {presented}")]
-    Unpinned { presented: String },
-    #[error("refusing the server: its CA fingerprint is {presented}, not {expected} as --ca-hash says (a different cluster, or someone in between)")]
-    HashMismatch { expected: String, presented: String },
-    #[error("refusing the server: its CA fingerprint is {presented}, but the CA in --ca-file is {expected} (a different cluster, or someone in between)")]
-    FileMismatch { expected: String, presented: String },
-}
-
-/// clap value parser for `--ca-hash`: `sha256:` and 64 hex digits (the
-/// prefix may be left out), normalized to lower case.
-pub fn parse_ca_hash(text: &str) -> Result<String, String> {
-    let text = text.trim();
-    let hex = text.strip_prefix("sha256:").unwrap_or(text);
-    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(format!(
-            "{text:?} is not a CA fingerprint (expected sha256: and 64 hex digits)"
-        ));
-    }
-    Ok(format!("sha256:{}", hex.to_ascii_lowercase()))
-}
-
-/// Decides whether the CA with fingerprint `presented` may be trusted: only
-/// if it equals every pin the user gave (`--ca-hash`, the fingerprint of the
-/// `--ca-file` certificate), and never when no pin was given.
-pub fn check_pin(
-    presented: &str,
-    ca_hash: Option<&str>,
-    ca_file_fingerprint: Option<&str>,
-) -> Result<(), PinError> {
-    if ca_hash.is_none() && ca_file_fingerprint.is_none() {
-        return Err(PinError::Unpinned {
-            presented: presented.to_string(),
-        });
-    }
-    if let Some(expected) = ca_hash {
-        let expected = parse_ca_hash(expected).unwrap_or_else(|_| expected.to_string());
-        if !expected.eq_ignore_ascii_case(presented) {
-            return Err(PinError::HashMismatch {
-                expected,
-                presented: presented.to_string(),
-            });
-        }
-    }
-    if let Some(expected) = ca_file_fingerprint {
-        if !expected.eq_ignore_ascii_case(presented) {
-            return Err(PinError::FileMismatch {
-                expected: expected.to_string(),
-                presented: presented.to_string(),
-            });
-        }
-    }
-    Ok(())
-}
+pub use crate::client::{check_pin, parse_ca_hash, PinError};
 
 #[cfg(test)]
 mod tests {

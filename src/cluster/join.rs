@@ -9,10 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use super::state::parse_join_token;
 use super::Identity;
-use crate::cli::client::{
-    check_presented_chain, fetch_ca_unverified, Body, Client, Endpoint, CONNECT_TIMEOUT,
+use crate::client::{
+    check_pin, check_presented_chain, fetch_ca_unverified, Body, Client, Endpoint, CONNECT_TIMEOUT,
 };
-use crate::cli::session::check_pin;
 use crate::config::ServerSettings;
 use crate::tls;
 

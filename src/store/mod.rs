@@ -104,18 +104,52 @@ pub struct Store {
     proposals: mpsc::Sender<Proposal>,
 }
 
+/// A [`Store`] that does not keep the node alive: for callbacks the Raft
+/// node itself holds (peer admission), which would otherwise make a cycle
+/// that keeps the database open after shutdown.
+#[derive(Clone)]
+pub struct WeakStore {
+    raft: std::sync::Weak<RaftNode>,
+    events: broadcast::Sender<Event>,
+    proposals: mpsc::WeakSender<Proposal>,
+}
+
+impl WeakStore {
+    /// The store, while the node runs.
+    pub fn upgrade(&self) -> Option<Store> {
+        Some(Store {
+            raft: self.raft.upgrade()?,
+            events: self.events.clone(),
+            proposals: self.proposals.upgrade()?,
+        })
+    }
+}
+
 impl Store {
+    pub fn downgrade(&self) -> WeakStore {
+        WeakStore {
+            raft: Arc::downgrade(&self.raft),
+            events: self.events.clone(),
+            proposals: self.proposals.downgrade(),
+        }
+    }
+
     /// Wraps a running Raft node whose state machine app is [`apply::CradleApp`]
-    /// built with the same `events` sender. Must be called inside a tokio
-    /// runtime: it starts the batching task.
-    pub fn new(raft: Arc<RaftNode>, events: broadcast::Sender<Event>) -> Self {
+    /// built with the same `events` sender. Submissions wait in a queue until
+    /// the returned [`Batcher`] runs (the node runs it as a background task,
+    /// so it stops with the node's shutdown).
+    pub fn new(raft: Arc<RaftNode>, events: broadcast::Sender<Event>) -> (Self, Batcher) {
         let (proposals, queue) = mpsc::channel(PROPOSAL_QUEUE);
-        tokio::spawn(batch_proposals(raft.clone(), queue));
-        Store {
+        let batcher = Batcher {
+            raft: raft.clone(),
+            queue,
+        };
+        let store = Store {
             raft,
             events,
             proposals,
-        }
+        };
+        (store, batcher)
     }
 
     pub fn raft(&self) -> &Arc<RaftNode> {
@@ -306,10 +340,35 @@ fn cf<'a>(db: &'a rocksdb::DB, name: &str) -> Result<&'a rocksdb::ColumnFamily, 
         .ok_or_else(|| StoreError::Internal(format!("missing column family {name}")))
 }
 
+/// The group-commit task of a [`Store`]: see [`Batcher::run`].
+pub struct Batcher {
+    raft: Arc<RaftNode>,
+    queue: mpsc::Receiver<Proposal>,
+}
+
+impl Batcher {
+    /// Gathers proposals into batches until `shutdown` fires (or every
+    /// [`Store`] is gone), then waits for the batches in flight to be
+    /// answered. Proposals still queued then are refused as "shutting down":
+    /// they were never proposed.
+    pub async fn run(self, mut shutdown: crate::service::Shutdown) {
+        let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
+        tokio::select! {
+            () = batch_proposals(self.raft, self.queue, in_flight.clone()) => {}
+            () = shutdown.requested() => {}
+        }
+        let permits = u32::try_from(MAX_BATCHES_IN_FLIGHT).unwrap_or(u32::MAX);
+        let _ = in_flight.acquire_many(permits).await;
+    }
+}
+
 /// Gathers whatever proposals are waiting into one batch and keeps a few
 /// batches in flight, so throughput grows with load instead of with fsyncs.
-async fn batch_proposals(raft: Arc<RaftNode>, mut queue: mpsc::Receiver<Proposal>) {
-    let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
+async fn batch_proposals(
+    raft: Arc<RaftNode>,
+    mut queue: mpsc::Receiver<Proposal>,
+    in_flight: Arc<Semaphore>,
+) {
     while let Some(first) = queue.recv().await {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;

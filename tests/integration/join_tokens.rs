@@ -165,8 +165,8 @@ async fn join_tokens_are_checked_and_refusals_change_nothing() {
     // From then on node 2's certificate is refused by peer RPC; node 1's
     // and a certificate naming no node are judged as they should be.
     let slot = std::sync::Arc::new(std::sync::OnceLock::new());
-    let _ = slot.set(node.running.store.clone());
-    let admit = cradle::cluster::peer_admission(slot);
+    let _ = slot.set(node.running.store.downgrade());
+    let admit = cradle::membership::peer_admission(slot);
     let node1_pem = std::fs::read_to_string(node.dir.path().join("server.pem")).unwrap();
     let node1 = cradle::tls::parse_certs(&node1_pem, std::path::Path::new("server.pem")).unwrap();
     assert!((admit.0)(&node1[0]), "a member is refused");

@@ -5,6 +5,7 @@ mod cluster_harness;
 mod common;
 
 mod api;
+mod architecture;
 mod bad_input;
 mod cli;
 mod cluster;
@@ -13,3 +14,4 @@ mod events;
 mod join_tokens;
 mod restart;
 mod security;
+mod service;

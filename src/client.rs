@@ -1,13 +1,15 @@
 //! The HTTPS client of the Cradle API: pinned TLS, the bearer token, paging,
 //! the event stream, and the API's JSON errors decoded into
-//! [`ClientError::Api`] with the server's stable code.
+//! [`ClientError::Api`] with the server's stable code. The CLI verbs use it,
+//! and so does a node joining a cluster (`cluster::join`): neither imports
+//! the other.
 //!
 //! Every connection verifies the server against one pinned CA (the cluster
 //! CA `cradle login` saved, or `--ca-file`); verification cannot be turned
 //! off. The one exception is [`fetch_ca_unverified`], which `cradle login`
 //! uses to read the CA a server offers so that the user can pin it: it sends
 //! no credential, and what it returns is trusted only once
-//! [`super::session::check_pin`] agrees.
+//! [`check_pin`] agrees.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -20,7 +22,6 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::input::Filter;
 use crate::tls;
 
 /// How long to wait for a TCP connection and TLS handshake unless the
@@ -466,6 +467,63 @@ async fn read_limited(
     Ok(body)
 }
 
+/// Why a server's CA is not trusted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PinError {
+    #[error("not trusting the server yet: its CA fingerprint is {presented}. Compare it with the fingerprint the cluster's first node printed; if they are the same, re-run with --ca-hash {presented}")]
+    Unpinned { presented: String },
+    #[error("refusing the server: its CA fingerprint is {presented}, not {expected} as --ca-hash says (a different cluster, or someone in between)")]
+    HashMismatch { expected: String, presented: String },
+    #[error("refusing the server: its CA fingerprint is {presented}, but the CA in --ca-file is {expected} (a different cluster, or someone in between)")]
+    FileMismatch { expected: String, presented: String },
+}
+
+/// clap value parser for `--ca-hash`: `sha256:` and 64 hex digits (the
+/// prefix may be left out), normalized to lower case.
+pub fn parse_ca_hash(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let hex = text.strip_prefix("sha256:").unwrap_or(text);
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!(
+            "{text:?} is not a CA fingerprint (expected sha256: and 64 hex digits)"
+        ));
+    }
+    Ok(format!("sha256:{}", hex.to_ascii_lowercase()))
+}
+
+/// Decides whether the CA with fingerprint `presented` may be trusted: only
+/// if it equals every pin the user gave (`--ca-hash`, the fingerprint of the
+/// `--ca-file` certificate), and never when no pin was given.
+pub fn check_pin(
+    presented: &str,
+    ca_hash: Option<&str>,
+    ca_file_fingerprint: Option<&str>,
+) -> Result<(), PinError> {
+    if ca_hash.is_none() && ca_file_fingerprint.is_none() {
+        return Err(PinError::Unpinned {
+            presented: presented.to_string(),
+        });
+    }
+    if let Some(expected) = ca_hash {
+        let expected = parse_ca_hash(expected).unwrap_or_else(|_| expected.to_string());
+        if !expected.eq_ignore_ascii_case(presented) {
+            return Err(PinError::HashMismatch {
+                expected,
+                presented: presented.to_string(),
+            });
+        }
+    }
+    if let Some(expected) = ca_file_fingerprint {
+        if !expected.eq_ignore_ascii_case(presented) {
+            return Err(PinError::FileMismatch {
+                expected: expected.to_string(),
+                presented: presented.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Plans the requests that fetch a list, following the server's paging
 /// rules: a cursor pages in key order only, so a sorted list pages by offset.
 #[derive(Debug, Clone)]
@@ -491,17 +549,14 @@ enum PageMode {
 impl Pager {
     /// `consistent` asks the first page for a linearizable read.
     pub fn new(
-        filters: &[Filter],
+        filters: &[(String, String)],
         sort: Option<&str>,
         descending: bool,
         limit: Option<u64>,
         offset: u64,
         consistent: bool,
     ) -> Pager {
-        let mut base: Vec<(String, String)> = filters
-            .iter()
-            .map(|f| (f.field.clone(), f.value.clone()))
-            .collect();
+        let mut base: Vec<(String, String)> = filters.to_vec();
         if let Some(sort) = sort {
             base.push(("sort".into(), sort.to_string()));
         }
@@ -677,7 +732,7 @@ pub struct UnverifiedCa {
 /// Reads the CA a server offers, over a connection whose certificate is not
 /// yet trusted. Only for `cradle login`, before the user's pin is checked:
 /// nothing secret is sent, and nothing received is trusted until
-/// [`super::session::check_pin`] accepts the CA's fingerprint.
+/// [`check_pin`] accepts the CA's fingerprint.
 pub async fn fetch_ca_unverified(
     endpoint: &Endpoint,
     connect_timeout: Duration,
@@ -950,10 +1005,7 @@ mod tests {
                 .map(|(a, b)| (a.to_string(), b.to_string()))
                 .collect()
         };
-        let rack = [Filter {
-            field: "params.rack".into(),
-            value: "r1".into(),
-        }];
+        let rack = [("params.rack".to_string(), "r1".to_string())];
 
         assert_eq!(
             run(Pager::new(&rack, None, false, None, 0, true), 2_500).unwrap(),
@@ -1111,8 +1163,8 @@ mod tests {
             app,
             limits,
         );
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        tokio::spawn(listener.run(stopped));
+        let (stop, stopped) = crate::service::Shutdown::new();
+        tokio::spawn(crate::service::Service::run(listener, stopped));
         (addr, stop)
     }
 
