@@ -500,7 +500,14 @@ pub(crate) mod tests {
                 .unwrap(),
         );
         raft.initialize_single().await.unwrap();
-        Store::new(raft, events)
+        let (store, batcher) = Store::new(raft, events);
+        let (stop, shutdown) = crate::service::Shutdown::new();
+        tokio::spawn(async move {
+            // Held for as long as the batcher runs: dropping it stops it.
+            let _stop = stop;
+            batcher.run(shutdown).await;
+        });
+        store
     }
 
     pub(crate) async fn create(store: &Store, kind: ObjectKind, object: Value) -> u64 {
