@@ -502,10 +502,11 @@ pub(crate) mod tests {
         raft.initialize_single().await.unwrap();
         let (store, batcher) = Store::new(raft, events);
         let (stop, shutdown) = crate::service::Shutdown::new();
+        // The batcher ends once every `Store` is gone; it owns its stop signal
+        // until then.
         tokio::spawn(async move {
-            // Held for as long as the batcher runs: dropping it stops it.
             let _stop = stop;
-            batcher.run(shutdown).await;
+            batcher.run(shutdown).await
         });
         store
     }
