@@ -315,10 +315,8 @@ impl Store {
     }
 
     pub fn list(&self, kind: ObjectKind, query: &ListQuery) -> Result<Page, StoreError> {
-        // Still straight from the database, not through a view: a list taken
-        // during a snapshot install can mix the two states (`View::read` is
-        // what it would iterate instead).
-        query::list(&self.raft.db(), kind, query)
+        let view = self.view()?;
+        query::list(view.read(), kind, query)
     }
 
     /// The revision of the last applied change.

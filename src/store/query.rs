@@ -2,7 +2,8 @@
 //! field by scanning), sorting, and paging by offset or cursor, each request
 //! bounded whatever the kind holds.
 //!
-//! A list reads one RocksDB snapshot and at most [`MAX_SCAN_OBJECTS`]
+//! A list reads one consistent view (a `ReadView`: one RocksDB snapshot,
+//! never a half-installed Raft snapshot) and at most [`MAX_SCAN_OBJECTS`]
 //! objects and [`MAX_SCAN_KEYS`] keys:
 //! - **key order** (no `sort`): a range scan of the kind's objects, or of the
 //!   first index filter's entries (which are in key order too), that stops
@@ -25,12 +26,12 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
 use base64::Engine as _;
-use rocksdb::{ColumnFamily, Direction, IteratorMode, Snapshot, DB};
+use cradle_raft::ReadView;
 use serde_json::Value;
 
 use super::keys::*;
 use super::object::indexed_fields;
-use super::{cf, Rejection, StoreError};
+use super::{Rejection, StoreError};
 use crate::error_code as code;
 use crate::model::ObjectKind;
 
@@ -155,11 +156,46 @@ enum Source {
     Index { prefix: Vec<u8>, valued: bool },
 }
 
-/// One snapshot of the state and the column families a list reads.
-struct Reader<'a> {
-    snapshot: Snapshot<'a>,
-    objects: &'a ColumnFamily,
-    index: &'a ColumnFamily,
+/// Key/value pairs a list reads, in key order or reversed.
+pub type Items<'s> = Box<dyn Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), StoreError>> + 's>;
+
+/// What a list reads from: one consistent state. The node's is a
+/// [`ReadView`], which never shows a half-installed snapshot.
+pub trait ListSource {
+    fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Keys from `start` on (`forward`) or from `start` back.
+    fn iter_from<'s>(
+        &'s self,
+        cf: &str,
+        start: &[u8],
+        forward: bool,
+    ) -> Result<Items<'s>, StoreError>;
+}
+
+impl ListSource for ReadView<'_> {
+    fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        ReadView::get(self, cf, key).map_err(|e| StoreError::Internal(e.to_string()))
+    }
+
+    fn iter_from<'s>(
+        &'s self,
+        cf: &str,
+        start: &[u8],
+        forward: bool,
+    ) -> Result<Items<'s>, StoreError> {
+        let items = ReadView::iter_from(self, cf, start, forward)
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        Ok(Box::new(items.map(|item| {
+            item.map_err(|e| StoreError::Internal(e.to_string()))
+        })))
+    }
+}
+
+/// One consistent state and the kind a list reads.
+struct Reader<'v> {
+    read: &'v dyn ListSource,
+    objects: &'static str,
+    index: &'static str,
     kind: ObjectKind,
 }
 
@@ -170,10 +206,8 @@ enum Step {
 }
 
 impl Reader<'_> {
-    fn get(&self, cf: &ColumnFamily, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.snapshot
-            .get_cf(cf, key)
-            .map_err(|e| StoreError::Internal(e.to_string()))
+    fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read.get(cf, key)
     }
 
     fn object_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -204,17 +238,9 @@ impl Reader<'_> {
             (false, Some(after)) => [prefix.as_slice(), after.as_bytes(), &[0]].concat(),
             (false, None) => prefix.clone(),
         };
-        let direction = if reverse {
-            Direction::Reverse
-        } else {
-            Direction::Forward
-        };
         let mut last: Option<String> = None;
-        for item in self
-            .snapshot
-            .iterator_cf(cf, IteratorMode::From(&start, direction))
-        {
-            let (key, bytes) = item.map_err(|e| StoreError::Internal(e.to_string()))?;
+        for item in self.read.iter_from(cf, &start, !reverse)? {
+            let (key, bytes) = item?;
             let Some(rest) = key.strip_prefix(prefix.as_slice()) else {
                 break;
             };
@@ -305,7 +331,11 @@ impl Filters<'_> {
     }
 }
 
-pub fn list(db: &DB, kind: ObjectKind, query: &ListQuery) -> Result<Page, StoreError> {
+pub fn list(
+    read: &dyn ListSource,
+    kind: ObjectKind,
+    query: &ListQuery,
+) -> Result<Page, StoreError> {
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
         return Err(Rejection::new(
@@ -357,9 +387,9 @@ pub fn list(db: &DB, kind: ObjectKind, query: &ListQuery) -> Result<Page, StoreE
         scan: scan_filters,
     };
     let reader = Reader {
-        snapshot: db.snapshot(),
-        objects: cf(db, CF_OBJECTS)?,
-        index: cf(db, CF_INDEX)?,
+        read,
+        objects: CF_OBJECTS,
+        index: CF_INDEX,
         kind,
     };
     let request = Request {
@@ -619,6 +649,7 @@ fn decode_cursor(cursor: &str) -> Result<String, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rocksdb::DB;
     use serde_json::json;
 
     #[test]
@@ -672,6 +703,46 @@ mod tests {
         (dir, db)
     }
 
+    /// A plain RocksDB snapshot as a list source (the node lists through a
+    /// `ReadView`, which needs a running state machine).
+    struct Snap<'a> {
+        db: &'a DB,
+        snapshot: rocksdb::Snapshot<'a>,
+    }
+
+    fn source(db: &DB) -> Snap<'_> {
+        Snap {
+            db,
+            snapshot: db.snapshot(),
+        }
+    }
+
+    impl ListSource for Snap<'_> {
+        fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            let handle = self.db.cf_handle(cf).unwrap();
+            Ok(self.snapshot.get_cf(handle, key).unwrap())
+        }
+
+        fn iter_from<'s>(
+            &'s self,
+            cf: &str,
+            start: &[u8],
+            forward: bool,
+        ) -> Result<Items<'s>, StoreError> {
+            let handle = self.db.cf_handle(cf).unwrap();
+            let direction = if forward {
+                rocksdb::Direction::Forward
+            } else {
+                rocksdb::Direction::Reverse
+            };
+            Ok(Box::new(
+                self.snapshot
+                    .iterator_cf(handle, rocksdb::IteratorMode::From(start, direction))
+                    .map(|item| Ok(item.unwrap())),
+            ))
+        }
+    }
+
     fn names(page: &Page) -> Vec<String> {
         page.items
             .iter()
@@ -714,7 +785,7 @@ mod tests {
             for (offset, limit) in [(0, 10), (5, 20), (290, 50), (400, 5)] {
                 for filters in [vec![], vec![("params.rack", "r3")]] {
                     let through_index = list(
-                        &db,
+                        &source(&db),
                         kind,
                         &query(&filters, Some("name"), desc, limit, offset),
                     )
@@ -740,7 +811,7 @@ mod tests {
                     let mut heap_filters = filters.clone();
                     heap_filters.push(("arch", "amd64"));
                     let through_heap = list(
-                        &db,
+                        &source(&db),
                         kind,
                         &query(&heap_filters, Some("name"), desc, limit, offset),
                     )
@@ -812,13 +883,13 @@ mod tests {
         let kind = ObjectKind::Machines;
 
         let mut q = query(&[("params.rack", "last")], None, false, 10, 0);
-        let first = list(&db, kind, &q).unwrap();
+        let first = list(&source(&db), kind, &q).unwrap();
         assert!(first.items.is_empty(), "the cap came before the match");
         let mut cursor = first.next_cursor.clone().expect("a cursor to go on from");
         let mut found = Vec::new();
         for _ in 0..4 {
             q.cursor = Some(cursor.clone());
-            let page = list(&db, kind, &q).unwrap();
+            let page = list(&source(&db), kind, &q).unwrap();
             found.extend(names(&page));
             match page.next_cursor {
                 Some(next) => cursor = next,
@@ -827,14 +898,19 @@ mod tests {
         }
         assert_eq!(found, vec![format!("m{last:06}")]);
 
-        let e = list(&db, kind, &query(&[], Some("params.rack"), false, 10, 0)).unwrap_err();
+        let e = list(
+            &source(&db),
+            kind,
+            &query(&[], Some("params.rack"), false, 10, 0),
+        )
+        .unwrap_err();
         assert!(
             matches!(&e, StoreError::Rejected(r) if r.code == code::QUERY_TOO_BROAD),
             "{e:?}"
         );
         // An offset past the cap with a filter to match: refused too.
         let e = list(
-            &db,
+            &source(&db),
             kind,
             &query(&[("params.rack", "r")], None, false, 10, MAX_SCAN_OBJECTS),
         )
@@ -844,7 +920,7 @@ mod tests {
             "{e:?}"
         );
 
-        let page = list(&db, kind, &query(&[], Some("name"), true, 3, 0)).unwrap();
+        let page = list(&source(&db), kind, &query(&[], Some("name"), true, 3, 0)).unwrap();
         assert_eq!(
             names(&page),
             vec![
@@ -854,7 +930,12 @@ mod tests {
             ]
         );
         // A deep offset without filters skips keys only: served.
-        let page = list(&db, kind, &query(&[], Some("name"), false, 2, count - 2)).unwrap();
+        let page = list(
+            &source(&db),
+            kind,
+            &query(&[], Some("name"), false, 2, count - 2),
+        )
+        .unwrap();
         assert_eq!(
             names(&page),
             vec![format!("m{:06}", count - 2), format!("m{:06}", count - 1)]
