@@ -122,6 +122,11 @@ mod tests {
     use super::*;
 
     #[test]
+    fn registry_records_default_to_the_first_format() {
+        assert_eq!(crate::cluster::state::FIRST_LOG_FORMAT, FORMAT_V1);
+    }
+
+    #[test]
     fn frames_round_trip() {
         let parts: Vec<&[u8]> = vec![b"{\"a\":1}", b"", b"xyz"];
         let payload = encode(FORMAT_V1, &parts).unwrap();
