@@ -692,9 +692,10 @@ async fn replicas_with_different_local_settings_report_equal_digests() {
 }
 
 /// The test cluster's own faults do what they say, judged from the nodes'
-/// status: a cut follower hears no leader (its term climbs) while its vote
-/// requests reach nobody (the majority's term stays put); after the heal
-/// every node converges to the same state; a paused leader is replaced and
+/// status: a cut follower hears no leader (and, with pre-vote, starts no
+/// election), the majority keeps its leader and term and writes through the
+/// cut node are refused; after the heal every node converges to the same
+/// state under the same leader and term; a paused leader is replaced and
 /// rejoins when resumed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_heal_and_pause_isolate_a_node() {
@@ -715,13 +716,17 @@ async fn cut_heal_and_pause_isolate_a_node() {
     cluster.cut(follower);
     let started = Instant::now();
     loop {
-        let cut_term = term(&cluster.try_status(follower).await.expect("status"));
-        if cut_term >= term_before + 2 {
+        let status = cluster.try_status(follower).await.expect("status");
+        if status["leader"].is_null() {
+            // Cut off, it hears no leader; pre-vote keeps it from starting
+            // elections it cannot win, so its term stays.
+            assert_eq!(term(&status), term_before, "the cut node started elections");
             break;
         }
         assert!(
             started.elapsed() < CUT_LIMIT,
-            "the cut node's term stayed at {cut_term} for {CUT_LIMIT:?}: it still hears a leader"
+            "the cut node still named leader {} after {CUT_LIMIT:?}",
+            status["leader"]
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -748,6 +753,10 @@ async fn cut_heal_and_pause_isolate_a_node() {
 
     cluster.heal(follower);
     cluster.wait_converged(Duration::from_secs(30)).await;
+    // Back, it deposes nobody: same leader, same term.
+    assert_eq!(cluster.wait_leader(LEADER_LIMIT).await, leader);
+    let healed_term = term(&cluster.try_status(leader).await.expect("status"));
+    assert_eq!(healed_term, term_before, "the heal caused an election");
     let digests = cluster.assert_same_digests(Duration::from_secs(30)).await;
     eprintln!("after the heal: {digests:?}");
     let leader = cluster.wait_leader(LEADER_LIMIT).await;
