@@ -303,12 +303,25 @@ const LEADER_CHANGE_GRACE: Duration = Duration::from_millis(100);
 
 impl Inner {
     /// The leader this node currently knows of, with its address.
+    /// The leader to send to: openraft's, unless it has been silent for
+    /// `leader_silence`. With pre-vote a cut-off follower starts no election,
+    /// so openraft keeps naming the leader it lost; forwarding to it would
+    /// only time out (`outcome_unknown`) where `no_leader` is the truth.
     fn leader(&self) -> Option<(NodeId, NodeInfo)> {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
-        let id = m.current_leader?;
+        let id = m.current_leader.filter(|id| self.leader_heard(*id))?;
         let info = m.membership_config.membership().get_node(&id)?.clone();
         Some((id, info))
+    }
+
+    /// Whether `leader` still counts as this node's leader: it is this
+    /// node, or it was heard within `leader_silence` (or the node has just
+    /// opened and had no time to hear it).
+    fn leader_heard(&self, leader: NodeId) -> bool {
+        leader == self.id
+            || self.contact.heard_within(self.leader_silence)
+            || self.opened.elapsed() < self.leader_silence
     }
 
     /// How long a forwarding node waits for the leader's answer to `req`.
@@ -821,11 +834,9 @@ impl RaftNode {
                 ServerState::Learner => RaftRole::Learner,
                 ServerState::Shutdown => RaftRole::Shutdown,
             },
-            current_leader: m.current_leader.filter(|leader| {
-                *leader == self.inner.id
-                    || self.inner.contact.heard_within(self.inner.leader_silence)
-                    || self.inner.opened.elapsed() < self.inner.leader_silence
-            }),
+            current_leader: m
+                .current_leader
+                .filter(|leader| self.inner.leader_heard(*leader)),
             term: m.current_term,
             last_log_index: m.last_log_index,
             committed: self.inner.committed.get(),
