@@ -1,0 +1,233 @@
+# shellcheck shell=bash
+# Helpers for the DHCP lab scripts (chaos/capture-dhcp.sh, chaos/dhcp-cluster.sh,
+# chaos/dhcp-bench.sh). Sourced, never run.
+#
+# The including script sets, before sourcing:
+#   LAB_SCRIPT  its file name (stale-run detection looks for it in /proc/PID/cmdline)
+#   LAB_TAG     two letters; every namespace is LAB_TAG-<pid>-<role>, every link
+#               LAB_TAG-<short>, so runs and scripts never collide
+#   LAB_DEADLINE_S  the whole run's bound, enforced by a watchdog
+# and calls lab_init after its own traps are wanted (lab_init installs them).
+#
+# Rules kept here for every script: addresses in 198.18.0.0/15 only; every
+# namespace and link created and deleted by the script that made it; every loop
+# bounded in count and time; only processes this run started are signalled,
+# by PID.
+
+LAB_RUN_ID=$$
+LAB_PFX="${LAB_TAG}-${LAB_RUN_ID}"
+LAB_WORK=""
+LAB_PASSED=0
+LAB_FAILED=0
+LAB_ABORTED=""
+LAB_CREATED_NS=()
+LAB_PIDS=()          # every background process started, stopped at exit
+LAB_WATCHDOG_PID=""
+LAB_START_SECONDS=$SECONDS
+LAB_CLEANUP_HOOK=""  # a function the script wants called first at exit
+LAB_SUMMARY_PREFIX=${LAB_SUMMARY_PREFIX:-chaos}
+
+exec 3>&1
+log() { printf '[%4ds] %s\n' "$((SECONDS - LAB_START_SECONDS))" "$*" >&3; }
+pass() { LAB_PASSED=$((LAB_PASSED + 1)); log "PASS: $*"; }
+fail() { LAB_FAILED=$((LAB_FAILED + 1)); log "FAIL: $*"; }
+check() {
+    local what=$1
+    shift
+    if "$@"; then pass "$what"; else fail "$what"; fi
+}
+abort() {
+    fail "$*"
+    LAB_ABORTED="$*"
+    exit 1
+}
+
+lab_script_alive() {
+    local pid=$1
+    [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "$LAB_SCRIPT"
+}
+
+# lab_bg COMMAND...: runs COMMAND in the background, remembered for cleanup.
+# Sets LAB_LAST_PID.
+lab_bg() {
+    "$@" &
+    LAB_LAST_PID=$!
+    LAB_PIDS+=("$LAB_LAST_PID")
+}
+
+# lab_stop_pid PID [SECONDS]: SIGTERM, then SIGKILL after SECONDS (default 5).
+lab_stop_pid() {
+    local pid=$1 limit=${2:-5} n
+    [[ -n $pid ]] || return 0
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for ((n = 0; n < limit * 10; n++)); do
+        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+# Kills whatever still runs in a namespace of ours (all started by this run),
+# then deletes it (which deletes its links).
+lab_delete_ns() {
+    local ns=$1 pid
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    ip netns delete "$ns" 2>/dev/null || true
+}
+
+lab_add_ns() {
+    ip netns add "$1"
+    LAB_CREATED_NS+=("$1")
+    ip -n "$1" link set lo up
+    ip netns exec "$1" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 2>/dev/null || true
+}
+
+# Namespaces and work dirs of earlier runs of this script that are gone.
+lab_cleanup_stale() {
+    local ns pid dir
+    while read -r ns _; do
+        [[ $ns =~ ^${LAB_TAG}-([0-9]+)-[a-z0-9]+$ ]] || continue
+        pid=${BASH_REMATCH[1]}
+        if [[ $pid != "$LAB_RUN_ID" ]] && ! lab_script_alive "$pid"; then
+            log "removing stale namespace $ns (run $pid is gone)"
+            lab_delete_ns "$ns"
+        fi
+    done < <(ip netns list 2>/dev/null)
+    for dir in /tmp/"${LAB_TAG}"-lab-*; do
+        [[ -d $dir && $dir =~ ^/tmp/${LAB_TAG}-lab-([0-9]+)- ]] || continue
+        pid=${BASH_REMATCH[1]}
+        if [[ $pid != "$LAB_RUN_ID" ]] && ! lab_script_alive "$pid"; then
+            log "removing stale work dir $dir"
+            rm -rf "$dir"
+        fi
+    done
+}
+
+lab_cleanup() {
+    local rc=$? pid ns
+    trap - EXIT INT TERM
+    set +e
+    [[ -n $LAB_CLEANUP_HOOK ]] && "$LAB_CLEANUP_HOOK"
+    [[ -n $LAB_WATCHDOG_PID ]] && kill "$LAB_WATCHDOG_PID" 2>/dev/null
+    for pid in "${LAB_PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null
+    done
+    for pid in "${LAB_PIDS[@]}"; do
+        lab_stop_pid "$pid" 3
+    done
+    for ns in "${LAB_CREATED_NS[@]}"; do
+        lab_delete_ns "$ns"
+    done
+    [[ -n $LAB_WATCHDOG_PID ]] && wait "$LAB_WATCHDOG_PID" 2>/dev/null
+    if [[ -n $LAB_WORK && -d $LAB_WORK ]]; then
+        if [[ -n ${CHAOS_LOG_DIR:-} ]]; then
+            mkdir -p "$CHAOS_LOG_DIR" && cp -r "$LAB_WORK"/. "$CHAOS_LOG_DIR"/ 2>/dev/null
+            log "work dir copied to $CHAOS_LOG_DIR"
+        fi
+        rm -rf "$LAB_WORK"
+    fi
+    [[ -n $LAB_ABORTED ]] && log "aborted: $LAB_ABORTED"
+    if ((rc != 0 && LAB_FAILED == 0)) || [[ $LAB_ABORTED == interrupted || $LAB_ABORTED == terminated* ]]; then
+        LAB_FAILED=$((LAB_FAILED + 1))
+        log "FAIL: ${LAB_ABORTED:-exited with status $rc outside a check}"
+    fi
+    log "run time $((SECONDS - LAB_START_SECONDS))s"
+    echo "${LAB_SUMMARY_PREFIX}: ${LAB_PASSED} passed, ${LAB_FAILED} failed" >&3
+    if ((LAB_FAILED > 0)); then exit 1; fi
+    exit 0
+}
+
+# lab_init: root check, traps, watchdog, stale cleanup, work dir ($LAB_WORK).
+lab_init() {
+    [[ $EUID -eq 0 ]] || { echo "error: run as root (network namespaces)" >&2; exit 2; }
+    trap lab_cleanup EXIT
+    trap 'LAB_ABORTED="interrupted"; exit 130' INT
+    trap 'LAB_ABORTED="terminated (deadline ${LAB_DEADLINE_S}s or signal)"; exit 143' TERM
+    (
+        end=$((SECONDS + LAB_DEADLINE_S))
+        while ((SECONDS < end)); do sleep 1; done
+        log "deadline of ${LAB_DEADLINE_S}s reached"
+        kill -TERM "$LAB_RUN_ID"
+    ) &
+    LAB_WATCHDOG_PID=$!
+    lab_cleanup_stale
+    LAB_WORK=$(mktemp -d "/tmp/${LAB_TAG}-lab-${LAB_RUN_ID}-XXXXXX")
+    chmod 755 "$LAB_WORK"
+}
+
+# wait_until DESCRIPTION SECONDS COMMAND...: polls COMMAND (every 0.5 s, a
+# bounded number of tries) until it succeeds; 1 on timeout, at once when
+# COMMAND returns 2.
+wait_until() {
+    local what=$1 limit=$2 tries=0 rc
+    shift 2
+    local deadline=$((SECONDS + limit))
+    while ((tries < limit * 10)); do
+        tries=$((tries + 1))
+        rc=0
+        "$@" || rc=$?
+        ((rc == 0)) && return 0
+        if ((rc == 2)); then
+            log "gave up after ${tries} tries: $what"
+            return 1
+        fi
+        ((SECONDS >= deadline)) && break
+        sleep 0.5
+    done
+    log "timed out after ${limit}s (${tries} tries): $what"
+    return 1
+}
+
+# lab_bridge NS BRIDGE: a bridge in NS, STP off, no forwarding delay.
+lab_bridge() {
+    ip -n "$1" link add "$2" type bridge stp_state 0 forward_delay 0
+    ip -n "$1" link set "$2" up
+}
+
+# lab_attach BRIDGE_NS BRIDGE NS NAME MAC [ADDR/LEN]: a veth pair, NAME in NS
+# (with MAC, and ADDR if given), NAME's peer (NAME with its last letter
+# replaced by b) on BRIDGE.
+lab_attach() {
+    local brns=$1 br=$2 ns=$3 name=$4 mac=$5 addr=${6:-}
+    local peer="${name%?}b"
+    ip -n "$brns" link add "$peer" type veth peer name "$name" netns "$ns"
+    ip -n "$brns" link set "$peer" master "$br" up
+    ip -n "$ns" link set "$name" address "$mac"
+    [[ -n $addr ]] && ip -n "$ns" addr add "$addr" dev "$name"
+    ip -n "$ns" link set "$name" up
+}
+
+# ----------------------------------------------------------------- Kea ------
+
+# kea_config FILE IFACE SOCKET_TYPE SUBNET POOL LEASE_FILE LEASE_SECS [EXTRA_SUBNET_JSON]
+# writes a kea-dhcp4 config: memfile (persisted), one subnet, WARN logging.
+kea_config() {
+    local file=$1 iface=$2 socket=$3 subnet=$4 pool=$5 leases=$6 secs=$7 extra=${8:-}
+    cat >"$file" <<EOF
+{ "Dhcp4": {
+  "interfaces-config": { "interfaces": [ "$iface" ], "dhcp-socket-type": "$socket" },
+  "lease-database": { "type": "memfile", "persist": true, "name": "$leases", "lfc-interval": 0 },
+  "valid-lifetime": $secs, "renew-timer": $((secs / 2)), "rebind-timer": $((secs * 7 / 8)),
+  "authoritative": true,
+  "subnet4": [ { "id": 1, "subnet": "$subnet", "pools": [ { "pool": "$pool" } ]$extra } ],
+  "loggers": [ { "name": "kea-dhcp4", "severity": "WARN",
+                 "output_options": [ { "output": "${file%.json}.log" } ] } ]
+} }
+EOF
+}
+
+# kea_start NS CONFIG LOG: kea-dhcp4 in NS, in the background; sets LAB_LAST_PID.
+kea_start() {
+    local ns=$1 cfg=$2 out=$3 dir
+    dir=$(dirname "$cfg")
+    lab_bg ip netns exec "$ns" env KEA_PIDFILE_DIR="$dir" KEA_LOCKFILE_DIR="$dir" \
+        kea-dhcp4 -c "$cfg" >"$out" 2>&1 </dev/null 3>&-
+}
+
+# udp_listening NS PORT: something in NS listens on UDP PORT.
+udp_listening() {
+    ip netns exec "$1" ss -H -lun "sport = :$2" 2>/dev/null | grep -q .
+}
