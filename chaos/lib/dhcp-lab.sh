@@ -1,4 +1,6 @@
 # shellcheck shell=bash
+# Variables named in the header below are set by the including script.
+# shellcheck disable=SC2034,SC2153
 # Helpers for the DHCP lab scripts (chaos/capture-dhcp.sh, chaos/dhcp-cluster.sh,
 # chaos/dhcp-bench.sh). Sourced, never run.
 #
@@ -230,4 +232,196 @@ kea_start() {
 # udp_listening NS PORT: something in NS listens on UDP PORT.
 udp_listening() {
     ip netns exec "$1" ss -H -lun "sport = :$2" 2>/dev/null | grep -q .
+}
+
+# -------------------------------------------------------------- Cradle ------
+# A Cradle cluster in namespaces, formed as chaos/cluster-partition.sh forms
+# it (one-voter cluster on node 1, `cradle login --ca-hash`, join tokens).
+# The including script sets CR_BIN, CR_NS (array, index 1..N: namespace of
+# node i), CR_IP (array: node i's address), CR_CLI_NS (where the CLI runs),
+# CR_NODE_ARGS (function: extra `server`/`join` arguments for node i) and
+# calls cr_form N.
+
+CR_CLI_TIMEOUT_S=${CR_CLI_TIMEOUT_S:-20}
+CR_START_TIMEOUT_S=${CR_START_TIMEOUT_S:-60}
+CR_PASSWORD="lab-$$-${RANDOM}${RANDOM}"
+CR_PID=()
+CR_ID=()
+CR_CUT=()
+CR_NODE_ENV=(
+    CRADLE_LOG="${CRADLE_LOG:-info,openraft=warn}"
+    NO_COLOR=1
+    CRADLE_HEARTBEAT_MS=100
+    CRADLE_ELECTION_MIN_MS=300
+    CRADLE_ELECTION_MAX_MS=600
+    CRADLE_NO_LEADER_WAIT_MS=3000
+)
+
+# cr_cli i ARGS...: the CLI against node i, from CR_CLI_NS (from the node's
+# own namespace while it is cut off).
+cr_cli() {
+    local i=$1 ns=$CR_CLI_NS
+    shift
+    if [[ ${CR_CUT[i]:-0} == 1 ]]; then ns=${CR_NS[i]}; fi
+    timeout -k 2 "$CR_CLI_TIMEOUT_S" ip netns exec "$ns" \
+        env CRADLE_CONFIG_DIR="$LAB_WORK/client" CRADLE_ENDPOINT="https://${CR_IP[i]}:8443" \
+        "$CR_BIN" "$@" 3>&-
+}
+
+cr_json() {
+    python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+v = eval(sys.argv[1])
+print("" if v is None else (json.dumps(v) if isinstance(v, (dict, list, bool)) else v))
+' "$1"
+}
+
+cr_status() { cr_cli "$1" status -o json 2>/dev/null; }
+
+cr_field() {
+    local st
+    st=$(cr_status "$1") || return 1
+    cr_json "$2" <<<"$st"
+}
+
+cr_listen_args() {
+    local i=$1
+    echo "--data-dir $LAB_WORK/n$i --api-listen ${CR_IP[i]}:8443 --rpc-listen ${CR_IP[i]}:8444 --advertise-host ${CR_IP[i]}"
+}
+
+# cr_run i ARGS...: the binary in node i's namespace, logging to $LAB_WORK/n$i.log.
+cr_run() {
+    local i=$1
+    shift
+    ip netns exec "${CR_NS[i]}" env "${CR_NODE_ENV[@]}" CRADLE_ADMIN_PASSWORD="$CR_PASSWORD" \
+        "$CR_BIN" "$@" >>"$LAB_WORK/n$i.log" 2>&1 3>&- &
+    CR_PID[i]=$!
+    log "node $i: started pid ${CR_PID[i]}: cradle $(printf '%s ' "$@" | sed -E 's/(--token )[^ ]+/\1<redacted>/')"
+}
+
+# cr_restart i: node i again on its data dir (after a kill).
+cr_restart() {
+    local i=$1
+    # shellcheck disable=SC2046 # word lists by design
+    cr_run "$i" server $(cr_listen_args "$i") $("$CR_NODE_ARGS" "$i")
+}
+
+cr_alive() { [[ -n ${CR_PID[$1]:-} ]] && kill -0 "${CR_PID[$1]}" 2>/dev/null; }
+
+cr_answers() {
+    cr_alive "$1" || { log "node $1 exited"; return 2; }
+    cr_status "$1" >/dev/null
+}
+
+cr_learn_id() {
+    local id
+    id=$(cr_field "$1" "d['node_id']") || return 1
+    [[ -n $id ]] || return 1
+    CR_ID[$1]=$id
+}
+
+cr_is_voter_on() {
+    local id=${CR_ID[$2]}
+    [[ -n $id ]] || return 1
+    [[ $(cr_field "$1" "any(m['id'] == $id and m['voter'] for m in d['members'])") == true ]]
+}
+
+cr_login() {
+    CRADLE_PASSWORD="$CR_PASSWORD" timeout -k 2 "$CR_CLI_TIMEOUT_S" \
+        ip netns exec "$CR_CLI_NS" env CRADLE_CONFIG_DIR="$LAB_WORK/client" \
+        "$CR_BIN" login "https://${CR_IP[1]}:8443" --user admin --ca-hash "$CR_CA_HASH" \
+        >>"$LAB_WORK/client.log" 2>&1 3>&-
+}
+
+cr_join() {
+    local i=$1 line token hash url
+    line=$(cr_cli 1 token create --ttl 1h --uses 1 2>>"$LAB_WORK/client.log") ||
+        abort "node $i: cradle token create failed"
+    [[ $line =~ --token[[:space:]]+([^[:space:]]+) ]] || abort "no --token in the join line"
+    token=${BASH_REMATCH[1]}
+    [[ $line =~ --ca-hash[[:space:]]+(sha256:[0-9a-fA-F]+) ]] || abort "no --ca-hash in the join line"
+    hash=${BASH_REMATCH[1]}
+    [[ $line =~ (https://[^[:space:]]+) ]] || abort "no URL in the join line"
+    url=${BASH_REMATCH[1]}
+    [[ $url =~ ^https://198\.1[89]\.[0-9]+\.[0-9]+(:[0-9]+)?/?$ ]] ||
+        abort "join line URL $url is not a lab address (198.18.0.0/15)"
+    # shellcheck disable=SC2046 # word lists by design
+    cr_run "$i" join --token "$token" --ca-hash "$hash" "$url" $(cr_listen_args "$i") $("$CR_NODE_ARGS" "$i")
+    wait_until "node $i answering after join" "$CR_START_TIMEOUT_S" cr_answers "$i" ||
+        abort "node $i did not come up after cradle join"
+    cr_learn_id "$i" || abort "node $i: no node_id in its status"
+    wait_until "node $i a voter" "$CR_START_TIMEOUT_S" cr_is_voter_on 1 "$i" ||
+        abort "node $i never became a voter"
+}
+
+# cr_form N: node 1 founds the cluster, nodes 2..N join.
+cr_form() {
+    local n=$1 i
+    mkdir -p "$LAB_WORK/client"
+    chmod 700 "$LAB_WORK/client"
+    # shellcheck disable=SC2046 # word lists by design
+    cr_run 1 server $(cr_listen_args 1) $("$CR_NODE_ARGS" 1)
+    wait_until "node 1 writing its CA" "$CR_START_TIMEOUT_S" test -s "$LAB_WORK/n1/ca.pem" ||
+        abort "node 1 wrote no ca.pem"
+    CR_CA_HASH=$(python3 -c '
+import hashlib, ssl, sys
+print("sha256:" + hashlib.sha256(ssl.PEM_cert_to_DER_cert(open(sys.argv[1]).read())).hexdigest())
+' "$LAB_WORK/n1/ca.pem")
+    wait_until "cradle login to node 1" "$CR_START_TIMEOUT_S" cr_login || abort "cradle login failed"
+    cr_learn_id 1 || abort "node 1: no node_id in its status"
+    for ((i = 2; i <= n; i++)); do
+        cr_join "$i"
+    done
+}
+
+# cr_view MODE NODE...: as cluster-partition.sh's cluster_view: "leader"
+# prints the agreed leader's index; "converged" also wants the others
+# followers at the same applied index.
+cr_view() {
+    local mode=$1 i
+    shift
+    for i in "$@"; do
+        cr_status "$i" >"$LAB_WORK/status.$i" || return 1
+    done
+    python3 - "$mode" "$LAB_WORK" "$@" <<'PY'
+import json, sys
+
+mode, work, nodes = sys.argv[1], sys.argv[2], sys.argv[3:]
+st = {i: json.load(open(f"{work}/status.{i}")) for i in nodes}
+leaders = {s.get("leader") for s in st.values()}
+terms = {s.get("term") for s in st.values()}
+if len(leaders) != 1 or None in leaders or len(terms) != 1:
+    sys.exit(1)
+leader_id = leaders.pop()
+found = [i for i, s in st.items() if s.get("node_id") == leader_id]
+if not found or st[found[0]].get("role") != "leader":
+    sys.exit(1)
+if mode == "converged":
+    if any(s.get("role") != "follower" for i, s in st.items() if i != found[0]):
+        sys.exit(1)
+    applied = {s.get("applied_index") for s in st.values()}
+    if len(applied) != 1 or None in applied:
+        sys.exit(1)
+print(found[0])
+PY
+}
+cr_leader() { cr_view leader "$@"; }
+cr_converged() { cr_view converged "$@" >/dev/null; }
+
+# cr_create_subnet NAME CIDR POOL_START POOL_END LEASE_SECS: through the CLI
+# (`cradle subnets create -f -`, a JSON document on stdin), full mode.
+cr_create_subnet() {
+    printf '{"name":"%s","cidr":"%s","pools":[{"start":"%s","end":"%s"}],"lease_secs":%s,"mode":"full"}\n' \
+        "$1" "$2" "$3" "$4" "$5" | cr_cli 1 subnets create -f - -o json >>"$LAB_WORK/client.log" 2>&1
+}
+
+# cr_leases i FILE: node i's own view of the leases (a local read), JSON.
+cr_leases() {
+    cr_cli "$1" leases list --stale -o json >"$2" 2>>"$LAB_WORK/client.log"
+}
+
+# cr_has_dhcp: the binary has the DHCP server's flags.
+cr_has_dhcp() {
+    "$CR_BIN" server --help 2>/dev/null | grep -q -- '--dhcp-listen'
 }
