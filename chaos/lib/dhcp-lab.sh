@@ -27,6 +27,7 @@ LAB_PIDS=()          # every background process started, stopped at exit
 LAB_WATCHDOG_PID=""
 LAB_START_SECONDS=$SECONDS
 LAB_CLEANUP_HOOK=""  # a function the script wants called first at exit
+LAB_FINAL_HOOK=""    # and one called last, after the summary line
 LAB_SUMMARY_PREFIX=${LAB_SUMMARY_PREFIX:-chaos}
 
 exec 3>&1
@@ -138,6 +139,7 @@ lab_cleanup() {
     fi
     log "run time $((SECONDS - LAB_START_SECONDS))s"
     echo "${LAB_SUMMARY_PREFIX}: ${LAB_PASSED} passed, ${LAB_FAILED} failed" >&3
+    [[ -n ${LAB_FINAL_HOOK:-} ]] && "$LAB_FINAL_HOOK"
     if ((LAB_FAILED > 0)); then exit 1; fi
     exit 0
 }
@@ -240,7 +242,8 @@ udp_listening() {
 # The including script sets CR_BIN, CR_NS (array, index 1..N: namespace of
 # node i), CR_IP (array: node i's address), CR_CLI_NS (where the CLI runs),
 # CR_NODE_ARGS (function: extra `server`/`join` arguments for node i) and
-# calls cr_form N.
+# calls cr_form N. Data dirs, the CLI's session and logs go to CR_DIR (default
+# LAB_WORK), so that one run can form several clusters one after another.
 
 CR_CLI_TIMEOUT_S=${CR_CLI_TIMEOUT_S:-20}
 CR_START_TIMEOUT_S=${CR_START_TIMEOUT_S:-60}
@@ -264,7 +267,7 @@ cr_cli() {
     shift
     if [[ ${CR_CUT[i]:-0} == 1 ]]; then ns=${CR_NS[i]}; fi
     timeout -k 2 "$CR_CLI_TIMEOUT_S" ip netns exec "$ns" \
-        env CRADLE_CONFIG_DIR="$LAB_WORK/client" CRADLE_ENDPOINT="https://${CR_IP[i]}:8443" \
+        env CRADLE_CONFIG_DIR="${CR_DIR:-$LAB_WORK}/client" CRADLE_ENDPOINT="https://${CR_IP[i]}:8443" \
         "$CR_BIN" "$@" 3>&-
 }
 
@@ -287,15 +290,15 @@ cr_field() {
 
 cr_listen_args() {
     local i=$1
-    echo "--data-dir $LAB_WORK/n$i --api-listen ${CR_IP[i]}:8443 --rpc-listen ${CR_IP[i]}:8444 --advertise-host ${CR_IP[i]}"
+    echo "--data-dir ${CR_DIR:-$LAB_WORK}/n$i --api-listen ${CR_IP[i]}:8443 --rpc-listen ${CR_IP[i]}:8444 --advertise-host ${CR_IP[i]}"
 }
 
-# cr_run i ARGS...: the binary in node i's namespace, logging to $LAB_WORK/n$i.log.
+# cr_run i ARGS...: the binary in node i's namespace, logging to ${CR_DIR:-$LAB_WORK}/n$i.log.
 cr_run() {
     local i=$1
     shift
     ip netns exec "${CR_NS[i]}" env "${CR_NODE_ENV[@]}" CRADLE_ADMIN_PASSWORD="$CR_PASSWORD" \
-        "$CR_BIN" "$@" >>"$LAB_WORK/n$i.log" 2>&1 3>&- &
+        "$CR_BIN" "$@" >>"${CR_DIR:-$LAB_WORK}/n$i.log" 2>&1 3>&- &
     CR_PID[i]=$!
     log "node $i: started pid ${CR_PID[i]}: cradle $(printf '%s ' "$@" | sed -E 's/(--token )[^ ]+/\1<redacted>/')"
 }
@@ -329,14 +332,14 @@ cr_is_voter_on() {
 
 cr_login() {
     CRADLE_PASSWORD="$CR_PASSWORD" timeout -k 2 "$CR_CLI_TIMEOUT_S" \
-        ip netns exec "$CR_CLI_NS" env CRADLE_CONFIG_DIR="$LAB_WORK/client" \
+        ip netns exec "$CR_CLI_NS" env CRADLE_CONFIG_DIR="${CR_DIR:-$LAB_WORK}/client" \
         "$CR_BIN" login "https://${CR_IP[1]}:8443" --user admin --ca-hash "$CR_CA_HASH" \
-        >>"$LAB_WORK/client.log" 2>&1 3>&-
+        >>"${CR_DIR:-$LAB_WORK}/client.log" 2>&1 3>&-
 }
 
 cr_join() {
     local i=$1 line token hash url
-    line=$(cr_cli 1 token create --ttl 1h --uses 1 2>>"$LAB_WORK/client.log") ||
+    line=$(cr_cli 1 token create --ttl 1h --uses 1 2>>"${CR_DIR:-$LAB_WORK}/client.log") ||
         abort "node $i: cradle token create failed"
     [[ $line =~ --token[[:space:]]+([^[:space:]]+) ]] || abort "no --token in the join line"
     token=${BASH_REMATCH[1]}
@@ -358,16 +361,16 @@ cr_join() {
 # cr_form N: node 1 founds the cluster, nodes 2..N join.
 cr_form() {
     local n=$1 i
-    mkdir -p "$LAB_WORK/client"
-    chmod 700 "$LAB_WORK/client"
+    mkdir -p "${CR_DIR:-$LAB_WORK}/client"
+    chmod 700 "${CR_DIR:-$LAB_WORK}/client"
     # shellcheck disable=SC2046 # word lists by design
     cr_run 1 server $(cr_listen_args 1) $("$CR_NODE_ARGS" 1)
-    wait_until "node 1 writing its CA" "$CR_START_TIMEOUT_S" test -s "$LAB_WORK/n1/ca.pem" ||
+    wait_until "node 1 writing its CA" "$CR_START_TIMEOUT_S" test -s "${CR_DIR:-$LAB_WORK}/n1/ca.pem" ||
         abort "node 1 wrote no ca.pem"
     CR_CA_HASH=$(python3 -c '
 import hashlib, ssl, sys
 print("sha256:" + hashlib.sha256(ssl.PEM_cert_to_DER_cert(open(sys.argv[1]).read())).hexdigest())
-' "$LAB_WORK/n1/ca.pem")
+' "${CR_DIR:-$LAB_WORK}/n1/ca.pem")
     wait_until "cradle login to node 1" "$CR_START_TIMEOUT_S" cr_login || abort "cradle login failed"
     cr_learn_id 1 || abort "node 1: no node_id in its status"
     for ((i = 2; i <= n; i++)); do
@@ -382,9 +385,9 @@ cr_view() {
     local mode=$1 i
     shift
     for i in "$@"; do
-        cr_status "$i" >"$LAB_WORK/status.$i" || return 1
+        cr_status "$i" >"${CR_DIR:-$LAB_WORK}/status.$i" || return 1
     done
-    python3 - "$mode" "$LAB_WORK" "$@" <<'PY'
+    python3 - "$mode" "${CR_DIR:-$LAB_WORK}" "$@" <<'PY'
 import json, sys
 
 mode, work, nodes = sys.argv[1], sys.argv[2], sys.argv[3:]
@@ -413,15 +416,21 @@ cr_converged() { cr_view converged "$@" >/dev/null; }
 # (`cradle subnets create -f -`, a JSON document on stdin), full mode.
 cr_create_subnet() {
     printf '{"name":"%s","cidr":"%s","pools":[{"start":"%s","end":"%s"}],"lease_secs":%s,"mode":"full"}\n' \
-        "$1" "$2" "$3" "$4" "$5" | cr_cli 1 subnets create -f - -o json >>"$LAB_WORK/client.log" 2>&1
+        "$1" "$2" "$3" "$4" "$5" | cr_cli 1 subnets create -f - -o json >>"${CR_DIR:-$LAB_WORK}/client.log" 2>&1
 }
 
 # cr_leases i FILE: node i's own view of the leases (a local read), JSON.
 cr_leases() {
-    cr_cli "$1" leases list --stale -o json >"$2" 2>>"$LAB_WORK/client.log"
+    cr_cli "$1" leases list --stale -o json >"$2" 2>>"${CR_DIR:-$LAB_WORK}/client.log"
 }
 
 # cr_has_dhcp: the binary has the DHCP server's flags.
 cr_has_dhcp() {
     "$CR_BIN" server --help 2>/dev/null | grep -q -- '--dhcp-listen'
+}
+
+# cr_stop i: SIGTERM node i (SIGKILL after 10 s).
+cr_stop() {
+    lab_stop_pid "${CR_PID[$1]:-}" 10
+    CR_PID[$1]=""
 }
