@@ -41,6 +41,7 @@ pub mod cluster;
 pub mod config;
 pub mod error_code;
 pub mod membership;
+pub mod metrics;
 pub mod model;
 pub mod server;
 pub mod service;
