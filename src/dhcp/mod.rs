@@ -3,4 +3,5 @@
 
 pub mod owner;
 pub mod pxe;
+pub mod templates;
 pub mod values;
