@@ -113,11 +113,13 @@ peerbench() {
     grep -E '^\[.*(ramp|ERROR)' "$LAB_WORK/peerbench-$label.err" | sed 's/^/  /' >&3 || true
 }
 
-# rate SERVER_LABEL: the sustainable rate the ramp found (its "offered").
+# rate SERVER_LABEL: the sustainable rate the ramp found (its "offered"), the
+# median over PB_REPEAT runs.
 rate() {
     awk -v s="$1" '$1 == "DHCP" && $0 ~ (" server=" s " ") && / test=ramp / {
-        for (i = 1; i <= NF; i++) if ($i ~ /^offered=/) { split($i, kv, "="); v = kv[2] } }
-        END { print (v == "" ? 0 : v + 0) }' "$LAB_WORK/results"
+        for (i = 1; i <= NF; i++) if ($i ~ /^offered=/) { split($i, kv, "="); print kv[2] + 0 } }' \
+        "$LAB_WORK/results" | sort -g | awk '{ v[++n] = $1 }
+        END { if (n == 0) print 0; else if (n % 2) print v[(n + 1) / 2]; else print (v[n / 2] + v[n / 2 + 1]) / 2 }'
 }
 
 throughput() {

@@ -302,6 +302,7 @@ scenario_a() {
     log "=== (a) $total clients: $nu udhcpc + $nd dhclient, on macvlans ==="
     macvlans 02:dc:00:00 1 "$total"
     local t0=$SECONDS
+    log "(a) $nu udhcpc, $WAVE at a time"
     for ((n = 1; n <= nu; n++)); do
         udhcpc_on "dc-m$n" &
         pids+=($!)
@@ -315,7 +316,10 @@ scenario_a() {
         dpids+=("$(dhclient_on "dc-m$n" "$(mac_of 02:dc:00:00 "$n")")")
     done
     wait "${pids[@]}" 2>/dev/null || true
+    log "(a) udhcpc done after $((SECONDS - t0))s; $nd dhclient started"
     wait_until "$nd dhclient leases" "$WAVE_TIMEOUT_S" dhclient_all_bound "$nd" || true
+    log "(a) dhclient bound after $((SECONDS - t0))s"
+    for pid in "${dpids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${dpids[@]}"; do lab_stop_pid "$pid" 3; done
     got=$(python3 - "$REC" <<'PY'
 import glob, sys
