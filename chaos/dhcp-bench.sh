@@ -16,6 +16,9 @@
 #   PEERBENCH_DIR   the peer benchmark (default ../shared/peerbench beside the workspace)
 #   BENCH_PARTS     "throughput failover" (default both)
 #   FAILOVER_TRIALS kills of each kind (default 10)
+#   FAILOVER_RETRANSMIT_S  the failover clients' retransmission interval
+#                   (udhcpc -T, default 1 s, as iPXE's first retries; RFC 2131
+#                   clients wait ~4 s, which hides gaps shorter than that)
 #   FAILOVER_SERVER cradle (default) | kea: Kea is killed and restarted at once
 #                   (it has no partner), which proves the client-side measurement
 #   PB_*            passed on to the peer benchmark (PB_REPEAT, PB_PIN, ...)
@@ -43,6 +46,7 @@ CR_NODE_ARGS=bench_node_args
 readonly PB_SUBNET=198.18.0.0/15 PB_POOL_START=198.18.1.0 PB_POOL_END=198.19.255.254 PB_LEASE_SECS=120
 readonly FO_BOUND_S=20           # one failover client, at most
 readonly FO_CLIENTS_LEADER=3     # clients started at each leader kill
+readonly FO_RETRANSMIT_S=${FAILOVER_RETRANSMIT_S:-1}
 LAB_OWNED=0
 KEA_PID=""
 
@@ -173,10 +177,11 @@ fo_client() {
 
 fo_drop() { ip -n pb-cli link del "$1" 2>/dev/null || true; }
 
-# fo_dora IFACE: one DORA by udhcpc, a DISCOVER every second, bounded; its
+# fo_dora IFACE: one DORA by udhcpc, a DISCOVER every FO_RETRANSMIT_S, bounded; its
 # stdout ("sending discover", "sending select") is the retransmission record.
 fo_dora() {
-    timeout -k 2 "$FO_BOUND_S" ip netns exec pb-cli busybox udhcpc -f -q -n -t "$FO_BOUND_S" -T 1 \
+    timeout -k 2 "$FO_BOUND_S" ip netns exec pb-cli busybox udhcpc -f -q -n \
+        -t $((FO_BOUND_S / FO_RETRANSMIT_S + 1)) -T "$FO_RETRANSMIT_S" \
         -i "$1" -s "$LAB_WORK/fo-udhcpc.sh" >"$LAB_WORK/fo-$1.log" 2>&1 3>&- </dev/null
 }
 
@@ -314,7 +319,7 @@ failover() {
 main() {
     local bin_arg=${1:-target/release/cradle} tool
     if [[ ${1:-} == -h || ${1:-} == --help ]]; then
-        sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
     fi
     [[ -x $PB_DIR/dhcp-bench.sh && -x $PB_DIR/lab.sh ]] ||
