@@ -121,6 +121,9 @@ srv_start() {
     cr_create_subnet lab "$SUBNET" "$POOL_START" "$POOL_END" "$LEASE_SECS" ||
         abort "cradle subnets create failed: $(tail -n 3 "$LAB_WORK/client.log")"
     pass "subnet $SUBNET (pool $POOL_START-$POOL_END, full mode) created with cradle subnets create"
+    # Every node answers clients from its own copy: all must hold the subnet.
+    wait_until "the subnet applied on every node" "$CONVERGE_TIMEOUT_S" cr_converged "${NODES[@]}" ||
+        abort "the nodes did not converge after the subnet was created"
     wait_until "every node listening on UDP 67" 20 all_listening ||
         abort "not every node listens on UDP 67"
 }
