@@ -39,6 +39,7 @@ pub mod client;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod dhcp;
 pub mod error_code;
 pub mod membership;
 pub mod model;
