@@ -8,12 +8,13 @@
 //! each. Binding one socket per interface instead would need
 //! `SO_BINDTODEVICE`, hence CAP_NET_RAW, for nothing more.
 
-use std::collections::BTreeMap;
+use std::collections::{btree_map, BTreeMap};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use nix::ifaddrs::getifaddrs;
 use nix::net::if_::{if_nametoindex, InterfaceFlags};
+use nix::sys::socket::SockaddrStorage;
 
 /// Linux interface names are at most 15 bytes (IFNAMSIZ less the NUL).
 pub const MAX_INTERFACE_NAME_BYTES: usize = 15;
@@ -28,6 +29,10 @@ pub struct Interface {
     pub addrs: Vec<Ipv4Net>,
     /// Loopback is served only when named in `--dhcp-interface`.
     pub loopback: bool,
+    /// Administratively up (IFF_UP) when listed. A down interface is still
+    /// listed and chosen: it receives nothing until it comes up, and
+    /// sending out of it fails ("Network is unreachable").
+    pub up: bool,
 }
 
 /// Why the interfaces named in `--dhcp-interface` cannot be served.
@@ -66,40 +71,68 @@ pub fn list_interfaces() -> std::io::Result<Vec<Interface>> {
 /// Every interface, loopback and those without IPv4 included, sorted by
 /// index.
 pub fn all_interfaces() -> std::io::Result<Vec<Interface>> {
+    let entries = getifaddrs()?.map(|entry| {
+        let ipv4 = |a: &Option<SockaddrStorage>| {
+            a.as_ref().and_then(|a| a.as_sockaddr_in()).map(|a| a.ip())
+        };
+        Entry {
+            label: entry.interface_name.clone(),
+            loopback: entry.flags.contains(InterfaceFlags::IFF_LOOPBACK),
+            up: entry.flags.contains(InterfaceFlags::IFF_UP),
+            address: ipv4(&entry.address).map(|address| (address, ipv4(&entry.netmask))),
+        }
+    });
+    // An interface may vanish between the two calls: it is left out then.
+    Ok(group(entries, |name| if_nametoindex(name).ok()))
+}
+
+/// One `getifaddrs` entry, as far as DHCP cares.
+struct Entry {
+    /// The interface name, or for an IPv4 address with a label
+    /// (`ip addr add … label eth0:1`) that label.
+    label: String,
+    loopback: bool,
+    up: bool,
+    /// An IPv4 address and its netmask.
+    address: Option<(Ipv4Addr, Option<Ipv4Addr>)>,
+}
+
+/// Entries gathered per interface, sorted by index. A label's addresses
+/// belong to the interface named before its `:` (no interface name holds
+/// one), which is what IP_PKTINFO reports packets on.
+fn group(
+    entries: impl Iterator<Item = Entry>,
+    index_of: impl Fn(&str) -> Option<u32>,
+) -> Vec<Interface> {
     let mut by_name: BTreeMap<String, Interface> = BTreeMap::new();
-    for entry in getifaddrs()? {
-        let name = entry.interface_name;
-        let interface = match by_name.get_mut(&name) {
-            Some(interface) => interface,
-            None => {
-                // The interface may vanish between the two calls: skip it then.
-                let Ok(index) = if_nametoindex(name.as_str()) else {
+    for entry in entries {
+        let name = match entry.label.split_once(':') {
+            Some((name, _label)) => name.to_string(),
+            None => entry.label,
+        };
+        let interface = match by_name.entry(name) {
+            btree_map::Entry::Occupied(known) => known.into_mut(),
+            btree_map::Entry::Vacant(new) => {
+                let Some(index) = index_of(new.key()) else {
                     continue;
                 };
-                by_name.entry(name.clone()).or_insert(Interface {
+                let name = new.key().clone();
+                new.insert(Interface {
                     name,
                     index,
                     addrs: Vec::new(),
-                    loopback: entry.flags.contains(InterfaceFlags::IFF_LOOPBACK),
+                    loopback: entry.loopback,
+                    up: entry.up,
                 })
             }
         };
-        let address = entry
-            .address
-            .as_ref()
-            .and_then(|a| a.as_sockaddr_in())
-            .map(|a| a.ip());
-        let Some(address) = address else { continue };
-        let mask = entry
-            .netmask
-            .as_ref()
-            .and_then(|m| m.as_sockaddr_in())
-            .map(|m| m.ip());
-        interface.addrs.push(network(address, mask));
+        if let Some((address, mask)) = entry.address {
+            interface.addrs.push(network(address, mask));
+        }
     }
     let mut all: Vec<Interface> = by_name.into_values().collect();
     all.sort_by_key(|interface| interface.index);
-    Ok(all)
+    all
 }
 
 /// An address with its netmask; a missing or non-contiguous mask (which
@@ -163,6 +196,7 @@ mod tests {
             index,
             addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
             loopback,
+            up: true,
         }
     }
 
@@ -216,6 +250,44 @@ mod tests {
     fn a_named_interface_without_ipv4_is_refused() {
         let err = select_interfaces(host(), &wanted(&["eth1"])).unwrap_err();
         assert_eq!(err.to_string(), "interface \"eth1\" has no IPv4 address");
+    }
+
+    #[test]
+    fn entries_are_gathered_per_interface_labels_included() {
+        let entry = |label: &str, loopback: bool, address: Option<(&str, &str)>| Entry {
+            label: label.to_string(),
+            loopback,
+            up: true,
+            address: address.map(|(a, m)| (a.parse().unwrap(), Some(m.parse().unwrap()))),
+        };
+        let mask24 = "255.255.255.0";
+        // What getifaddrs gives: a link entry per interface first (no IPv4),
+        // then the addresses, an aliased one under its label.
+        let entries = vec![
+            entry("lo", true, None),
+            entry("eth0", false, None),
+            entry("eth1", false, None),
+            entry("gone0", false, None),
+            entry("lo", true, Some(("127.0.0.1", "255.0.0.0"))),
+            entry("eth1", false, Some(("203.0.113.1", mask24))),
+            entry("eth0", false, Some(("192.0.2.2", mask24))),
+            entry("eth0:lab", false, Some(("198.51.100.1", "255.255.255.128"))),
+        ];
+        let index_of = |name: &str| match name {
+            "lo" => Some(1),
+            "eth0" => Some(2),
+            "eth1" => Some(3),
+            _ => None,
+        };
+        let all = group(entries.into_iter(), index_of);
+        assert_eq!(
+            all,
+            [
+                interface("lo", 1, &["127.0.0.1/8"], true),
+                interface("eth0", 2, &["192.0.2.2/24", "198.51.100.1/25"], false),
+                interface("eth1", 3, &["203.0.113.1/24"], false),
+            ]
+        );
     }
 
     #[test]

@@ -63,6 +63,7 @@ pub struct Received {
 /// interface, and for a source address the client can reach.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Egress {
+    /// 0 lets the routing table choose the interface.
     pub ifindex: u32,
     /// 0.0.0.0 lets the kernel choose the interface's address.
     pub source: Ipv4Addr,
@@ -440,6 +441,7 @@ mod tests {
         let mut out: Vec<Egress> = crate::dhcp::interfaces::list_interfaces()
             .unwrap()
             .iter()
+            .filter(|i| i.up)
             .map(|i| Egress {
                 ifindex: i.index,
                 source: i.addrs[0].addr(),
@@ -474,8 +476,10 @@ mod tests {
         heard.sort();
         assert_eq!(heard, expected);
 
-        // A plain socket may not send to the broadcast address.
-        let plain = UdpSocket::bind("0.0.0.0:0").await.unwrap();
+        // A plain socket may not send to the broadcast address. (Bound to
+        // 127.0.0.1 so that the broadcast is routed out of lo, and refused
+        // for lack of SO_BROADCAST rather than of a route.)
+        let plain = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let err = plain.send_to(b"offer", to).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
     }
