@@ -14,8 +14,8 @@
 //! socket that also sets it bind the very same address and port; the kernel
 //! then hands each unicast datagram to one of them only, so a second
 //! `cradle` (or another DHCP server) on the host would silently take part of
-//! the traffic. Without it, the second bind fails with "Address in use" and
-//! the operator hears about it. The price: `0.0.0.0:67` cannot be bound
+//! the traffic. Without it, the second bind fails with "Address already in
+//! use" and the operator hears about it. The price: `0.0.0.0:67` cannot be bound
 //! while another server holds port 67 on one address (libvirt's dnsmasq on
 //! a bridge); name the addresses apart or stop the other server, which would
 //! answer the same broadcasts anyway.
@@ -57,10 +57,15 @@ pub struct Received {
     pub dest_addr: Ipv4Addr,
 }
 
-/// Where a reply leaves from (IP_PKTINFO on `sendmsg`): the interface the
-/// request came in on, and the node's address there. Needed for
-/// broadcasts, which would otherwise leave by the default route's
-/// interface, and for a source address the client can reach.
+/// Where a reply leaves from (IP_PKTINFO on `sendmsg`): an interface and
+/// the node's address there.
+///
+/// A broadcast needs the interface the request came in on
+/// ([`Received::ifindex`]), or it leaves by the default route's interface.
+/// A unicast (to a relay or to `ciaddr`) is better left to the routing
+/// table (`ifindex` 0), since the way back may differ from the way in; its
+/// source should still be [`Received::local_addr`], the address the client
+/// or relay spoke to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Egress {
     /// 0 lets the routing table choose the interface.
@@ -398,9 +403,10 @@ mod tests {
         assert_eq!(got.dest_addr, *to.ip());
         assert_eq!(got.local_addr, *to.ip());
 
-        // The reply leaves from the address the request was sent to.
+        // The reply leaves from the address the request was sent to, by
+        // whichever interface the route says.
         let out = Egress {
-            ifindex: got.ifindex,
+            ifindex: 0,
             source: got.local_addr,
         };
         server.send(b"ack", got.source, Some(out)).await.unwrap();
