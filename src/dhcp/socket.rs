@@ -119,7 +119,9 @@ impl DhcpSocket {
         open(v4, false).and_then(DhcpSocket::from_std).map_err(fail)
     }
 
-    /// Waits for the next datagram and copies it into `buf`.
+    /// Waits for the next datagram and copies it into `buf`. Cancel-safe:
+    /// nothing is read until the datagram is returned, so it can race a
+    /// shutdown signal in `select!`.
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<Received> {
         let fd = self.io.as_raw_fd();
         self.io
