@@ -248,18 +248,19 @@ pub struct ServerSettings {
     #[arg(long, env = "CRADLE_DHCP_OFF")]
     pub dhcp_off: bool,
 
-    /// A node answers a client another node owns once the client's `secs`
-    /// reaches this, or once it has seen the client retransmit the same
-    /// transaction for this long: a dead owner costs one retransmission
+    /// A node answers a client another node owns once the client has been
+    /// trying this long (its `secs`, or how long this node has seen it
+    /// retransmit the same transaction); the next node in line waits twice
+    /// as long, and so on. A dead owner then costs one retransmission
     /// (clients first retransmit after about 4 s). At most 60: PXE ROMs give
     /// up on DISCOVER after about a minute, so a longer wait never helps.
     #[arg(
         long,
         env = "CRADLE_DHCP_TAKEOVER_SECS",
         default_value_t = 3,
-        value_parser = clap::value_parser!(u16).range(1..=60)
+        value_parser = clap::value_parser!(u64).range(1..=60)
     )]
-    pub dhcp_takeover_secs: u16,
+    pub dhcp_takeover_secs: u64,
 
     /// How long an address a client declined (DHCPDECLINE: someone else
     /// answers on it) stays out of the pools. At most a week, so that a
