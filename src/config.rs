@@ -273,6 +273,17 @@ pub struct ServerSettings {
     )]
     pub dhcp_decline_secs: u32,
 
+    /// Boot HTTP address (plain HTTP for firmware and iPXE). DHCP names
+    /// this port in the `http://` boot files it hands out (UEFI HTTP boot,
+    /// iPXE scripts), with the answering node's address.
+    #[arg(
+        long,
+        env = "CRADLE_BOOT_HTTP_LISTEN",
+        default_value = "0.0.0.0:8080",
+        value_parser = parse_ipv4_listen
+    )]
+    pub boot_http_listen: SocketAddr,
+
     /// Log format: `text` or `json` (one object per line, for journald).
     #[arg(long, env = "CRADLE_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
