@@ -672,6 +672,15 @@ impl Packet {
         }
     }
 
+    /// Option 97 read as the machine's SMBIOS UUID, as `dmidecode` and the
+    /// VM's configuration print it. Firmware sends the SMBIOS bytes as
+    /// stored, first three fields little-endian (seen from iPXE and OVMF
+    /// alike in `tests/data/dhcp/`), so [`client_uuid`](Self::client_uuid)'s
+    /// raw bytes do not spell the familiar form.
+    pub fn client_uuid_smbios(&self) -> Option<uuid::Uuid> {
+        self.client_uuid().map(uuid::Uuid::from_bytes_le)
+    }
+
     /// Option 82. `parse` refuses a malformed one, so this is `None` on a
     /// parsed packet only when the option is absent.
     pub fn relay_agent(&self) -> Option<RelayAgent> {

@@ -697,13 +697,15 @@ proptest! {
 
     #[test]
     fn mutated_client_packets_never_panic_and_round_trip(
-        which in 0usize..5,
+        which in any::<prop::sample::Index>(),
         edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
         cut in any::<prop::sample::Index>(),
         do_cut in any::<bool>(),
         extra in proptest::collection::vec(any::<u8>(), 0..64),
     ) {
-        let mut b = fixtures().swap_remove(which).1;
+        let mut shapes: Vec<Vec<u8>> = fixtures().into_iter().map(|(_, b)| b).collect();
+        shapes.extend(CAPTURES.iter().map(|(_, b)| b.to_vec()));
+        let mut b = shapes.swap_remove(which.index(shapes.len()));
         for (at, value) in edits {
             let at = at.index(b.len());
             b[at] = value;
@@ -757,4 +759,155 @@ proptest! {
             Err(e) => prop_assert!(false, "{}", e),
         }
     }
+}
+
+/// Real clients' packets, captured by `chaos/capture-dhcp.sh` (see
+/// `tests/data/dhcp/README.md` for how each was made).
+const CAPTURES: &[(&str, &[u8])] = &[
+    (
+        "dhclient-discover.bin",
+        include_bytes!("../../../tests/data/dhcp/dhclient-discover.bin"),
+    ),
+    (
+        "dhclient-request.bin",
+        include_bytes!("../../../tests/data/dhcp/dhclient-request.bin"),
+    ),
+    (
+        "udhcpc-discover.bin",
+        include_bytes!("../../../tests/data/dhcp/udhcpc-discover.bin"),
+    ),
+    (
+        "udhcpc-request.bin",
+        include_bytes!("../../../tests/data/dhcp/udhcpc-request.bin"),
+    ),
+    (
+        "ipxe-bios-discover.bin",
+        include_bytes!("../../../tests/data/dhcp/ipxe-bios-discover.bin"),
+    ),
+    (
+        "ipxe-bios-request.bin",
+        include_bytes!("../../../tests/data/dhcp/ipxe-bios-request.bin"),
+    ),
+    (
+        "ovmf-discover.bin",
+        include_bytes!("../../../tests/data/dhcp/ovmf-discover.bin"),
+    ),
+    (
+        "ovmf-request.bin",
+        include_bytes!("../../../tests/data/dhcp/ovmf-request.bin"),
+    ),
+];
+
+fn capture(name: &str) -> Packet {
+    let (_, bytes) = CAPTURES.iter().find(|(n, _)| *n == name).unwrap();
+    Packet::parse(bytes).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[test]
+fn every_capture_is_listed_parses_round_trips_and_reads_as_dhcproto_reads_it() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/dhcp");
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".bin"))
+        .collect();
+    on_disk.sort();
+    let mut listed: Vec<String> = CAPTURES.iter().map(|(n, _)| n.to_string()).collect();
+    listed.sort();
+    assert_eq!(
+        on_disk,
+        listed,
+        "a capture in {} is not tested",
+        dir.display()
+    );
+
+    for (name, bytes) in CAPTURES {
+        let p = Packet::parse(bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(p.op, Op::Request, "{name}");
+        assert_eq!(p.mac().map(|m| m[..3].to_vec()), Some(vec![0x52, 0x54, 0]));
+        let encoded = p.encode(MAX_PACKET_BYTES).unwrap();
+        assert_eq!(Packet::parse(&encoded).unwrap(), p, "{name}");
+        cross_check(&p, &encoded);
+        // dhcproto reads the original bytes to the same options (none of
+        // these clients overloads or splits an option).
+        let theirs = proto::Message::decode(&mut Decoder::new(bytes)).unwrap();
+        assert_eq!(theirs.opts().iter().count(), p.options.len(), "{name}");
+        assert_eq!(theirs.xid(), p.xid);
+    }
+}
+
+#[test]
+fn captured_dhclient_and_udhcpc_identify_as_rfc_2131_says() {
+    let discover = capture("dhclient-discover.bin");
+    assert_eq!(discover.message_type(), Some(MessageType::Discover));
+    assert_eq!(discover.hostname().as_deref(), Some("cradle-lab"));
+    assert_eq!(discover.options.get(code::CLIENT_ID), None);
+    let mut id = vec![1];
+    id.extend_from_slice(discover.hardware_addr());
+    assert_eq!(discover.client_id(), id);
+    let request = capture("dhclient-request.bin");
+    assert_eq!(request.message_type(), Some(MessageType::Request));
+    assert_eq!(
+        request.server_identifier(),
+        Some(Ipv4Addr::new(198, 18, 8, 1))
+    );
+    assert_eq!(
+        request.requested_address(),
+        Some(Ipv4Addr::new(198, 18, 8, 100))
+    );
+    assert_eq!(request.xid, discover.xid);
+
+    let udhcpc = capture("udhcpc-request.bin");
+    assert_eq!(udhcpc.max_message_size(), Some(576));
+    assert_eq!(udhcpc.vendor_class(), Some(&b"udhcp 1.35.0"[..]));
+    assert_eq!(
+        udhcpc.client_id(),
+        [&[1u8][..], udhcpc.hardware_addr()].concat()
+    );
+    assert_eq!(
+        udhcpc.requested_address(),
+        Some(Ipv4Addr::new(198, 18, 8, 101))
+    );
+}
+
+#[test]
+fn captured_ipxe_as_bios_rom_reads_as_ipxe_on_bios() {
+    let p = capture("ipxe-bios-discover.bin");
+    assert!(p.is_ipxe());
+    assert_eq!(p.client_arch(), Some(0));
+    assert_eq!(p.secs, 4);
+    assert_eq!(p.max_message_size(), Some(1472));
+    assert_eq!(
+        p.vendor_class(),
+        Some(&b"PXEClient:Arch:00000:UNDI:002001"[..])
+    );
+    assert_eq!(
+        p.options.get(code::IPXE_ENCAPSULATED).map(<[u8]>::len),
+        Some(48)
+    );
+    // QEMU ran with -uuid 8c9d0e1f-2a3b-4c5d-8e6f-7a8b9c0d1e2f.
+    assert_eq!(
+        p.client_uuid_smbios().map(|u| u.to_string()).as_deref(),
+        Some("8c9d0e1f-2a3b-4c5d-8e6f-7a8b9c0d1e2f")
+    );
+    assert_eq!(capture("ipxe-bios-request.bin").secs, 18);
+}
+
+#[test]
+fn captured_ovmf_reads_as_uefi_x64_and_its_huge_max_size_is_kept_as_sent() {
+    let p = capture("ovmf-discover.bin");
+    assert!(p.broadcast_flag());
+    assert!(!p.is_ipxe());
+    assert_eq!(p.client_arch(), Some(7));
+    assert_eq!(
+        p.client_uuid_smbios().map(|u| u.to_string()).as_deref(),
+        Some("1f2e3d4c-5b6a-4798-8a7b-6c5d4e3f2a1b")
+    );
+    let request = capture("ovmf-request.bin");
+    assert_eq!(request.max_message_size(), Some(65280));
+    // The reply's size is capped by the encoder whatever the client says.
+    let mut ack = request.new_reply(MessageType::Ack);
+    ack.options.set(code::VENDOR_SPECIFIC, vec![1; 1400]);
+    let max = usize::from(request.max_message_size().unwrap());
+    assert!(ack.encode(max).unwrap().len() <= MAX_PACKET_BYTES);
 }
