@@ -19,9 +19,16 @@ use super::option::{lay_out, read_area, write_area, Area, AreaError};
 /// The largest packet accepted (an Ethernet MTU's worth of UDP payload and
 /// more); anything longer is refused before it is read.
 pub const MAX_PACKET_BYTES: usize = 1500;
-/// Every DHCP client accepts a message this long (RFC 2131 §2); the encoder
-/// never limits itself below it.
+/// The smallest legal maximum message size (option 57, RFC 2132 §9.10):
+/// an IP datagram's length, headers included.
 pub const MIN_MAX_MESSAGE_BYTES: usize = 576;
+/// IPv4 and UDP headers, which option 57's size includes and a UDP payload
+/// does not.
+const IP_UDP_HEADER_BYTES: usize = 28;
+/// The UDP payload every DHCP client accepts: a 576-byte datagram less its
+/// headers (RFC 2131 §2: an options field of at least 312 bytes). The
+/// encoder never limits itself below it.
+pub const MIN_REPLY_BYTES: usize = MIN_MAX_MESSAGE_BYTES - IP_UDP_HEADER_BYTES;
 /// Replies are padded to this length: the BOOTP minimum (RFC 951 / RFC 1542
 /// §2.1), below which some relays and PXE ROMs drop a packet.
 pub const MIN_PACKET_BYTES: usize = 300;
@@ -407,13 +414,15 @@ impl Packet {
     }
 
     /// Encodes with options in the options area; when they do not fit in
-    /// `max_len` (≥ 576) and `file`/`sname` are empty, overloads into them
-    /// (option 52), file first; options > 255 bytes split (RFC 3396).
-    /// `max_len` is clamped to 576..=[`MAX_PACKET_BYTES`]. Message type goes
-    /// first, the others in insertion order; a 52 in `options` is ignored.
-    /// The result is padded to [`MIN_PACKET_BYTES`].
+    /// `max_len` bytes of UDP payload and `file`/`sname` are empty,
+    /// overloads into them (option 52), file first; options > 255 bytes
+    /// split (RFC 3396). `max_len` is clamped to
+    /// [`MIN_REPLY_BYTES`]..=[`MAX_PACKET_BYTES`]; for a reply pass the
+    /// request's [`max_reply_bytes`](Self::max_reply_bytes). Message type
+    /// goes first, the others in insertion order; a 52 in `options` is
+    /// ignored. The result is padded to [`MIN_PACKET_BYTES`].
     pub fn encode(&self, max_len: usize) -> Result<Vec<u8>, EncodeError> {
-        let max_len = max_len.clamp(MIN_MAX_MESSAGE_BYTES, MAX_PACKET_BYTES);
+        let max_len = max_len.clamp(MIN_REPLY_BYTES, MAX_PACKET_BYTES);
         for (field, value, max) in [
             ("sname", &self.sname, SNAME_BYTES),
             ("file", &self.file, FILE_BYTES),
@@ -444,8 +453,8 @@ impl Packet {
         let (main, file_parts, sname_parts) = match lay_out(&list, &[main_room], false) {
             Some(mut areas) => (areas.remove(0), None, None),
             None => {
-                let overload_bytes = 3;
-                let mut rooms = vec![main_room - overload_bytes];
+                // Option 52 itself takes 3 bytes of the options area.
+                let mut rooms = vec![main_room - 3];
                 let mut fields = Vec::new();
                 if self.file.is_empty() {
                     rooms.push(FILE_BYTES - 1);
@@ -455,9 +464,11 @@ impl Packet {
                     rooms.push(SNAME_BYTES - 1);
                     fields.push(Area::Sname);
                 }
+                if fields.is_empty() {
+                    return Err(EncodeError::TooLarge { max_len });
+                }
                 let mut areas = lay_out(&list, &rooms, false)
                     .or_else(|| lay_out(&list, &rooms, true))
-                    .filter(|_| !fields.is_empty())
                     .ok_or(EncodeError::TooLarge { max_len })?;
                 let mut file_parts = None;
                 let mut sname_parts = None;
@@ -622,6 +633,19 @@ impl Packet {
         let value = self.options.get(code::MAX_MESSAGE_SIZE)?;
         let size = u16::from_be_bytes(<[u8; 2]>::try_from(value).ok()?);
         (usize::from(size) >= MIN_MAX_MESSAGE_BYTES).then_some(size)
+    }
+
+    /// The largest UDP payload a reply to this request may have: option 57
+    /// counts the IP datagram (RFC 2132 §9.10, as dnsmasq reads it), so its
+    /// IP and UDP headers come off; without it, [`MIN_REPLY_BYTES`]. Never
+    /// over [`MAX_PACKET_BYTES`], whatever the client claims (OVMF asks
+    /// for 65280).
+    pub fn max_reply_bytes(&self) -> usize {
+        self.max_message_size()
+            .map_or(MIN_REPLY_BYTES, |size| {
+                usize::from(size) - IP_UDP_HEADER_BYTES
+            })
+            .min(MAX_PACKET_BYTES)
     }
 
     /// Option 60.

@@ -736,7 +736,7 @@ proptest! {
         for (code, value) in options {
             p.options.set(code, value);
         }
-        let limit = max_len.clamp(MIN_MAX_MESSAGE_BYTES, MAX_PACKET_BYTES);
+        let limit = max_len.clamp(MIN_REPLY_BYTES, MAX_PACKET_BYTES);
         match p.encode(max_len) {
             Ok(bytes) => {
                 prop_assert!(bytes.len() <= limit && bytes.len() >= MIN_PACKET_BYTES);
@@ -905,9 +905,18 @@ fn captured_ovmf_reads_as_uefi_x64_and_its_huge_max_size_is_kept_as_sent() {
     );
     let request = capture("ovmf-request.bin");
     assert_eq!(request.max_message_size(), Some(65280));
-    // The reply's size is capped by the encoder whatever the client says.
+    // The reply's size is capped whatever the client says.
+    assert_eq!(request.max_reply_bytes(), MAX_PACKET_BYTES);
     let mut ack = request.new_reply(MessageType::Ack);
     ack.options.set(code::VENDOR_SPECIFIC, vec![1; 1400]);
-    let max = usize::from(request.max_message_size().unwrap());
-    assert!(ack.encode(max).unwrap().len() <= MAX_PACKET_BYTES);
+    assert!(ack.encode(65280).unwrap().len() <= MAX_PACKET_BYTES);
+    // Option 57 counts the IP datagram: udhcpc's 576 leaves 548 of payload.
+    assert_eq!(capture("udhcpc-request.bin").max_reply_bytes(), 548);
+    assert_eq!(capture("dhclient-request.bin").max_reply_bytes(), 548);
+    assert_eq!(capture("ipxe-bios-request.bin").max_reply_bytes(), 1444);
+    let mut big = capture("udhcpc-request.bin").new_reply(MessageType::Ack);
+    big.options.set(code::VENDOR_SPECIFIC, vec![1; 400]);
+    let bytes = big.encode(0).unwrap();
+    assert!(bytes.len() <= MIN_REPLY_BYTES);
+    assert_eq!(Packet::parse(&bytes).unwrap(), big);
 }
