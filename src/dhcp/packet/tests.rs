@@ -683,15 +683,21 @@ proptest! {
     #[test]
     fn arbitrary_options_after_a_valid_header_round_trip(
         options in option_bytes(),
-        file in proptest::collection::vec(any::<u8>(), 128),
-        sname in proptest::collection::vec(any::<u8>(), 64),
+        file in option_bytes(),
+        sname in option_bytes(),
         message_type in 1u8..=8,
+        overload in 0u8..=3,
     ) {
         let mut o = vec![53, 1, message_type];
+        if overload != 0 {
+            o.extend_from_slice(&[52, 1, overload]);
+        }
         o.extend_from_slice(&options);
         let mut b = raw(1, 9, 0, &o);
-        b[FILE_AT..FILE_AT + 128].copy_from_slice(&file);
-        b[SNAME_AT..SNAME_AT + 64].copy_from_slice(&sname);
+        let n = file.len().min(FILE_BYTES);
+        b[FILE_AT..FILE_AT + n].copy_from_slice(&file[..n]);
+        let n = sname.len().min(SNAME_BYTES);
+        b[SNAME_AT..SNAME_AT + n].copy_from_slice(&sname[..n]);
         check_round_trip(&b);
     }
 
