@@ -43,6 +43,7 @@ pub mod config;
 pub mod dhcp;
 pub mod error_code;
 pub mod membership;
+pub mod metrics;
 pub mod model;
 pub mod server;
 pub mod service;

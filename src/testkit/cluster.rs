@@ -1026,6 +1026,11 @@ fn spawn(exe: &Path, node: &mut Node, options: &Options, args: &[String]) -> Res
             options.no_leader_wait_ms.to_string(),
         )
         .envs(options.env.iter().map(|(k, v)| (k, v)))
+        // Port 67 is one per host: DHCP only where a test asks for it.
+        .envs(
+            (!options.env.iter().any(|(k, _)| k == "CRADLE_DHCP_LISTEN"))
+                .then_some(("CRADLE_DHCP_OFF", "true")),
+        )
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
