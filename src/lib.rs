@@ -12,6 +12,7 @@
 //!   description, defined once.
 //! - [`auth`]: password hashing (on a bounded pool), bearer tokens, scopes.
 //! - [`clock`]: the wall clock, read in one place.
+//! - [`dhcp`]: the DHCPv4 server: packet codec and protocol handler.
 //! - [`tls`]: the CA, server certificates, rustls configurations.
 //! - [`api`]: the HTTPS REST API, the only module that knows HTTP.
 //! - [`client`]: the HTTPS client of the API (CA pinning, bounded
