@@ -423,6 +423,21 @@ mod tests {
             object: json!({}),
         };
         assert!(check_format(&create, FORMAT_V1).is_ok());
+        // The DHCP lease commands need format 2: refused while any
+        // registered node reads only format 1, alone or in a batch.
+        let reclaim = Command::DhcpReclaim {
+            before_unix: 1,
+            limit: 1,
+        };
+        assert_eq!(
+            check_format(&reclaim, FORMAT_V1).unwrap_err().code,
+            code::LOG_FORMAT_UNSUPPORTED
+        );
+        assert!(check_format(&reclaim, FORMAT_V2).is_ok());
+        let batch = Command::Batch {
+            commands: vec![create, reclaim],
+        };
+        assert_eq!(batch.oldest_format(), FORMAT_V2);
     }
 
     #[test]

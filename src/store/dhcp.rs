@@ -1716,6 +1716,46 @@ mod tests {
             u32::from(next.address),
             u32::from(ip("10.64.0.1")) + total + rounds
         );
+
+        // Reclaim visits only what expired, in expiry order, a bounded
+        // number per command.
+        let commands = 20u32;
+        let mut txn = Txn::new(&h.db);
+        let mut most_reads = 0;
+        let started = std::time::Instant::now();
+        for _ in 0..commands {
+            let before = txn.keys_read();
+            h.index += 1;
+            let command = Command::DhcpReclaim {
+                before_unix: NOW + 30,
+                limit: 10_000,
+            };
+            let reply = h
+                .app
+                .apply(&mut txn, h.index, &serde_json::to_vec(&command).unwrap())
+                .unwrap();
+            match serde_json::from_slice::<Reply>(&reply).unwrap() {
+                Reply::Done {
+                    object: Some(o), ..
+                } => {
+                    assert_eq!(o["reclaimed"], MAX_RECLAIM_PER_COMMAND, "{o}");
+                }
+                other => panic!("{other:?}"),
+            }
+            most_reads = most_reads.max(txn.keys_read() - before);
+        }
+        let elapsed = started.elapsed();
+        h.db.write(txn.into_batch()).unwrap();
+        println!(
+            "reclaim: {:?} per command of {MAX_RECLAIM_PER_COMMAND} leases, at most {most_reads} keys read per command",
+            elapsed / commands
+        );
+        assert!(most_reads <= 64 * u64::from(MAX_RECLAIM_PER_COMMAND));
+        assert_eq!(
+            lease(&h.run(&offer(big(total + rounds + 1)))).address,
+            ip("10.64.0.1"),
+            "the first offers expired and their addresses are free"
+        );
     }
 
     /// A history of lease commands over one small subnet.
