@@ -83,7 +83,7 @@ DATA="$WORK/data"
 
 CRADLE_ADMIN_PASSWORD="$ADMIN_PASSWORD" CRADLE_LOG="${CRADLE_LOG:-warn}" "$BIN" server \
   --data-dir "$DATA" --api-listen "127.0.0.1:$API_PORT" --rpc-listen "127.0.0.1:$RPC_PORT" \
-  >"$WORK/server.log" 2>&1 &
+  --dhcp-off >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
 
 ready=0

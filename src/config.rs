@@ -198,6 +198,92 @@ pub struct ServerSettings {
     #[arg(long, env = "CRADLE_EVENT_RETENTION", hide = true)]
     pub event_retention: Option<u64>,
 
+    /// DHCPv4 listener (an IPv4 address): one socket serves every chosen
+    /// interface, telling each packet's interface apart (IP_PKTINFO). Port
+    /// 67 needs root or CAP_NET_BIND_SERVICE; refused it, the node runs
+    /// without DHCP and says so. A second server on the port is an error,
+    /// not a share.
+    #[arg(
+        long,
+        env = "CRADLE_DHCP_LISTEN",
+        default_value = "0.0.0.0:67",
+        value_parser = parse_ipv4_listen
+    )]
+    pub dhcp_listen: SocketAddr,
+
+    /// An interface DHCP answers on (repeat the flag; comma-separated in the
+    /// variable). Default: every non-loopback interface with an IPv4
+    /// address. Loopback only when named. A name the host does not have is
+    /// an error naming the interfaces it has.
+    #[arg(
+        long,
+        env = "CRADLE_DHCP_INTERFACE",
+        value_delimiter = ',',
+        value_parser = parse_interface_name
+    )]
+    pub dhcp_interface: Vec<String>,
+
+    /// proxyDHCP listener (an IPv4 address), where PXE clients ask for boot
+    /// options after taking an address from another server.
+    #[arg(
+        long,
+        env = "CRADLE_PROXY_DHCP_LISTEN",
+        default_value = "0.0.0.0:4011",
+        value_parser = parse_ipv4_listen
+    )]
+    pub proxy_dhcp_listen: SocketAddr,
+
+    /// UDP port of DHCP clients: where replies not sent through a relay go.
+    /// Real clients listen on 68; a lab on unprivileged ports uses another.
+    #[arg(
+        long,
+        env = "CRADLE_DHCP_CLIENT_PORT",
+        default_value_t = 68,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    pub dhcp_client_port: u16,
+
+    /// No DHCP or proxyDHCP socket at all on this node (the variable takes
+    /// `true` or `false`).
+    #[arg(long, env = "CRADLE_DHCP_OFF")]
+    pub dhcp_off: bool,
+
+    /// A node answers a client another node owns once the client has been
+    /// trying this long (its `secs`, or how long this node has seen it
+    /// retransmit the same transaction); the next node in line waits twice
+    /// as long, and so on. A dead owner then costs one retransmission
+    /// (clients first retransmit after about 4 s). At most 60: PXE ROMs give
+    /// up on DISCOVER after about a minute, so a longer wait never helps.
+    #[arg(
+        long,
+        env = "CRADLE_DHCP_TAKEOVER_SECS",
+        default_value_t = 3,
+        value_parser = clap::value_parser!(u64).range(1..=60)
+    )]
+    pub dhcp_takeover_secs: u64,
+
+    /// How long an address a client declined (DHCPDECLINE: someone else
+    /// answers on it) stays out of the pools. At most a week, so that a
+    /// conflict long cleared does not keep addresses out of use.
+    #[arg(
+        long,
+        env = "CRADLE_DHCP_DECLINE_SECS",
+        default_value_t = 600,
+        value_parser = clap::value_parser!(u32).range(1..=604_800)
+    )]
+    pub dhcp_decline_secs: u32,
+
+    /// Boot HTTP address (plain HTTP for firmware and iPXE). DHCP names
+    /// this port in the `http://` boot files it hands out (UEFI HTTP boot,
+    /// iPXE scripts), with the answering node's address.
+    #[arg(
+        long,
+        env = "CRADLE_BOOT_HTTP_LISTEN",
+        default_value = "0.0.0.0:8080",
+        value_parser = parse_ipv4_listen
+    )]
+    pub boot_http_listen: SocketAddr,
+
     /// Log format: `text` or `json` (one object per line, for journald).
     #[arg(long, env = "CRADLE_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -235,6 +321,32 @@ impl ServerArgs {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// A listener for a DHCPv4 service: an IPv4 address and port (0 for any,
+/// in tests).
+fn parse_ipv4_listen(value: &str) -> Result<SocketAddr, String> {
+    match value.parse::<SocketAddr>() {
+        Ok(addr @ SocketAddr::V4(_)) => Ok(addr),
+        Ok(SocketAddr::V6(_)) => Err("DHCPv4 listens on an IPv4 address".to_string()),
+        Err(_) => Err("expected an IPv4 address and port, like 0.0.0.0:67".to_string()),
+    }
+}
+
+/// A name Linux accepts for a network interface (`dev_valid_name`): 1 to
+/// 15 bytes, not `.` or `..`, without `/`, `:` or white space.
+fn parse_interface_name(value: &str) -> Result<String, String> {
+    let max = crate::dhcp::interfaces::MAX_INTERFACE_NAME_BYTES;
+    if value.is_empty() || value.len() > max {
+        return Err(format!("an interface name has 1 to {max} bytes"));
+    }
+    if value == "." || value == ".." {
+        return Err("not an interface name".to_string());
+    }
+    if value.contains(['/', ':']) || value.contains(char::is_whitespace) {
+        return Err("an interface name has no '/', ':' or white space".to_string());
+    }
+    Ok(value.to_string())
 }
 
 /// Whether to write ANSI colour to a stream: only to a terminal, and never
@@ -286,5 +398,116 @@ mod tests {
         check(false, None, false);
         check(false, Some(""), false);
         check(false, Some("1"), false);
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Node {
+        #[command(flatten)]
+        settings: ServerSettings,
+    }
+
+    fn parse(args: &[&str]) -> Result<ServerSettings, clap::Error> {
+        use clap::Parser as _;
+        Node::try_parse_from(std::iter::once("cradle").chain(args.iter().copied()))
+            .map(|node| node.settings)
+    }
+
+    #[test]
+    fn dhcp_defaults() {
+        let settings = parse(&[]).unwrap();
+        assert_eq!(settings.dhcp_listen, "0.0.0.0:67".parse().unwrap());
+        assert_eq!(settings.proxy_dhcp_listen, "0.0.0.0:4011".parse().unwrap());
+        assert!(settings.dhcp_interface.is_empty());
+        assert_eq!(settings.dhcp_client_port, 68);
+        assert!(!settings.dhcp_off);
+        assert_eq!(settings.dhcp_takeover_secs, 3);
+        assert_eq!(settings.dhcp_decline_secs, 600);
+    }
+
+    #[test]
+    fn dhcp_flags() {
+        let settings = parse(&[
+            "--dhcp-listen",
+            "127.0.0.1:1067",
+            "--proxy-dhcp-listen",
+            "127.0.0.1:0",
+            "--dhcp-interface",
+            "eth0",
+            "--dhcp-interface",
+            "br-lab.10,lo",
+            "--dhcp-client-port",
+            "1068",
+            "--dhcp-off",
+            "--dhcp-takeover-secs",
+            "60",
+            "--dhcp-decline-secs",
+            "604800",
+        ])
+        .unwrap();
+        assert_eq!(settings.dhcp_listen, "127.0.0.1:1067".parse().unwrap());
+        assert_eq!(settings.proxy_dhcp_listen, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(settings.dhcp_interface, ["eth0", "br-lab.10", "lo"]);
+        assert_eq!(settings.dhcp_client_port, 1068);
+        assert!(settings.dhcp_off);
+        assert_eq!(settings.dhcp_takeover_secs, 60);
+        assert_eq!(settings.dhcp_decline_secs, 604_800);
+    }
+
+    #[test]
+    fn dhcp_garbage_is_refused_naming_the_flag() {
+        let refused = |args: &[&str], why: &str| {
+            let message = match parse(args) {
+                Ok(settings) => panic!("{args:?} accepted: {settings:?}"),
+                Err(e) => e.to_string(),
+            };
+            let flag = args[0].split('=').next().unwrap();
+            assert!(message.contains(flag), "{args:?}: {message}");
+            assert!(message.contains(why), "{args:?}: {message}");
+        };
+        for listen in ["--dhcp-listen", "--proxy-dhcp-listen"] {
+            refused(&[listen, "[::]:67"], "IPv4");
+            refused(&[listen, "0.0.0.0"], "address and port");
+            refused(&[listen, "0.0.0.0:70000"], "address and port");
+            refused(&[listen, "eth0:67"], "address and port");
+            refused(&[listen, ""], "address and port");
+        }
+        refused(&["--dhcp-interface", ""], "1 to 15 bytes");
+        refused(&["--dhcp-interface", "eth0,"], "1 to 15 bytes");
+        refused(&["--dhcp-interface", "a-very-long-name0"], "1 to 15 bytes");
+        refused(&["--dhcp-interface", ".."], "not an interface name");
+        refused(&["--dhcp-interface", "eth0:1"], "no '/'");
+        refused(&["--dhcp-interface", "../eth0"], "no '/'");
+        refused(&["--dhcp-interface", "eth 0"], "no '/'");
+        refused(&["--dhcp-client-port", "0"], "not in 1..=65535");
+        refused(&["--dhcp-client-port", "65536"], "65536");
+        refused(&["--dhcp-client-port=-1"], "-1");
+        refused(&["--dhcp-takeover-secs", "0"], "not in 1..=60");
+        refused(&["--dhcp-takeover-secs", "61"], "not in 1..=60");
+        refused(&["--dhcp-takeover-secs", "3s"], "3s");
+        refused(&["--dhcp-decline-secs", "0"], "not in 1..=604800");
+        refused(&["--dhcp-decline-secs", "604801"], "not in 1..=604800");
+        refused(&["--dhcp-decline-secs", "ten"], "ten");
+        refused(&["--dhcp-off=yes"], "unexpected value");
+    }
+
+    #[test]
+    fn every_dhcp_flag_has_its_variable() {
+        use clap::CommandFactory as _;
+        let command = Node::command();
+        for (flag, variable) in [
+            ("dhcp-listen", "CRADLE_DHCP_LISTEN"),
+            ("dhcp-interface", "CRADLE_DHCP_INTERFACE"),
+            ("proxy-dhcp-listen", "CRADLE_PROXY_DHCP_LISTEN"),
+            ("dhcp-client-port", "CRADLE_DHCP_CLIENT_PORT"),
+            ("dhcp-off", "CRADLE_DHCP_OFF"),
+            ("dhcp-takeover-secs", "CRADLE_DHCP_TAKEOVER_SECS"),
+            ("dhcp-decline-secs", "CRADLE_DHCP_DECLINE_SECS"),
+        ] {
+            let arg = command
+                .get_arguments()
+                .find(|arg| arg.get_long() == Some(flag))
+                .unwrap_or_else(|| panic!("no --{flag}"));
+            assert_eq!(arg.get_env(), Some(OsStr::new(variable)), "--{flag}");
+        }
     }
 }

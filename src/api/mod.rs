@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod error;
 pub mod events;
 pub mod listener;
+pub mod metrics;
 pub mod objects;
 pub mod openapi;
 pub mod params;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub requests: Limit,
     /// Lists run at once on blocking threads (`--api-max-lists`).
     pub lists: Limit,
+    /// This node's metrics, shared with its other services.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl AppState {
@@ -71,6 +74,7 @@ impl AppState {
             clock: Arc::new(move || clock.unix_now()),
             hash_pool: HashPool::new(),
             throttle: Arc::default(),
+            metrics: crate::metrics::Metrics::new(),
         }
     }
 
@@ -178,6 +182,7 @@ pub fn router(state: AppState) -> Router {
         );
     Router::new()
         .nest("/api/v1", api)
+        .merge(metrics::router(&state))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(max_body))

@@ -56,6 +56,7 @@ impl Server {
             .arg("server")
             .env("CRADLE_DATA_DIR", data_dir)
             .env("CRADLE_API_LISTEN", format!("127.0.0.1:{api_port}"))
+            .env("CRADLE_DHCP_OFF", "true")
             .env("CRADLE_RPC_LISTEN", format!("127.0.0.1:{rpc_port}"))
             .env("CRADLE_ADMIN_PASSWORD", PASSWORD)
             .env("CRADLE_LOG", "warn")

@@ -181,6 +181,7 @@ fn settings(data_dir: &Path) -> cradle::config::ServerSettings {
         "127.0.0.1:0",
         "--admin-password",
         PASSWORD,
+        "--dhcp-off",
     ])
     .args
     .into_settings()

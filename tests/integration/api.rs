@@ -322,3 +322,40 @@ async fn lists_filter_sort_and_page() {
         .expect(200);
     node.running.shutdown().await;
 }
+
+/// `/metrics` answers Prometheus text to a token that may read, and nothing
+/// without one.
+#[tokio::test]
+async fn metrics_need_a_read_token_and_speak_prometheus_text() {
+    let node = InProcess::start().await;
+    let admin = &node.client;
+    let anonymous = Client::for_node(node.running.api_addr, node.dir.path());
+    anonymous
+        .get("/metrics")
+        .await
+        .expect_error(401, "unauthorized");
+    let reply = admin
+        .http
+        .get(admin.url("/metrics"))
+        .bearer_auth(admin.token.as_deref().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    let content_type = reply.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    let text = reply.text().await.unwrap();
+    assert!(text.contains("cradle_raft_is_leader 1"), "{text}");
+    assert!(
+        text.contains("# TYPE cradle_dhcp_commit_seconds histogram"),
+        "{text}"
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    node.running.shutdown().await;
+}

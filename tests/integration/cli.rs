@@ -237,6 +237,7 @@ fn cli_log_lines_carry_no_colour_when_stderr_is_not_a_terminal() {
         .arg("server")
         .env("CRADLE_DATA_DIR", data.path())
         .env("CRADLE_API_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("CRADLE_DHCP_OFF", "true")
         .env("CRADLE_RPC_LISTEN", format!("127.0.0.1:{}", free_port()))
         .env("CRADLE_ADMIN_PASSWORD", ADMIN_PASSWORD)
         .env("CRADLE_LOG", "info")

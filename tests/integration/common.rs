@@ -52,7 +52,13 @@ pub fn settings_with(
         "--heartbeat-ms",
         "50",
     ];
-    Wrapper::parse_from(base.iter().chain(extra))
+    // Port 67 is one per host: DHCP only where a test asks for it.
+    let dhcp_off: &[&str] = if extra.contains(&"--dhcp-listen") {
+        &[]
+    } else {
+        &["--dhcp-off"]
+    };
+    Wrapper::parse_from(base.iter().chain(extra).chain(dhcp_off))
         .args
         .into_settings()
 }
@@ -68,9 +74,14 @@ pub struct InProcess {
 
 impl InProcess {
     pub async fn start() -> InProcess {
+        Self::start_with(&[]).await
+    }
+
+    /// [`InProcess::start`] with extra server flags.
+    pub async fn start_with(extra: &[&str]) -> InProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let clock = cradle::clock::Clock::adjustable();
-        let mut settings = settings(dir.path(), 0, 0);
+        let mut settings = settings_with(dir.path(), 0, 0, extra);
         settings.clock = clock.clone();
         let running = cradle::server::start(settings).await.expect("node starts");
         let client = Client::for_node(running.api_addr, dir.path())

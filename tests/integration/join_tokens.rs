@@ -202,6 +202,7 @@ async fn join_refuses_a_ca_that_does_not_match_the_pin() {
                     "127.0.0.1:0",
                     "--rpc-listen",
                     "127.0.0.1:0",
+                    "--dhcp-off",
                 ])
                 .env("CRADLE_LOG", "error")
                 .output()
