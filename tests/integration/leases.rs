@@ -141,7 +141,7 @@ async fn cli_lists_shows_and_force_releases_leases() {
             json!({"address": "10.0.0.12", "client_id": "ff", "expires_at_unix": 1}),
         )
         .await
-        .expect_error(405, "read_only");
+        .expect_error(405, "method_not_allowed");
     let run = cradle(dir, &["leases", "delete", "52:54:00:00:00:07"], None).await;
     assert!(run.ok, "{}", run.stderr);
     let run = cradle(dir, &["leases", "list", "-o", "json"], None).await;
