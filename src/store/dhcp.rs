@@ -544,8 +544,14 @@ impl Applier<'_, '_> {
         let mut chosen = None;
         if let Some(binding) = self.binding(&name, &checked.client_id)? {
             let addr = binding.lease.address;
-            let allowed =
-                !reservations_only || reservation.as_ref().is_some_and(|r| r.address == addr);
+            // A binding made before its address was reserved for someone
+            // else is not offered again (the reservation takes it once the
+            // binding ends).
+            let reserved_for_other = self
+                .reserved_in(&name, addr)?
+                .is_some_and(|r| r.hardware_addr != checked.mac);
+            let allowed = !reserved_for_other
+                && (!reservations_only || reservation.as_ref().is_some_and(|r| r.address == addr));
             if allowed {
                 if binding.lease.state == LeaseState::Bound && binding.lease.expires_at_unix > now {
                     return Ok(Reply::Done {
@@ -652,12 +658,14 @@ impl Applier<'_, '_> {
                 "subnet {name:?} allocates reserved addresses only"
             )));
         }
+        // Even the client's own binding: once its address is reserved for
+        // another client, renewing is NAKed and the client starts over.
+        if !reserved_here && self.reserved_in(&name, target)?.is_some() {
+            return Err(not_allocatable(format!(
+                "{target} is reserved for another client"
+            )));
+        }
         if !own && !reserved_here {
-            if self.reserved_in(&name, target)?.is_some() {
-                return Err(not_allocatable(format!(
-                    "{target} is reserved for another client"
-                )));
-            }
             if !self.take_address(&name, u32::from(target))? {
                 return Err(not_allocatable(format!(
                     "{target} is not a free address of subnet {name:?}'s pools"
@@ -1346,6 +1354,28 @@ mod tests {
             lease(&h.run(&bind(request("0c", Some("10.0.0.17"))))).client_id,
             "0c"
         );
+        h.check_invariant(&subnet);
+
+        // A reservation made for someone else on a bound address: the
+        // holder's renewal is NAKed and it moves; the address stays out of
+        // the free ranges, for the reservation's owner.
+        assert_eq!(
+            lease(&h.run(&bind(request("0d", Some("10.0.0.16"))))).address,
+            ip("10.0.0.16")
+        );
+        h.create(
+            ObjectKind::Reservations,
+            json!({"address": "10.0.0.16", "hardware_addr": "52:54:00:00:00:16", "subnet": "lab"}),
+        );
+        assert_eq!(
+            code(&h.run(&bind(request("0d", Some("10.0.0.16"))))),
+            "dhcp_not_allocatable"
+        );
+        let moved = lease(&h.run(&offer(request("0d", None))));
+        assert_ne!(moved.address, ip("10.0.0.16"));
+        assert!(!h.free("lab").contains(&u32::from(ip("10.0.0.16"))));
+        let owner = with_mac(request("0e", None), "52:54:00:00:00:16");
+        assert_eq!(lease(&h.run(&offer(owner))).address, ip("10.0.0.16"));
         h.check_invariant(&subnet);
 
         // Reservations and pool edits keep the ranges right.
