@@ -665,12 +665,10 @@ impl Applier<'_, '_> {
                 "{target} is reserved for another client"
             )));
         }
-        if !own && !reserved_here {
-            if !self.take_address(&name, u32::from(target))? {
-                return Err(not_allocatable(format!(
-                    "{target} is not a free address of subnet {name:?}'s pools"
-                )));
-            }
+        if !own && !reserved_here && !self.take_address(&name, u32::from(target))? {
+            return Err(not_allocatable(format!(
+                "{target} is not a free address of subnet {name:?}'s pools"
+            )));
         }
         self.drop_other_binding(&checked, target, now)?;
         let secs = if reserved_here {
