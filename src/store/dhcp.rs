@@ -18,6 +18,12 @@
 //! Subnets whose ranges were never built (state from a build before format
 //! 2) get them built by the first lease command that needs them.
 //!
+//! The pickers: `hint` and `next_free` both give the lowest free address
+//! (the requested one has been tried before any picker). `most_expired`
+//! falls back to the lowest free address too: it would need the free
+//! addresses ordered by when they were freed, a second index kept on every
+//! release and reclaim, which nothing asks for yet.
+//!
 //! Invariant, per subnet: free ranges + addresses held by a lease (offered,
 //! bound, declined) + reserved addresses = the subnet's pools (held and
 //! reserved addresses may also lie outside the pools).
@@ -227,9 +233,20 @@ impl Applier<'_, '_> {
             .scan_raw(
                 CF_INDEX,
                 &index_prefix(ObjectKind::Reservations, "subnet", &subnet.name),
-                MAX_RESERVATIONS_PER_SUBNET,
+                MAX_RESERVATIONS_PER_SUBNET + 1,
             )
             .map_err(storage)?;
+        // Leaving a reservation out would put its address in the free
+        // ranges: refuse instead.
+        if reservations.len() > MAX_RESERVATIONS_PER_SUBNET {
+            return Err(Rejection::new(
+                code::TOO_MANY,
+                format!(
+                    "subnet {:?} has more than {MAX_RESERVATIONS_PER_SUBNET} reservations",
+                    subnet.name
+                ),
+            ));
+        }
         let prefix_len = index_prefix(ObjectKind::Reservations, "subnet", &subnet.name).len();
         let mut taken: Vec<u32> = reservations
             .iter()
