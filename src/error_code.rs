@@ -160,7 +160,7 @@ codes! {
 
     // 405.
     METHOD_NOT_ALLOWED = (405, "method_not_allowed", "The path does not take this method (`Allow` lists those it takes)");
-    READ_ONLY = (405, "read_only", "This object cannot be changed or deleted this way (prefs are not deleted; a token is only revoked)");
+    READ_ONLY = (405, "read_only", "This object cannot be changed or deleted this way (prefs are not deleted; a token is only revoked; a lease changes only through DHCP, and DELETE releases it)");
 
     // 408.
     BODY_TIMEOUT = (408, "body_timeout", "The request body did not arrive in time");
@@ -175,6 +175,11 @@ codes! {
     REMOVING_SELF = (409, "removing_self", "A node cannot remove itself without `force`");
     LAST_VOTER = (409, "last_voter", "Removing the last voter would end the cluster");
     STALE_USER = (409, "stale_user", "The user changed while a token was being issued for it; ask again");
+    DHCP_SUBNET_UNUSABLE = (409, "dhcp_subnet_unusable", "The DHCP subnet does not exist, is disabled, or is in proxy mode: it allocates nothing");
+    DHCP_POOL_EXHAUSTED = (409, "dhcp_pool_exhausted", "The subnet has no free address in its pools");
+    DHCP_ADDRESS_TAKEN = (409, "dhcp_address_taken", "The address is held by another client's lease (offered, bound, or declined and quarantined)");
+    DHCP_NOT_ALLOCATABLE = (409, "dhcp_not_allocatable", "The address cannot be given to this client: outside the subnet's pools, reserved for another client, not the client's reservation, or declined");
+    DHCP_NO_BINDING = (409, "dhcp_no_binding", "The client holds no lease of that address (or none in that subnet) to bind, release or decline");
     LOG_FORMAT_UNSUPPORTED = (409, "log_format_unsupported", "A registered node cannot read the log entry format this change or this node writes; finish upgrading every node first");
 
     // 410.

@@ -5,6 +5,7 @@
 //! earlier state-machine write durable, so the state machine itself writes
 //! without sync and is never ahead of a durable log.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -50,6 +51,9 @@ pub struct ApplyHalt {
 
 /// Key/value pairs in key order.
 pub type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// One key and its value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
 
 /// Runs blocking storage work (RocksDB, fsync, file I/O) off the async
 /// worker threads.
@@ -138,6 +142,9 @@ pub struct Txn<'a> {
     db: &'a DB,
     overlay: BTreeMap<(String, Vec<u8>), Option<Vec<u8>>>,
     batch: WriteBatch,
+    /// Keys read from the database (not the overlay), so tests can bound
+    /// what an operation costs.
+    keys_read: Cell<u64>,
 }
 
 impl<'a> Txn<'a> {
@@ -146,7 +153,18 @@ impl<'a> Txn<'a> {
             db,
             overlay: BTreeMap::new(),
             batch: WriteBatch::default(),
+            keys_read: Cell::new(0),
         }
+    }
+
+    /// How many keys this transaction has read from the database so far
+    /// (point reads and keys stepped over by scans and seeks).
+    pub fn keys_read(&self) -> u64 {
+        self.keys_read.get()
+    }
+
+    fn count_read(&self) {
+        self.keys_read.set(self.keys_read.get() + 1);
     }
 
     pub fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -154,6 +172,7 @@ impl<'a> Txn<'a> {
             return Ok(pending.clone());
         }
         let handle = self.cf(cf)?;
+        self.count_read();
         Ok(self.db.get_cf(handle, key)?)
     }
 
@@ -187,6 +206,7 @@ impl<'a> Txn<'a> {
             .iterator_cf(handle, IteratorMode::From(prefix, Direction::Forward))
         {
             let (key, value) = item?;
+            self.count_read();
             if !key.starts_with(prefix) {
                 break;
             }
@@ -209,6 +229,95 @@ impl<'a> Txn<'a> {
             .filter_map(|(k, v)| v.map(|v| (k, v)))
             .take(limit)
             .collect())
+    }
+
+    /// The first live key `k` with `from <= k` among the keys starting with
+    /// `prefix`, and its value, as this batch would leave them. One seek:
+    /// the database keys stepped over are only those this batch rewrote.
+    pub fn first_at_or_after(
+        &self,
+        cf: &str,
+        prefix: &[u8],
+        from: &[u8],
+    ) -> Result<Option<KeyValue>, StoreError> {
+        let start = from.max(prefix);
+        let handle = self.cf(cf)?;
+        let mut stored = None;
+        for item in self
+            .db
+            .iterator_cf(handle, IteratorMode::From(start, Direction::Forward))
+        {
+            let (key, value) = item?;
+            self.count_read();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            // A key the batch touched is answered by the overlay below.
+            if !self.overlay.contains_key(&(cf.to_string(), key.to_vec())) {
+                stored = Some((key.to_vec(), value.to_vec()));
+                break;
+            }
+        }
+        let mut pending = None;
+        for ((pending_cf, key), value) in self.overlay.range((cf.to_string(), start.to_vec())..) {
+            if pending_cf != cf || !key.starts_with(prefix) {
+                break;
+            }
+            if let Some(value) = value {
+                pending = Some((key.clone(), value.clone()));
+                break;
+            }
+        }
+        Ok(match (stored, pending) {
+            (Some(s), Some(p)) => Some(if p.0 < s.0 { p } else { s }),
+            (s, p) => s.or(p),
+        })
+    }
+
+    /// The last live key `k` with `k <= upto` among the keys starting with
+    /// `prefix`, and its value, as this batch would leave them.
+    pub fn last_at_or_before(
+        &self,
+        cf: &str,
+        prefix: &[u8],
+        upto: &[u8],
+    ) -> Result<Option<KeyValue>, StoreError> {
+        if upto < prefix {
+            return Ok(None);
+        }
+        let handle = self.cf(cf)?;
+        let mut stored = None;
+        for item in self
+            .db
+            .iterator_cf(handle, IteratorMode::From(upto, Direction::Reverse))
+        {
+            let (key, value) = item?;
+            self.count_read();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            if !self.overlay.contains_key(&(cf.to_string(), key.to_vec())) {
+                stored = Some((key.to_vec(), value.to_vec()));
+                break;
+            }
+        }
+        let mut pending = None;
+        let bounds = (cf.to_string(), prefix.to_vec())..=(cf.to_string(), upto.to_vec());
+        for ((_, key), value) in self.overlay.range(bounds).rev() {
+            if !key.starts_with(prefix) {
+                // Keys between the prefix and `upto` that do not start with
+                // the prefix sort after every key that does.
+                continue;
+            }
+            if let Some(value) = value {
+                pending = Some((key.clone(), value.clone()));
+                break;
+            }
+        }
+        Ok(match (stored, pending) {
+            (Some(s), Some(p)) => Some(if p.0 > s.0 { p } else { s }),
+            (s, p) => s.or(p),
+        })
     }
 
     /// Calls `f` with every live key and value of `cf` as this batch would
@@ -298,6 +407,68 @@ mod tests {
         assert_eq!(
             db.get_cf(db.cf_handle("apps").unwrap(), b"a/2").unwrap(),
             Some(b"two".to_vec())
+        );
+    }
+
+    #[test]
+    fn seeks_within_a_prefix_see_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path(), &["apps"]).unwrap();
+        let mut txn = Txn::new(&db);
+        for key in [&b"a/2"[..], b"a/4", b"a/6", b"b/1", b"0"] {
+            txn.put("apps", key, key).unwrap();
+        }
+        db.write(txn.into_batch()).unwrap();
+        let mut txn = Txn::new(&db);
+        let first = |txn: &Txn<'_>, from: &[u8]| {
+            txn.first_at_or_after("apps", b"a/", from)
+                .unwrap()
+                .map(|(k, _)| k)
+        };
+        let last = |txn: &Txn<'_>, upto: &[u8]| {
+            txn.last_at_or_before("apps", b"a/", upto)
+                .unwrap()
+                .map(|(k, _)| k)
+        };
+        assert_eq!(first(&txn, b"a/"), Some(b"a/2".to_vec()));
+        assert_eq!(first(&txn, b""), Some(b"a/2".to_vec()));
+        assert_eq!(first(&txn, b"a/3"), Some(b"a/4".to_vec()));
+        assert_eq!(first(&txn, b"a/7"), None, "b/1 is outside the prefix");
+        assert_eq!(last(&txn, b"a/5"), Some(b"a/4".to_vec()));
+        assert_eq!(last(&txn, b"a/2"), Some(b"a/2".to_vec()));
+        assert_eq!(last(&txn, b"a/1"), None, "0 is outside the prefix");
+        assert_eq!(last(&txn, b"a/\xff"), Some(b"a/6".to_vec()));
+        assert_eq!(last(&txn, b"0"), None);
+        // The batch's own writes and deletes count, before they are written.
+        txn.delete("apps", b"a/4").unwrap();
+        txn.put("apps", b"a/3", b"new").unwrap();
+        txn.put("apps", b"a/5", b"five").unwrap();
+        txn.delete("apps", b"a/6").unwrap();
+        txn.put("apps", b"a/2", b"two").unwrap();
+        assert_eq!(
+            txn.first_at_or_after("apps", b"a/", b"a/").unwrap(),
+            Some((b"a/2".to_vec(), b"two".to_vec()))
+        );
+        assert_eq!(first(&txn, b"a/4"), Some(b"a/5".to_vec()));
+        assert_eq!(first(&txn, b"a/6"), None);
+        assert_eq!(last(&txn, b"a/4"), Some(b"a/3".to_vec()));
+        assert_eq!(last(&txn, b"a/\xff"), Some(b"a/5".to_vec()));
+        assert_eq!(
+            txn.last_at_or_before("apps", b"a/", b"a/2").unwrap(),
+            Some((b"a/2".to_vec(), b"two".to_vec()))
+        );
+        txn.delete("apps", b"a/2").unwrap();
+        txn.delete("apps", b"a/3").unwrap();
+        txn.delete("apps", b"a/5").unwrap();
+        assert_eq!(first(&txn, b""), None);
+        assert_eq!(last(&txn, b"a/\xff"), None);
+        // Reads are counted: a seek reads a few keys, not the column family.
+        let before = txn.keys_read();
+        first(&txn, b"a/");
+        assert!(
+            txn.keys_read() - before <= 4,
+            "{}",
+            txn.keys_read() - before
         );
     }
 }

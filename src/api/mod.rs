@@ -144,8 +144,20 @@ pub fn router(state: AppState) -> Router {
             ),
         )
         // Tokens are never replaced or patched, prefs never created or
-        // deleted: routes of their own, so that the router answers those
-        // methods with 405 and an `Allow` header naming what is there.
+        // deleted, leases only read and deleted (DHCP writes them; DELETE is
+        // a forced release): routes of their own, so that the router answers
+        // those methods with 405 and an `Allow` header naming what is there.
+        .route(
+            "/leases",
+            needs(Need::Kind(ObjectKind::Leases), get(objects::list)),
+        )
+        .route(
+            "/leases/{key}",
+            needs(
+                Need::Kind(ObjectKind::Leases),
+                get(objects::show).delete(objects::delete),
+            ),
+        )
         .route(
             "/tokens/{key}",
             needs(

@@ -260,6 +260,7 @@ pub async fn create(
             return Ok((StatusCode::CREATED, Json(grant)).into_response());
         }
         ObjectKind::Users => user_object(&state, &body, None).await?,
+        ObjectKind::Leases => return Err(lease_read_only()),
         ObjectKind::Prefs => {
             return Err(ApiError::new(
                 code::ALREADY_EXISTS,
@@ -299,6 +300,7 @@ pub async fn replace(
     let if_match = write_preconditions(&state, kind, &key, &headers)?;
     let object = match kind {
         ObjectKind::Tokens => return Err(read_only(kind)),
+        ObjectKind::Leases => return Err(lease_read_only()),
         ObjectKind::Users => {
             let existing: User = state.store.get_typed(kind, &key)?.ok_or_else(|| {
                 ApiError::not_found(format!("{} {key:?} does not exist", kind.as_str()))
@@ -331,6 +333,9 @@ pub async fn patch(
     let (kind, key) = (target.kind, target.key()?);
     if kind == ObjectKind::Tokens {
         return Err(read_only(kind));
+    }
+    if kind == ObjectKind::Leases {
+        return Err(lease_read_only());
     }
     let if_match = write_preconditions(&state, kind, &key, &headers)?;
     let patch: json_patch::Patch = parse_json(&body)?;
@@ -404,6 +409,15 @@ pub async fn delete(
         state.throttle.forget_user(name);
     }
     Ok(with_etag(StatusCode::OK, kind, done))
+}
+
+/// Leases change only through DHCP (apply refuses the rest too); DELETE is
+/// a forced release.
+fn lease_read_only() -> ApiError {
+    ApiError::new(
+        code::READ_ONLY,
+        "leases change only through DHCP; DELETE releases one",
+    )
 }
 
 fn read_only(kind: ObjectKind) -> ApiError {

@@ -95,8 +95,9 @@ fn key_schema_name(kind: ObjectKind) -> &'static str {
 
 /// Which methods each kind's routes take. Tokens are issued and revoked, never
 /// replaced or patched; prefs always exist, so they are neither created nor
-/// deleted. (`mod.rs` routes these two kinds separately, so that the router
-/// answers the other methods with 405 and an `Allow` header.)
+/// deleted; leases are only read and deleted. (`mod.rs` routes these kinds
+/// separately, so that the router answers the other methods with 405 and an
+/// `Allow` header.)
 struct Methods {
     create: bool,
     replace: bool,
@@ -117,6 +118,14 @@ fn methods(kind: ObjectKind) -> Methods {
             replace: true,
             patch: true,
             delete: false,
+        },
+        // Written by the DHCP server through the log; DELETE is a forced
+        // release.
+        ObjectKind::Leases => Methods {
+            create: false,
+            replace: false,
+            patch: false,
+            delete: true,
         },
         _ => Methods {
             create: true,

@@ -650,6 +650,14 @@ pub enum CliError {
         count: usize,
         uuids: String,
     },
+    #[error("not_found: no lease has the MAC or client id {0:?}")]
+    NoSuchLease(String),
+    #[error("{count} leases match {key:?} (one per subnet); use an address: {addresses}")]
+    AmbiguousLease {
+        key: String,
+        count: usize,
+        addresses: String,
+    },
     #[error("{0}")]
     Unexpected(String),
 }
@@ -1064,6 +1072,9 @@ async fn object_key(
     key: &str,
     consistent: bool,
 ) -> Result<String, CliError> {
+    if kind == Kind::Leases {
+        return lease_key(api, key, consistent).await;
+    }
     if kind != Kind::Machines {
         return Ok(key.to_string());
     }
@@ -1079,6 +1090,53 @@ async fn object_key(
     }
     let reply = api.get(&["machines"], &query).await?;
     pick_machine(key, &reply.body)
+}
+
+/// Leases are keyed by address; a MAC or a client id (hex, `:`/`-`
+/// separators allowed) is looked up through the lease index.
+async fn lease_key(api: &Client, key: &str, consistent: bool) -> Result<String, CliError> {
+    if key.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Ok(key.to_string());
+    }
+    let (field, value) = match crate::model::validate::normalize_mac("key", key) {
+        Ok(mac) => ("mac", mac),
+        Err(_) => match crate::model::normalize_client_id(key) {
+            Ok(client_id) => ("client_id", client_id),
+            // Neither: let the server answer for the key as given.
+            Err(_) => return Ok(key.to_string()),
+        },
+    };
+    let mut query = vec![
+        (field.to_string(), value),
+        ("limit".to_string(), "10".to_string()),
+    ];
+    if consistent {
+        query.push(("consistent".into(), "true".into()));
+    }
+    let reply = api.get(&["leases"], &query).await?;
+    pick_lease(key, &reply.body)
+}
+
+/// The one lease a MAC or client id lookup found.
+fn pick_lease(key: &str, found: &Value) -> Result<String, CliError> {
+    let addresses: Vec<&str> = found
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|l| l.get("address").and_then(Value::as_str))
+                .collect()
+        })
+        .unwrap_or_default();
+    match addresses.as_slice() {
+        [] => Err(CliError::NoSuchLease(key.to_string())),
+        [address] => Ok(address.to_string()),
+        many => Err(CliError::AmbiguousLease {
+            key: key.to_string(),
+            count: many.len(),
+            addresses: many.join(", "),
+        }),
+    }
 }
 
 /// The one machine a name lookup found.

@@ -133,7 +133,9 @@ const RESERVATIONS_COLUMNS: &[Column] = &[
 
 const LEASES_COLUMNS: &[Column] = &[
     col("ADDRESS", "address", Style::Plain),
+    col("SUBNET", "subnet", Style::Plain),
     col("MAC", "hardware_addr", Style::Plain),
+    col("HOSTNAME", "hostname", Style::Short),
     col("STATE", "state", Style::Plain),
     col("EXPIRES", "expires_at_unix", Style::Time),
     col("NODE", "node", Style::Plain),

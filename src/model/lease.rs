@@ -6,10 +6,14 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use super::object::{Object, ObjectKind};
-use super::validate::{check_host_address, code, normalize_mac, ValidationError};
+use super::validate::{
+    check_host_address, check_len, check_name, code, normalize_mac, ValidationError,
+};
 
 /// A DHCP client identifier is at most 255 bytes (one option); as hex, twice that.
 pub const MAX_CLIENT_ID_HEX: usize = 510;
+/// Longest client hostname kept (option 12 carries at most 255 bytes).
+pub const MAX_HOSTNAME_BYTES: usize = 255;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -20,6 +24,9 @@ pub enum LeaseState {
     Bound,
     Released,
     Expired,
+    /// The client said the address is in use by someone else (DHCPDECLINE): the address is
+    /// quarantined until `expires_at_unix`, then reclaimed.
+    Declined,
 }
 
 impl LeaseState {
@@ -29,7 +36,16 @@ impl LeaseState {
             LeaseState::Bound => "bound",
             LeaseState::Released => "released",
             LeaseState::Expired => "expired",
+            LeaseState::Declined => "declined",
         }
+    }
+
+    /// Whether a lease in this state keeps its address from everyone else.
+    pub const fn holds_address(self) -> bool {
+        matches!(
+            self,
+            LeaseState::Offered | LeaseState::Bound | LeaseState::Declined
+        )
     }
 }
 
@@ -45,6 +61,12 @@ pub struct Lease {
     /// are known by `client_id` alone.
     #[serde(default)]
     pub hardware_addr: String,
+    /// The subnet the address was allocated from.
+    #[serde(default)]
+    pub subnet: String,
+    /// The hostname the client sent (option 12), if any.
+    #[serde(default)]
+    pub hostname: String,
     #[serde(default)]
     pub state: LeaseState,
     /// When the lease ends, Unix seconds (stamped by the leader, never a replica's own clock).
@@ -63,7 +85,7 @@ pub struct Lease {
 }
 
 /// Normalizes a client identifier to lowercase hex, accepting `:`/`-` separated octets.
-fn normalize_client_id(s: &str) -> Result<String, ValidationError> {
+pub fn normalize_client_id(s: &str) -> Result<String, ValidationError> {
     let hex: String = s
         .chars()
         .filter(|c| *c != ':' && *c != '-')
@@ -107,6 +129,10 @@ impl Object for Lease {
         if let Some(via) = self.via {
             check_host_address("via", via)?;
         }
+        if !self.subnet.is_empty() {
+            check_name("subnet", &self.subnet)?;
+        }
+        check_len("hostname", &self.hostname, MAX_HOSTNAME_BYTES)?;
         Ok(())
     }
 

@@ -44,7 +44,7 @@ pub mod validate;
 
 pub use bootenv::{ArchBoot, BootEnv, TemplateRef, MAX_BOOTENV_PARAMS, MAX_INITRDS, MAX_TEMPLATES};
 pub use decode::{decode, decode_value, MAX_DOCUMENT_LEN};
-pub use lease::{Lease, LeaseState, MAX_CLIENT_ID_HEX};
+pub use lease::{normalize_client_id, Lease, LeaseState, MAX_CLIENT_ID_HEX, MAX_HOSTNAME_BYTES};
 pub use machine::{Arch, Machine};
 pub use object::{Object, ObjectKind, UnknownKind};
 pub use param::{check_compiled, check_param_value, Param};

@@ -173,8 +173,8 @@ fn undecodable() -> Rejection {
     )
 }
 
-struct Applier<'t, 'db> {
-    txn: &'t mut Txn<'db>,
+pub(super) struct Applier<'t, 'db> {
+    pub(super) txn: &'t mut Txn<'db>,
     /// The state digest, following every write made through `put_raw` and
     /// `delete_raw` (the only ways apply writes).
     digest: StateDigest,
@@ -185,7 +185,7 @@ struct Applier<'t, 'db> {
     prefs: std::cell::RefCell<Option<Prefs>>,
 }
 
-type Outcome = Result<Reply, Rejection>;
+pub(super) type Outcome = Result<Reply, Rejection>;
 
 /// Most token records one purge command deletes: the purge is one log entry
 /// among the others, so it stays small and the next round takes the rest.
@@ -199,13 +199,13 @@ const MAX_EVENTS_TRIMMED_PER_CHANGE: u64 = 64;
 /// Most registry records read to find the cluster's log format.
 const MAX_REGISTRY_RECORDS: usize = 10_000;
 
-fn storage(e: impl std::fmt::Display) -> Rejection {
+pub(super) fn storage(e: impl std::fmt::Display) -> Rejection {
     Rejection::new(code::INTERNAL, format!("storage: {e}"))
 }
 
 impl Applier<'_, '_> {
     /// Every write of apply goes through here, so the digest follows it.
-    fn put_raw(&mut self, cf: &str, key: &[u8], value: &[u8]) -> Result<(), RaftError> {
+    pub(super) fn put_raw(&mut self, cf: &str, key: &[u8], value: &[u8]) -> Result<(), RaftError> {
         let old = self.get_raw(cf, key)?;
         self.txn
             .put(cf, key, value)
@@ -214,7 +214,7 @@ impl Applier<'_, '_> {
         Ok(())
     }
 
-    fn delete_raw(&mut self, cf: &str, key: &[u8]) -> Result<(), RaftError> {
+    pub(super) fn delete_raw(&mut self, cf: &str, key: &[u8]) -> Result<(), RaftError> {
         if let Some(old) = self.get_raw(cf, key)? {
             self.txn.delete(cf, key).inspect_err(|e| self.fault(e))?;
             self.digest.change(cf, key, Some(&old), None);
@@ -223,11 +223,16 @@ impl Applier<'_, '_> {
     }
 
     /// Every read of apply goes through here, so a failed one is noticed.
-    fn get_raw(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, RaftError> {
+    pub(super) fn get_raw(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, RaftError> {
         self.txn.get(cf, key).inspect_err(|e| self.fault(e))
     }
 
-    fn scan_raw(&self, cf: &str, prefix: &[u8], limit: usize) -> Result<KeyValues, RaftError> {
+    pub(super) fn scan_raw(
+        &self,
+        cf: &str,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<KeyValues, RaftError> {
         self.txn
             .scan_prefix(cf, prefix, limit)
             .inspect_err(|e| self.fault(e))
@@ -236,7 +241,7 @@ impl Applier<'_, '_> {
     /// A read or write of this replica's database failed: a local fault the
     /// other replicas do not share, so the entry must not be answered here
     /// as if it were refused. Apply halts on it instead (see `apply`).
-    fn fault(&self, e: &RaftError) {
+    pub(super) fn fault(&self, e: &RaftError) {
         let mut fault = self.fault.borrow_mut();
         if fault.is_none() {
             *fault = Some(e.to_string());
@@ -313,6 +318,20 @@ impl Applier<'_, '_> {
             Command::PurgeExpiredTokens { now_unix, limit } => {
                 self.purge_expired_tokens(now_unix, limit)
             }
+            Command::DhcpOffer { request } => self.dhcp_offer(request),
+            Command::DhcpBind { request } => self.dhcp_bind(request),
+            Command::DhcpRelease {
+                client_id,
+                address,
+                now_unix,
+            } => self.dhcp_release(&client_id, address, now_unix),
+            Command::DhcpDecline {
+                client_id,
+                address,
+                now_unix,
+                quarantine_secs,
+            } => self.dhcp_decline(&client_id, address, now_unix, quarantine_secs),
+            Command::DhcpReclaim { before_unix, limit } => self.dhcp_reclaim(before_unix, limit),
             Command::Batch { .. } => Err(Rejection::new(code::INVALID_COMMAND, "nested batch")),
         };
         outcome.unwrap_or_else(Reply::Rejected)
@@ -517,6 +536,7 @@ impl Applier<'_, '_> {
     }
 
     fn create(&mut self, kind: ObjectKind, value: Value) -> Outcome {
+        refuse_lease_write(kind)?;
         limits::check_value(&value, self.max_object_bytes()?, "the object")?;
         let object = AnyObject::decode(kind, value)?;
         let key = object.key();
@@ -536,6 +556,7 @@ impl Applier<'_, '_> {
         value: Value,
         if_match: Option<u64>,
     ) -> Outcome {
+        refuse_lease_write(kind)?;
         limits::check_value(&value, self.max_object_bytes()?, "the object")?;
         let existing = self.load_required(kind, key)?;
         check_if_match(&existing, if_match)?;
@@ -559,6 +580,7 @@ impl Applier<'_, '_> {
         patch: &json_patch::Patch,
         if_match: Option<u64>,
     ) -> Outcome {
+        refuse_lease_write(kind)?;
         limits::check_patch(patch)?;
         let max_bytes = self.max_object_bytes()?;
         let existing = self.load_required(kind, key)?;
@@ -618,6 +640,19 @@ impl Applier<'_, '_> {
     }
 
     fn delete(&mut self, kind: ObjectKind, key: &str, if_match: Option<u64>) -> Outcome {
+        if kind == ObjectKind::Leases {
+            return self.delete_lease(key, if_match);
+        }
+        self.delete_object(kind, key, if_match)
+    }
+
+    /// Deletes an object after the checks every delete shares.
+    pub(super) fn delete_object(
+        &mut self,
+        kind: ObjectKind,
+        key: &str,
+        if_match: Option<u64>,
+    ) -> Outcome {
         let existing = self.load_required(kind, key)?;
         check_if_match(&existing, if_match)?;
         for (referrer_kind, field) in referrers(kind) {
@@ -643,6 +678,7 @@ impl Applier<'_, '_> {
         self.unindex(&existing)?;
         self.delete_raw(CF_OBJECTS, &object_key(kind, key))
             .map_err(storage)?;
+        self.dhcp_object_deleted(&existing)?;
         if kind == ObjectKind::Prefs {
             *self.prefs.borrow_mut() = None;
         }
@@ -707,7 +743,7 @@ impl Applier<'_, '_> {
 
     /// Writes `object` (new, or replacing `previous`) after the checks every
     /// write shares: uniqueness, references, param values.
-    fn store(
+    pub(super) fn store(
         &mut self,
         previous: Option<AnyObject>,
         mut object: AnyObject,
@@ -768,6 +804,9 @@ impl Applier<'_, '_> {
                 .at(reference.field));
             }
         }
+        if let AnyObject::Subnet(subnet) = &object {
+            self.check_subnet_pools(subnet, previous.is_none())?;
+        }
         if let Some(params) = object.param_values() {
             for (name, value) in params {
                 if let Some(AnyObject::Param(definition)) = self.load(ObjectKind::Params, name)? {
@@ -820,6 +859,7 @@ impl Applier<'_, '_> {
             self.put_raw(CF_UNIQUE, &unique_key(kind, field, &term), key.as_bytes())
                 .map_err(storage)?;
         }
+        self.dhcp_object_written(previous.as_ref(), &object)?;
         self.record(Event {
             revision,
             kind,
@@ -833,7 +873,7 @@ impl Applier<'_, '_> {
         })
     }
 
-    fn unindex(&mut self, object: &AnyObject) -> Result<(), Rejection> {
+    pub(super) fn unindex(&mut self, object: &AnyObject) -> Result<(), Rejection> {
         let kind = object.kind();
         let key = object.key();
         for (field, term) in object.index_terms() {
@@ -847,7 +887,7 @@ impl Applier<'_, '_> {
         Ok(())
     }
 
-    fn load(&self, kind: ObjectKind, key: &str) -> Result<Option<AnyObject>, Rejection> {
+    pub(super) fn load(&self, kind: ObjectKind, key: &str) -> Result<Option<AnyObject>, Rejection> {
         let Some(bytes) = self
             .get_raw(CF_OBJECTS, &object_key(kind, key))
             .map_err(storage)?
@@ -867,7 +907,7 @@ impl Applier<'_, '_> {
         })
     }
 
-    fn current_revision(&self) -> Result<u64, Rejection> {
+    pub(super) fn current_revision(&self) -> Result<u64, Rejection> {
         Ok(self
             .get_raw(CF_META, META_REVISION)
             .map_err(storage)?
@@ -875,14 +915,14 @@ impl Applier<'_, '_> {
             .unwrap_or(0))
     }
 
-    fn next_revision(&mut self) -> Result<u64, Rejection> {
+    pub(super) fn next_revision(&mut self) -> Result<u64, Rejection> {
         let next = self.current_revision()? + 1;
         self.put_raw(CF_META, META_REVISION, &next.to_be_bytes())
             .map_err(storage)?;
         Ok(next)
     }
 
-    fn record(&mut self, event: Event) -> Result<(), Rejection> {
+    pub(super) fn record(&mut self, event: Event) -> Result<(), Rejection> {
         let bytes = serde_json::to_vec(&event).map_err(storage)?;
         self.put_raw(CF_EVENTS, &event_key(event.revision), &bytes)
             .map_err(storage)?;
@@ -924,6 +964,20 @@ impl Applier<'_, '_> {
         self.put_raw(CF_META, META_EVENTS_TRIMMED, &cursor.to_be_bytes())
             .map_err(storage)
     }
+}
+
+/// Leases change only through the DHCP commands, which keep the free
+/// address ranges and the expiry index with them; DELETE is a forced
+/// release. A lease written any other way could hand one address to two
+/// clients.
+fn refuse_lease_write(kind: ObjectKind) -> Result<(), Rejection> {
+    if kind == ObjectKind::Leases {
+        return Err(Rejection::new(
+            code::READ_ONLY,
+            "leases change only through DHCP; DELETE releases one",
+        ));
+    }
+    Ok(())
 }
 
 /// A token record may change in one way only: being revoked.

@@ -13,12 +13,13 @@
 //! the newest format every registered node reads ([`entry_format`]); a node
 //! that meets an entry of a format it does not read halts apply.
 
+use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::frames::FORMAT_V1;
+use super::frames::{FORMAT_V1, FORMAT_V2};
 use super::record::BootstrapAdmin;
 use crate::cluster::state::{ClusterNode, JoinToken};
 use crate::error_code::{self as code, Code};
@@ -93,6 +94,44 @@ pub enum Command {
         now_unix: u64,
         limit: u32,
     },
+    /// DHCPDISCOVER: chooses an address for the client inside apply and
+    /// holds it as a short tentative binding (state `offered`, expiring at
+    /// `now_unix + offer_secs`); a client that already holds a bound lease
+    /// is offered that lease unchanged. Format 2.
+    DhcpOffer {
+        request: LeaseRequest,
+    },
+    /// DHCPREQUEST (selecting, init-reboot, renewing, rebinding): binds
+    /// `request.requested` (or, when absent, the client's current binding)
+    /// until `now_unix + lease_secs`, or is rejected (the server NAKs).
+    /// Format 2.
+    DhcpBind {
+        request: LeaseRequest,
+    },
+    /// DHCPRELEASE: the client's binding of `address` ends now and the
+    /// address is free at once. Format 2.
+    DhcpRelease {
+        client_id: String,
+        address: Ipv4Addr,
+        now_unix: u64,
+    },
+    /// DHCPDECLINE: the address is in use by someone else; it is
+    /// quarantined (allocated to no one) until `now_unix + quarantine_secs`,
+    /// then reclaimed. Format 2.
+    DhcpDecline {
+        client_id: String,
+        address: Ipv4Addr,
+        now_unix: u64,
+        quarantine_secs: u32,
+    },
+    /// The leader's periodic expiry: leases (offered, bound, declined) whose
+    /// `expires_at_unix <= before_unix` become expired and their addresses
+    /// free, at most `limit` (capped) per command. The proposer passes its
+    /// clock minus a clock-skew margin. Format 2.
+    DhcpReclaim {
+        before_unix: u64,
+        limit: u32,
+    },
     /// Many commands in one log entry, written by earlier versions; still
     /// applied, never proposed. Batches are now framed so that each command
     /// decodes on its own (see `frames`).
@@ -106,8 +145,52 @@ impl Command {
     /// a later format introduces says so here, and is refused while some
     /// registered node cannot read that format.
     pub fn oldest_format(&self) -> u32 {
-        FORMAT_V1
+        match self {
+            Command::DhcpOffer { .. }
+            | Command::DhcpBind { .. }
+            | Command::DhcpRelease { .. }
+            | Command::DhcpDecline { .. }
+            | Command::DhcpReclaim { .. } => FORMAT_V2,
+            Command::Batch { commands } => commands
+                .iter()
+                .map(Command::oldest_format)
+                .max()
+                .unwrap_or(FORMAT_V1),
+            _ => FORMAT_V1,
+        }
     }
+}
+
+/// What a DHCP server asks of the store for one client: everything apply
+/// needs to choose and stamp an address, with the proposer's clock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    /// The subnet to allocate in (the handler chose it by interface, relay
+    /// or link selection).
+    pub subnet: String,
+    /// Option 61, else htype + chaddr, as hex (any case; `:`/`-` allowed).
+    pub client_id: String,
+    /// The client's MAC (`aa:bb:cc:dd:ee:ff`), or empty when its hardware
+    /// type is not Ethernet; reservations are found by it.
+    #[serde(default)]
+    pub hardware_addr: String,
+    /// The address the client asked for (option 50, or ciaddr when renewing).
+    #[serde(default)]
+    pub requested: Option<Ipv4Addr>,
+    /// The proposer's clock, Unix seconds: every time stamped comes from it.
+    pub now_unix: u64,
+    /// The node answering the client.
+    pub node: u64,
+    /// The relay (giaddr) the request came through.
+    #[serde(default)]
+    pub via: Option<Ipv4Addr>,
+    /// Option 12, if the client sent one.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// How long an offer holds its address (`DhcpOffer` only; 1 to
+    /// `dhcp::MAX_OFFER_SECS`).
+    #[serde(default)]
+    pub offer_secs: u32,
 }
 
 /// The newest entry format every registered node (removed ones aside) reads;
@@ -340,6 +423,21 @@ mod tests {
             object: json!({}),
         };
         assert!(check_format(&create, FORMAT_V1).is_ok());
+        // The DHCP lease commands need format 2: refused while any
+        // registered node reads only format 1, alone or in a batch.
+        let reclaim = Command::DhcpReclaim {
+            before_unix: 1,
+            limit: 1,
+        };
+        assert_eq!(
+            check_format(&reclaim, FORMAT_V1).unwrap_err().code,
+            code::LOG_FORMAT_UNSUPPORTED
+        );
+        assert!(check_format(&reclaim, FORMAT_V2).is_ok());
+        let batch = Command::Batch {
+            commands: vec![create, reclaim],
+        };
+        assert_eq!(batch.oldest_format(), FORMAT_V2);
     }
 
     #[test]

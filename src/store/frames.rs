@@ -22,13 +22,18 @@ use std::ops::RangeInclusive;
 /// The first log entry format: JSON commands (`command::Command`) in
 /// length-prefixed frames.
 pub const FORMAT_V1: u32 = 1;
+/// Format 2: the same envelope and JSON frames, and the DHCP lease commands
+/// (`Command::DhcpOffer` and the others), which a format-1 build cannot
+/// decode. Lease documents gained `subnet` and `hostname` (written only by
+/// those commands: the generic API no longer writes leases).
+pub const FORMAT_V2: u32 = 2;
 /// The oldest format this build still writes and reads.
 pub const OLDEST_FORMAT: u32 = FORMAT_V1;
 /// The newest format this build writes and reads. Raise it (and teach
 /// `apply` the new one) whenever an entry written by this build could be
 /// read differently, or refused, by a build before it: a new command, a new
 /// field in one, or an object field the model starts to accept.
-pub const NEWEST_FORMAT: u32 = FORMAT_V1;
+pub const NEWEST_FORMAT: u32 = FORMAT_V2;
 
 /// The formats this build reads.
 pub const fn readable_formats() -> RangeInclusive<u32> {

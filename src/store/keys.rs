@@ -85,3 +85,61 @@ pub fn decode_u64(bytes: &[u8]) -> Option<u64> {
 pub fn decode_u32(bytes: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(bytes.try_into().ok()?))
 }
+
+/// DHCP allocation state, kept in `index` under the pseudo-kind `dhcp` (in
+/// an existing column family, so snapshots to and from builds without it
+/// still install). Derived from the subnet, reservation and lease objects;
+/// written only by apply (`store::dhcp`).
+///
+/// - `dhcp\0free\0<subnet>\0<end>` → `<start>`: one free address range of
+///   the subnet (big-endian `u32` addresses, inclusive), non-adjacent. Keyed
+///   by the range's last address so that taking its first (what the picker
+///   does) rewrites the value in place: keyed by its start, every allocation
+///   would delete a key, and RocksDB seeks step over deletions until
+///   compaction drops them.
+/// - `dhcp\0built\0<subnet>`: the subnet's free ranges exist.
+/// - `dhcp\0held\0<addr>` → subnet name: a lease (offered, bound,
+///   declined) holds the address.
+/// - `dhcp\0expiry\0<expires_at_unix u64><addr>`: when a holding lease ends.
+/// - `dhcp\0client\0<subnet>\0<client_id>` → `<addr>`: the client's
+///   binding (current, or released and maybe still free) in the subnet.
+pub const DHCP_FREE_PREFIX: &[u8] = b"dhcp\0free\0";
+pub const DHCP_BUILT_PREFIX: &[u8] = b"dhcp\0built\0";
+pub const DHCP_HELD_PREFIX: &[u8] = b"dhcp\0held\0";
+pub const DHCP_EXPIRY_PREFIX: &[u8] = b"dhcp\0expiry\0";
+pub const DHCP_CLIENT_PREFIX: &[u8] = b"dhcp\0client\0";
+
+pub fn dhcp_free_prefix(subnet: &str) -> Vec<u8> {
+    [DHCP_FREE_PREFIX, subnet.as_bytes(), b"\0"].concat()
+}
+
+pub fn dhcp_free_key(subnet: &str, end: u32) -> Vec<u8> {
+    [&dhcp_free_prefix(subnet)[..], &end.to_be_bytes()].concat()
+}
+
+pub fn dhcp_built_key(subnet: &str) -> Vec<u8> {
+    [DHCP_BUILT_PREFIX, subnet.as_bytes()].concat()
+}
+
+pub fn dhcp_held_key(address: u32) -> Vec<u8> {
+    [DHCP_HELD_PREFIX, &address.to_be_bytes()].concat()
+}
+
+pub fn dhcp_expiry_key(expires_at_unix: u64, address: u32) -> Vec<u8> {
+    [
+        DHCP_EXPIRY_PREFIX,
+        &expires_at_unix.to_be_bytes(),
+        &address.to_be_bytes(),
+    ]
+    .concat()
+}
+
+pub fn dhcp_client_key(subnet: &str, client_id: &str) -> Vec<u8> {
+    [
+        DHCP_CLIENT_PREFIX,
+        subnet.as_bytes(),
+        b"\0",
+        client_id.as_bytes(),
+    ]
+    .concat()
+}

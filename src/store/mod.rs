@@ -27,6 +27,7 @@
 
 pub mod apply;
 pub mod command;
+pub mod dhcp;
 pub mod digest;
 pub mod events;
 pub mod frames;
@@ -46,7 +47,7 @@ use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
-pub use command::{Command, Rejection, Reply};
+pub use command::{Command, LeaseRequest, Rejection, Reply};
 pub use events::{Action, Event};
 pub use query::{ListQuery, Page};
 pub use view::{ParamsError, View};

@@ -310,9 +310,13 @@ mod tests {
     }
 
     /// SHA-256 of the shape of every object document apply accepts (the
-    /// model's schemas, descriptions left out), as of log format 1.
-    const FORMAT_1_OBJECT_SHAPES: &str =
-        "54bb96ed6c76f0c8ced8bf0d7c14c8ce38271d3991fa4c51bc3d37837996acea";
+    /// model's schemas, descriptions left out), as of log format 2. Format 1
+    /// was `54bb96ed…acea`; format 2 added `Lease.subnet`, `Lease.hostname`
+    /// and `LeaseState::Declined`, which apply writes only from the format-2
+    /// DHCP commands (the generic API refuses lease documents in every
+    /// format now, so no old build is handed one it would refuse).
+    const FORMAT_2_OBJECT_SHAPES: &str =
+        "5cb53b2cbd4831fcf05f0b861798371c3c92143741354b050d15293484950fd0";
 
     /// A tripwire for the log format rule. Create, replace and patch carry
     /// object documents that apply validates with the model, so what the
@@ -358,7 +362,7 @@ mod tests {
         add::<Prefs>(&mut shapes);
         let fingerprint = hex::encode(Sha256::digest(serde_json::to_vec(&shapes).unwrap()));
         assert_eq!(
-            fingerprint, FORMAT_1_OBJECT_SHAPES,
+            fingerprint, FORMAT_2_OBJECT_SHAPES,
             "the object documents apply accepts have changed shape. If a released build \
              would refuse, or read differently, a document this build accepts, raise \
              `frames::NEWEST_FORMAT` (and keep apply reading the older formats); then pin the \

@@ -267,6 +267,44 @@ impl<'a> View<'a> {
         self.lease(address)
     }
 
+    /// The client's lease in `subnet` (`client_id` hex, any case, `:` or
+    /// `-` separators allowed): its current binding, or its last one if
+    /// released or expired. One point read and the lease. A DHCP server cut
+    /// off from the majority may re-acknowledge it only while `state` is
+    /// bound and `expires_at_unix` is in the future (DESIGN.md guarantee 5).
+    pub fn lease_by_client(
+        &self,
+        subnet: &str,
+        client_id: &str,
+    ) -> Result<Option<Lease>, StoreError> {
+        let Ok(client_id) = crate::model::normalize_client_id(client_id) else {
+            return Ok(None);
+        };
+        let Some(addr) = self
+            .raw(CF_INDEX, &dhcp_client_key(subnet, &client_id))?
+            .and_then(|b| decode_u32(&b))
+        else {
+            return Ok(None);
+        };
+        Ok(self
+            .lease(Ipv4Addr::from(addr))?
+            .filter(|l| l.client_id == client_id && l.subnet == subnet))
+    }
+
+    /// The lease of `client_id` in `subnet` that is bound and unexpired at
+    /// `now_unix`: what a node cut off from the majority may re-acknowledge,
+    /// up to its `expires_at_unix`, and nothing else.
+    pub fn committed_binding(
+        &self,
+        subnet: &str,
+        client_id: &str,
+        now_unix: u64,
+    ) -> Result<Option<Lease>, StoreError> {
+        Ok(self
+            .lease_by_client(subnet, client_id)?
+            .filter(|l| l.state == crate::model::LeaseState::Bound && l.expires_at_unix > now_unix))
+    }
+
     /// Leases held by a DHCP client id (hex, any case, `:` or `-`
     /// separators allowed), at most [`MAX_MATCHES`], in address order.
     pub fn leases_by_client_id(&self, client_id: &str) -> Result<Vec<Lease>, StoreError> {
@@ -532,6 +570,26 @@ pub(crate) mod tests {
             .revision
     }
 
+    /// Binds `address` to `client_id` in `subnet`, as the DHCP server does
+    /// for a REQUEST, at time 1000.
+    async fn bind(store: &Store, subnet: &str, client_id: &str, address: &str) {
+        let request = crate::store::LeaseRequest {
+            subnet: subnet.into(),
+            client_id: client_id.into(),
+            hardware_addr: String::new(),
+            requested: Some(ip(address)),
+            now_unix: 1_000,
+            node: 1,
+            via: None,
+            hostname: None,
+            offer_secs: 0,
+        };
+        store
+            .submit(Command::DhcpBind { request }, store.write_deadline())
+            .await
+            .unwrap_or_else(|e| panic!("binding {address}: {e}"));
+    }
+
     const MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 1];
     const UUID: &str = "6f1c1f5e-8d7a-4c1e-9a53-1d2b3c4d5e6f";
 
@@ -543,15 +601,16 @@ pub(crate) mod tests {
     async fn lookups_find_by_every_index_and_stay_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let store = test_store(dir.path(), crate::model::DEFAULT_EVENT_RETENTION, 1_024).await;
-        for (name, cidr) in [
-            ("wide", "10.0.0.0/16"),
-            ("narrow", "10.0.5.0/24"),
-            ("other", "192.168.1.0/24"),
+        for (name, cidr, pool) in [
+            ("wide", "10.0.0.0/16", ("10.0.6.1", "10.0.6.100")),
+            ("narrow", "10.0.5.0/24", ("10.0.5.40", "10.0.5.50")),
+            ("other", "192.168.1.0/24", ("192.168.1.10", "192.168.1.20")),
         ] {
             create(
                 &store,
                 ObjectKind::Subnets,
-                json!({"name": name, "cidr": cidr}),
+                json!({"name": name, "cidr": cidr,
+                    "pools": [{"start": pool.0, "end": pool.1}]}),
             )
             .await;
         }
@@ -570,13 +629,7 @@ pub(crate) mod tests {
             )
             .await;
         }
-        create(
-            &store,
-            ObjectKind::Leases,
-            json!({"address": "10.0.5.40", "client_id": "01:52:54:00:00:00:01",
-                "hardware_addr": "52:54:00:00:00:01", "expires_at_unix": 1}),
-        )
-        .await;
+        bind(&store, "narrow", "01:52:54:00:00:00:01", "10.0.5.40").await;
 
         let view = store.view().unwrap();
         let name = |s: Option<Subnet>| s.map(|s| s.name);
@@ -642,17 +695,35 @@ pub(crate) mod tests {
                 std::slice::from_ref(&lease)
             );
         }
+        // The client's lease in a subnet, and what a node cut off from the
+        // majority may re-acknowledge.
+        assert_eq!(
+            view.lease_by_client("narrow", "01-52-54-00-00-00-01")
+                .unwrap(),
+            Some(lease.clone())
+        );
+        assert_eq!(
+            view.lease_by_client("wide", "01525400000001").unwrap(),
+            None
+        );
+        assert_eq!(view.lease_by_client("narrow", "not hex").unwrap(), None);
+        assert_eq!(
+            view.committed_binding("narrow", "01525400000001", 1_000)
+                .unwrap(),
+            Some(lease.clone())
+        );
+        assert_eq!(
+            view.committed_binding("narrow", "01525400000001", 1_000 + 3600)
+                .unwrap(),
+            None,
+            "expired by the caller's clock"
+        );
         drop(view);
 
-        // One client holding more leases than a lookup returns.
+        // One client with more lease records than a lookup returns (each
+        // move releases the last binding; the records stay).
         for n in 0..MAX_MATCHES + 3 {
-            create(
-                &store,
-                ObjectKind::Leases,
-                json!({"address": format!("10.0.6.{}", n + 1), "client_id": "ff00",
-                    "expires_at_unix": 1}),
-            )
-            .await;
+            bind(&store, "wide", "ff00", &format!("10.0.6.{}", n + 1)).await;
         }
         let view = store.view().unwrap();
         assert_eq!(view.leases_by_client_id("ff00").unwrap().len(), MAX_MATCHES);

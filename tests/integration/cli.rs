@@ -7,13 +7,13 @@ use serde_json::Value;
 
 use crate::common::{free_port, InProcess, ADMIN_PASSWORD};
 
-struct Run {
-    ok: bool,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Run {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
 }
 
-async fn cradle(config_dir: &Path, args: &[&str], stdin: Option<&str>) -> Run {
+pub(crate) async fn cradle(config_dir: &Path, args: &[&str], stdin: Option<&str>) -> Run {
     use tokio::io::AsyncWriteExt as _;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cradle"))
         .args(args)

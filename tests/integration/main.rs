@@ -13,6 +13,7 @@ mod connections;
 mod events;
 mod failover;
 mod join_tokens;
+mod leases;
 mod restart;
 mod security;
 mod service;
