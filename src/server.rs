@@ -23,6 +23,7 @@ use crate::auth;
 use crate::cluster::info::ClusterInfo;
 use crate::cluster::{state::node_common_name, state::ClusterNode, Identity};
 use crate::config::ServerSettings;
+use crate::dhcp;
 use crate::membership;
 use crate::service::{self, Failure, Service, ServiceError, Services, Shutdown};
 use crate::store::record::BootstrapAdmin;
@@ -106,13 +107,15 @@ impl Service for PeerRpc {
 pub struct Bound {
     api: TcpListener,
     rpc: TcpListener,
+    dhcp: dhcp::start::Bound,
 }
 
 impl Bound {
-    pub async fn bind(settings: &ServerSettings) -> Result<Bound, service::BindError> {
+    pub async fn bind(settings: &ServerSettings) -> anyhow::Result<Bound> {
         Ok(Bound {
             api: service::bind_tcp("API", settings.api_listen).await?,
             rpc: service::bind_tcp("peer RPC", settings.rpc_listen).await?,
+            dhcp: dhcp::start::Bound::bind(settings).await?,
         })
     }
 }
@@ -274,6 +277,14 @@ pub async fn start_bound(settings: ServerSettings, bound: Bound) -> anyhow::Resu
         });
     }
     let state = AppState::new(store.clone(), settings.clone(), api_tls.ca_pem.clone());
+    dhcp::start::spawn(
+        &mut services,
+        bound.dhcp,
+        &store,
+        &settings,
+        identity.node_id,
+        state.metrics.dhcp.clone(),
+    );
     services.spawn(api::listener::Listener::new(
         bound.api,
         api_server_tls,

@@ -8,6 +8,8 @@ pub mod option;
 pub mod owner;
 pub mod packet;
 pub mod pxe;
+pub mod server;
 pub mod socket;
+pub mod start;
 pub mod templates;
 pub mod values;

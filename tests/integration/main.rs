@@ -10,6 +10,7 @@ mod bad_input;
 mod cli;
 mod cluster;
 mod connections;
+mod dhcp;
 mod events;
 mod failover;
 mod join_tokens;
