@@ -337,7 +337,7 @@ main() {
     BENCH_LINE="dhcp-bench: kea=0/s cradle1=0/s cradle3=0/s ratio1=0.00 ratio3=0.00"
     lab_init
     if ((!CRADLE_OK)); then
-        log "SKIP: no Cradle DHCP server to measure at $bin_arg (not wired in yet, see DHCP-SKIP in lib/dhcp-lab.sh; CRADLE_DHCP_WIRED=1 forces it): Kea only; Cradle figures print as 0"
+        log "SKIP: no Cradle binary with a DHCP server at $bin_arg (cargo build --release --bin cradle): Kea only; Cradle figures print as 0"
         [[ $FO_SERVER == kea ]] || PARTS=${PARTS//failover/}
     fi
     if ! [[ -e /run/netns/pb-srv1 && -e /run/netns/pb-srv3 && -e /run/netns/pb-cli ]]; then

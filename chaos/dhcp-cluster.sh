@@ -502,12 +502,9 @@ main() {
         [[ $bin_arg == /* ]] || bin_arg="$ROOT_DIR/$bin_arg"
         [[ -x $bin_arg ]] || { echo "error: no cradle binary at $bin_arg (cargo build --bin cradle)" >&2; exit 2; }
         CR_BIN=$(realpath "$bin_arg")
-        # DHCP-SKIP (lib/dhcp-lab.sh): until the DHCP server is wired into
-        # `cradle server`, the Cradle run is skipped, not failed.
         if ! cr_has_dhcp; then
-            echo "SKIP: Cradle's DHCP server is not wired in yet (CRADLE_DHCP_WIRED=1 runs it anyway; $CR_BIN needs --dhcp-listen); DHCP_SERVER=kea runs the same scenarios against Kea"
-            echo "chaos: 0 passed, 0 failed"
-            exit 0
+            echo "error: $CR_BIN has no DHCP server (no --dhcp-listen)" >&2
+            exit 2
         fi
     else
         command -v kea-dhcp4 >/dev/null || { echo "error: kea-dhcp4 is required" >&2; exit 2; }

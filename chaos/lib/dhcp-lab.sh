@@ -424,16 +424,9 @@ cr_leases() {
     cr_cli "$1" leases list --stale -o json >"$2" 2>>"${CR_DIR:-$LAB_WORK}/client.log"
 }
 
-# DHCP-SKIP: `cradle server` takes the DHCP flags before it answers DHCP, so
-# the flags alone do not say the server is there. Until it is wired in, the
-# Cradle runs of dhcp-cluster.sh and dhcp-bench.sh are skipped unless
-# CRADLE_DHCP_WIRED=1; with the wiring, change the default below to 1 (or drop
-# the variable).
-CR_DHCP_WIRED=${CRADLE_DHCP_WIRED:-0}
-
-# cr_has_dhcp: the binary serves DHCP (see DHCP-SKIP) and has the flags.
+# cr_has_dhcp: the binary serves DHCP (it has the DHCP flags).
 cr_has_dhcp() {
-    [[ $CR_DHCP_WIRED == 1 ]] && "$CR_BIN" server --help 2>/dev/null | grep -q -- '--dhcp-listen'
+    "$CR_BIN" server --help 2>/dev/null | grep -q -- '--dhcp-listen'
 }
 
 # cr_stop i: SIGTERM node i (SIGKILL after 10 s).
