@@ -3,6 +3,7 @@
 //! (parsing what clients and relays send, encoding the answers), and the
 //! sockets and interfaces it serves on.
 
+pub mod flood;
 pub mod interfaces;
 pub mod option;
 pub mod owner;

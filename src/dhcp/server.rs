@@ -108,6 +108,7 @@ pub struct Responder {
     clock: Clock,
     transactions: Transactions,
     templates: OptionTemplates,
+    clients: super::flood::ClientLimiter,
     machine_updates: mpsc::Sender<MachineUpdate>,
 }
 
@@ -153,6 +154,7 @@ impl Responder {
                 clock,
                 transactions: Transactions::default(),
                 templates: OptionTemplates::default(),
+                clients: super::flood::ClientLimiter::default(),
                 machine_updates,
             },
             updates,
@@ -208,6 +210,19 @@ impl Responder {
             return Err(dropped(
                 "interface_not_served",
                 format!("arrived on interface {}", received.ifindex),
+            ));
+        }
+        if matches!(
+            message,
+            MessageType::Discover
+                | MessageType::Request
+                | MessageType::Release
+                | MessageType::Decline
+        ) && !self.clients.allow(packet.hardware_addr())
+        {
+            return Err(dropped(
+                "client_rate_limited",
+                "more lease changes than a booting client makes",
             ));
         }
         match message {

@@ -360,7 +360,7 @@ async fn cluster_with_dhcp() -> (crate::cluster_harness::Cluster, Vec<SocketAddr
     let mut answered = false;
     for attempt in 0..40u32 {
         let xid = 0x0900_0000 + attempt;
-        let discover = request(MessageType::Discover, mac(0xffff), xid);
+        let discover = request(MessageType::Discover, mac(0xff00 + attempt), xid);
         for server in &servers {
             relay.send(&discover, *server).await;
         }
@@ -450,4 +450,46 @@ async fn one_node_answers_and_another_takes_over_when_it_dies() {
         }
         assert_eq!(state, "bound", "node {i} lacks the acknowledged lease");
     }
+}
+
+/// A client flooding DISCOVERs gets a few answers, then none, and cannot
+/// fill the log; another client is served meanwhile.
+#[tokio::test]
+async fn a_flooding_client_is_held_back() {
+    let (node, server, relay) = node_with_dhcp().await;
+    let before = node.client.get("/api/v1/status").await.expect(200).body["last_log_index"]
+        .as_u64()
+        .unwrap();
+    for i in 0..60u32 {
+        relay
+            .send(&request(MessageType::Discover, mac(7), 0x7000 + i), server)
+            .await;
+    }
+    let mut answered = 0;
+    for i in 0..60u32 {
+        if relay
+            .reply(0x7000 + i, Duration::from_millis(50))
+            .await
+            .is_some()
+        {
+            answered += 1;
+        }
+    }
+    assert!(
+        answered <= 20,
+        "{answered} of 60 flooded DISCOVERs answered"
+    );
+    let after = node.client.get("/api/v1/status").await.expect(200).body["last_log_index"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        after - before <= 25,
+        "the flood wrote {} log entries",
+        after - before
+    );
+    relay
+        .send(&request(MessageType::Discover, mac(8), 0x8000), server)
+        .await;
+    assert!(relay.reply(0x8000, Duration::from_secs(5)).await.is_some());
+    node.running.shutdown().await;
 }
