@@ -31,6 +31,9 @@ pub const TRANSACTION_MEMORY: Duration = Duration::from_secs(120);
 pub enum Role {
     Owner,
     Takeover,
+    /// The client addressed this node itself (its server identifier, or a
+    /// unicast renewal): answered whoever owns it.
+    Chosen,
 }
 
 impl Role {
@@ -38,6 +41,7 @@ impl Role {
         match self {
             Role::Owner => "owner",
             Role::Takeover => "takeover",
+            Role::Chosen => "chosen",
         }
     }
 }

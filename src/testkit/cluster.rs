@@ -75,6 +75,9 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Keep the nodes' directories here instead of a temporary directory.
     pub root: Option<PathBuf>,
+    /// Serve DHCP on this port of each node's own address (proxyDHCP on
+    /// the next port). `None`: DHCP off, since port 67 is one per host.
+    pub dhcp_port: Option<u16>,
 }
 
 impl Default for Options {
@@ -91,6 +94,7 @@ impl Default for Options {
             open_files_soft_limit: None,
             env: Vec::new(),
             root: None,
+            dhcp_port: None,
         }
     }
 }
@@ -1027,10 +1031,20 @@ fn spawn(exe: &Path, node: &mut Node, options: &Options, args: &[String]) -> Res
         )
         .envs(options.env.iter().map(|(k, v)| (k, v)))
         // Port 67 is one per host: DHCP only where a test asks for it.
-        .envs(
-            (!options.env.iter().any(|(k, _)| k == "CRADLE_DHCP_LISTEN"))
-                .then_some(("CRADLE_DHCP_OFF", "true")),
-        )
+        .envs(match options.dhcp_port {
+            Some(port) => vec![
+                (
+                    "CRADLE_DHCP_LISTEN".to_string(),
+                    format!("{}:{port}", node.ip),
+                ),
+                (
+                    "CRADLE_PROXY_DHCP_LISTEN".to_string(),
+                    format!("{}:{}", node.ip, port.saturating_add(1)),
+                ),
+            ],
+            None if options.env.iter().any(|(k, _)| k == "CRADLE_DHCP_LISTEN") => vec![],
+            None => vec![("CRADLE_DHCP_OFF".to_string(), "true".to_string())],
+        })
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
