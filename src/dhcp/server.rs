@@ -30,6 +30,9 @@ use crate::model::{DhcpOption, Lease, Machine, ObjectKind, Reservation, Subnet, 
 use crate::service::{Limit, Service, ServiceError, Shutdown};
 use crate::store::{Command, LeaseRequest, Store, StoreError, View};
 
+/// Relay hops beyond which a request is looping between relays (RFC 1542
+/// §4.1.1 lets relays discard past 16).
+const MAX_HOPS: u8 = 16;
 /// How long a committed OFFER holds its address for the client's REQUEST.
 pub const OFFER_SECS: u32 = 60;
 /// A lease command waits at most this long to be proposed: a client
@@ -146,6 +149,13 @@ impl Responder {
         clock: Clock,
     ) -> (Responder, mpsc::Receiver<MachineUpdate>) {
         let (machine_updates, updates) = mpsc::channel(MACHINE_UPDATE_QUEUE);
+        // Every refusal the parser can give shows as a zero from the start,
+        // so a dashboard sees the series before the first bad packet.
+        for reason in super::packet::PacketError::REASONS {
+            metrics
+                .dropped
+                .get_or_create(&crate::metrics::ReasonLabel { reason });
+        }
         (
             Responder {
                 store,
@@ -195,6 +205,12 @@ impl Responder {
         let packet = Packet::parse(bytes).map_err(|e| dropped(e.reason(), e.to_string()))?;
         if !matches!(packet.op, super::packet::Op::Request) {
             return Err(dropped("bootreply", "a BOOTREPLY sent to the server"));
+        }
+        if packet.hops > MAX_HOPS {
+            return Err(dropped(
+                "too_many_hops",
+                format!("relayed {} times", packet.hops),
+            ));
         }
         let message = packet
             .message_type()
