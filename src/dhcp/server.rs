@@ -154,7 +154,8 @@ impl Responder {
         for reason in super::packet::PacketError::REASONS {
             metrics
                 .dropped
-                .get_or_create(&crate::metrics::ReasonLabel { reason });
+                .get_or_create(&crate::metrics::ReasonLabel { reason })
+                .inc_by(0);
         }
         (
             Responder {
