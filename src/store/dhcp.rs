@@ -18,6 +18,12 @@
 //! Subnets whose ranges were never built (state from a build before format
 //! 2) get them built by the first lease command that needs them.
 //!
+//! The pickers: `hint` and `next_free` both give the lowest free address
+//! (the requested one has been tried before any picker). `most_expired`
+//! falls back to the lowest free address too: it would need the free
+//! addresses ordered by when they were freed, a second index kept on every
+//! release and reclaim, which nothing asks for yet.
+//!
 //! Invariant, per subnet: free ranges + addresses held by a lease (offered,
 //! bound, declined) + reserved addresses = the subnet's pools (held and
 //! reserved addresses may also lie outside the pools).
@@ -227,9 +233,20 @@ impl Applier<'_, '_> {
             .scan_raw(
                 CF_INDEX,
                 &index_prefix(ObjectKind::Reservations, "subnet", &subnet.name),
-                MAX_RESERVATIONS_PER_SUBNET,
+                MAX_RESERVATIONS_PER_SUBNET + 1,
             )
             .map_err(storage)?;
+        // Leaving a reservation out would put its address in the free
+        // ranges: refuse instead.
+        if reservations.len() > MAX_RESERVATIONS_PER_SUBNET {
+            return Err(Rejection::new(
+                code::TOO_MANY,
+                format!(
+                    "subnet {:?} has more than {MAX_RESERVATIONS_PER_SUBNET} reservations",
+                    subnet.name
+                ),
+            ));
+        }
         let prefix_len = index_prefix(ObjectKind::Reservations, "subnet", &subnet.name).len();
         let mut taken: Vec<u32> = reservations
             .iter()
@@ -544,8 +561,14 @@ impl Applier<'_, '_> {
         let mut chosen = None;
         if let Some(binding) = self.binding(&name, &checked.client_id)? {
             let addr = binding.lease.address;
-            let allowed =
-                !reservations_only || reservation.as_ref().is_some_and(|r| r.address == addr);
+            // A binding made before its address was reserved for someone
+            // else is not offered again (the reservation takes it once the
+            // binding ends).
+            let reserved_for_other = self
+                .reserved_in(&name, addr)?
+                .is_some_and(|r| r.hardware_addr != checked.mac);
+            let allowed = !reserved_for_other
+                && (!reservations_only || reservation.as_ref().is_some_and(|r| r.address == addr));
             if allowed {
                 if binding.lease.state == LeaseState::Bound && binding.lease.expires_at_unix > now {
                     return Ok(Reply::Done {
@@ -652,17 +675,17 @@ impl Applier<'_, '_> {
                 "subnet {name:?} allocates reserved addresses only"
             )));
         }
-        if !own && !reserved_here {
-            if self.reserved_in(&name, target)?.is_some() {
-                return Err(not_allocatable(format!(
-                    "{target} is reserved for another client"
-                )));
-            }
-            if !self.take_address(&name, u32::from(target))? {
-                return Err(not_allocatable(format!(
-                    "{target} is not a free address of subnet {name:?}'s pools"
-                )));
-            }
+        // Even the client's own binding: once its address is reserved for
+        // another client, renewing is NAKed and the client starts over.
+        if !reserved_here && self.reserved_in(&name, target)?.is_some() {
+            return Err(not_allocatable(format!(
+                "{target} is reserved for another client"
+            )));
+        }
+        if !own && !reserved_here && !self.take_address(&name, u32::from(target))? {
+            return Err(not_allocatable(format!(
+                "{target} is not a free address of subnet {name:?}'s pools"
+            )));
         }
         self.drop_other_binding(&checked, target, now)?;
         let secs = if reserved_here {
@@ -1346,6 +1369,28 @@ mod tests {
             lease(&h.run(&bind(request("0c", Some("10.0.0.17"))))).client_id,
             "0c"
         );
+        h.check_invariant(&subnet);
+
+        // A reservation made for someone else on a bound address: the
+        // holder's renewal is NAKed and it moves; the address stays out of
+        // the free ranges, for the reservation's owner.
+        assert_eq!(
+            lease(&h.run(&bind(request("0d", Some("10.0.0.16"))))).address,
+            ip("10.0.0.16")
+        );
+        h.create(
+            ObjectKind::Reservations,
+            json!({"address": "10.0.0.16", "hardware_addr": "52:54:00:00:00:16", "subnet": "lab"}),
+        );
+        assert_eq!(
+            code(&h.run(&bind(request("0d", Some("10.0.0.16"))))),
+            "dhcp_not_allocatable"
+        );
+        let moved = lease(&h.run(&offer(request("0d", None))));
+        assert_ne!(moved.address, ip("10.0.0.16"));
+        assert!(!h.free("lab").contains(&u32::from(ip("10.0.0.16"))));
+        let owner = with_mac(request("0e", None), "52:54:00:00:00:16");
+        assert_eq!(lease(&h.run(&offer(owner))).address, ip("10.0.0.16"));
         h.check_invariant(&subnet);
 
         // Reservations and pool edits keep the ranges right.
