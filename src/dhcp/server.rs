@@ -30,6 +30,9 @@ use crate::model::{DhcpOption, Lease, Machine, ObjectKind, Reservation, Subnet, 
 use crate::service::{Limit, Service, ServiceError, Shutdown};
 use crate::store::{Command, LeaseRequest, Store, StoreError, View};
 
+/// A node counts as hearing a link for this long after it last answered a
+/// client there (records are refreshed every `HEARD_REFRESH_SECS`).
+const HEARD_MEMORY_SECS: u64 = 10 * crate::store::dhcp::HEARD_REFRESH_SECS;
 /// Relay hops beyond which a request is looping between relays (RFC 1542
 /// §4.1.1 lets relays discard past 16).
 const MAX_HOPS: u8 = 16;
@@ -265,7 +268,7 @@ impl Responder {
         let role = if chosen && message == MessageType::Request {
             Role::Chosen
         } else {
-            self.role(&packet)?
+            self.role(&view, &packet, &ctx.subnet.name)?
         };
         let reply = match (port, ctx.subnet.mode, message) {
             (Port::Proxy, _, MessageType::Request | MessageType::Discover)
@@ -336,9 +339,18 @@ impl Responder {
             || self.config.interfaces.iter().any(|i| i.index == ifindex)
     }
 
-    /// Whether this node answers this client now, and as what.
-    fn role(&self, packet: &Packet) -> Result<Role, Dropped> {
-        let mut nodes: Vec<u64> = self
+    /// Whether this node answers this client now, and as what. Clients are
+    /// shared over the nodes that hear their link: the voters that answered
+    /// clients of this subnet through the same relay (or on the segment)
+    /// recently, and this node. A relay that sends to one node only makes
+    /// that node the only one hearing it, so it answers every client; a
+    /// relay that sends to every node has its clients shared. Until the
+    /// records exist (a new link), each node counts only itself and
+    /// answers: duplicates are harmless, both offers commit the same
+    /// binding.
+    fn role(&self, view: &View<'_>, packet: &Packet, subnet: &str) -> Result<Role, Dropped> {
+        let me = self.config.node_id;
+        let voters: Vec<u64> = self
             .store
             .raft()
             .status()
@@ -347,12 +359,22 @@ impl Responder {
             .filter(|m| m.voter)
             .map(|m| m.id)
             .collect();
-        if nodes.is_empty() {
-            nodes.push(self.config.node_id);
+        let via = (!packet.giaddr.is_unspecified()).then_some(packet.giaddr);
+        let since = self.clock.unix_now().saturating_sub(HEARD_MEMORY_SECS);
+        let mut nodes: Vec<u64> = view
+            .dhcp_nodes_heard(subnet, via, since)
+            .map_err(Dropped::from)?
+            .into_iter()
+            .filter(|n| voters.contains(n))
+            .collect();
+        if voters.contains(&me) || voters.is_empty() {
+            if !nodes.contains(&me) {
+                nodes.push(me);
+            }
         }
         let hardware = packet.hardware_addr();
         // A node that is no voter (a learner catching up) ranks last.
-        let rank = owner::rank_of(hardware, &nodes, self.config.node_id).unwrap_or(nodes.len());
+        let rank = owner::rank_of(hardware, &nodes, me).unwrap_or(nodes.len());
         let seen = self
             .transactions
             .seen(hardware, packet.xid, Instant::now())
@@ -361,7 +383,10 @@ impl Responder {
         owner::decide(rank, elapsed, self.config.takeover_secs).ok_or_else(|| {
             dropped(
                 "not_owner",
-                format!("ranked {rank} for this client, trying for {elapsed} s"),
+                format!(
+                    "ranked {rank} of {} for this client, trying for {elapsed} s",
+                    nodes.len()
+                ),
             )
         })
     }

@@ -58,6 +58,29 @@ pub const MAX_RESERVATIONS_PER_SUBNET: usize = 65_536;
 /// subnets whose network overlaps a new or changed one).
 pub const MAX_SUBNETS: usize = 4096;
 
+/// A node's "answered on this link" record is rewritten at most this
+/// often; readers treat records older than a few times this as gone.
+pub const HEARD_REFRESH_SECS: u64 = 60;
+
+/// Who answered a client on which link, from a lease command.
+struct Heard {
+    subnet: String,
+    via: u32,
+    node: u64,
+    now_unix: u64,
+}
+
+impl Heard {
+    fn of(request: &LeaseRequest) -> Heard {
+        Heard {
+            subnet: request.subnet.clone(),
+            via: request.via.map(u32::from).unwrap_or(0),
+            node: request.node,
+            now_unix: request.now_unix,
+        }
+    }
+}
+
 fn not_allocatable(message: impl Into<String>) -> Rejection {
     Rejection::new(code::DHCP_NOT_ALLOCATABLE, message)
 }
@@ -545,6 +568,35 @@ impl Applier<'_, '_> {
     }
 
     pub(super) fn dhcp_offer(&mut self, request: LeaseRequest) -> Outcome {
+        let heard = Heard::of(&request);
+        let outcome = self.offer_inner(request)?;
+        self.note_heard(&heard)?;
+        Ok(outcome)
+    }
+
+    pub(super) fn dhcp_bind(&mut self, request: LeaseRequest) -> Outcome {
+        let heard = Heard::of(&request);
+        let outcome = self.bind_inner(request)?;
+        self.note_heard(&heard)?;
+        Ok(outcome)
+    }
+
+    /// Records that `heard.node` answers clients of the subnet through the
+    /// relay (or on the segment), refreshed at most every
+    /// [`HEARD_REFRESH_SECS`] so that a busy link costs no extra writes.
+    fn note_heard(&mut self, heard: &Heard) -> Result<(), Rejection> {
+        let key = dhcp_heard_key(&heard.subnet, heard.via, heard.node);
+        let last = self
+            .get_index(&key)?
+            .and_then(|v| decode_u64(&v))
+            .unwrap_or(0);
+        if heard.now_unix >= last.saturating_add(HEARD_REFRESH_SECS) || heard.now_unix < last {
+            self.put_index(&key, &heard.now_unix.to_be_bytes())?;
+        }
+        Ok(())
+    }
+
+    fn offer_inner(&mut self, request: LeaseRequest) -> Outcome {
         if request.offer_secs == 0 || request.offer_secs > MAX_OFFER_SECS {
             return Err(Rejection::new(
                 code::INVALID_VALUE,
@@ -617,7 +669,7 @@ impl Applier<'_, '_> {
         self.write_lease(previous, lease)
     }
 
-    pub(super) fn dhcp_bind(&mut self, request: LeaseRequest) -> Outcome {
+    fn bind_inner(&mut self, request: LeaseRequest) -> Outcome {
         let checked = self.check_request(&request)?;
         let now = request.now_unix;
         let name = checked.subnet.name.clone();

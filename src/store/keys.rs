@@ -108,6 +108,24 @@ pub const DHCP_BUILT_PREFIX: &[u8] = b"dhcp\0built\0";
 pub const DHCP_HELD_PREFIX: &[u8] = b"dhcp\0held\0";
 pub const DHCP_EXPIRY_PREFIX: &[u8] = b"dhcp\0expiry\0";
 pub const DHCP_CLIENT_PREFIX: &[u8] = b"dhcp\0client\0";
+/// `dhcp\0heard\0<subnet>\0<relay addr u32, 0 for none><node u64>` →
+/// `<unix u64>`: the node answered a client of that subnet through that
+/// relay (or on the segment) at that time. Which nodes hear a link.
+pub const DHCP_HEARD_PREFIX: &[u8] = b"dhcp\0heard\0";
+
+pub fn dhcp_heard_prefix(subnet: &str, via: u32) -> Vec<u8> {
+    [
+        DHCP_HEARD_PREFIX,
+        subnet.as_bytes(),
+        b"\0",
+        &via.to_be_bytes(),
+    ]
+    .concat()
+}
+
+pub fn dhcp_heard_key(subnet: &str, via: u32, node: u64) -> Vec<u8> {
+    [&dhcp_heard_prefix(subnet, via)[..], &node.to_be_bytes()].concat()
+}
 
 pub fn dhcp_free_prefix(subnet: &str) -> Vec<u8> {
     [DHCP_FREE_PREFIX, subnet.as_bytes(), b"\0"].concat()

@@ -36,6 +36,9 @@ use super::{Event, StoreError};
 /// Most objects one non-unique index lookup returns (leases of one client,
 /// reservations of one MAC across subnets).
 pub const MAX_MATCHES: usize = 64;
+/// Nodes read for one link by [`View::dhcp_nodes_heard`]: more than any
+/// cluster has (3 to 7 voters), so every record fits.
+pub const MAX_HEARD_NODES: usize = 64;
 /// Most param definitions effective-param resolution reads to find the
 /// defaults. Definitions are few (tens to hundreds); beyond this the
 /// resolution fails rather than read without bound on a request path.
@@ -265,6 +268,38 @@ impl<'a> View<'a> {
     /// The lease of `address` (leases are keyed by address).
     pub fn lease_by_address(&self, address: Ipv4Addr) -> Result<Option<Lease>, StoreError> {
         self.lease(address)
+    }
+
+    /// The nodes that answered clients of `subnet` through relay `via` (or
+    /// on the segment, for `None`) at or after `since_unix`: the nodes that
+    /// hear that link, over which its clients are shared. At most
+    /// [`MAX_HEARD_NODES`], in node id order.
+    pub fn dhcp_nodes_heard(
+        &self,
+        subnet: &str,
+        via: Option<Ipv4Addr>,
+        since_unix: u64,
+    ) -> Result<Vec<u64>, StoreError> {
+        let prefix = dhcp_heard_prefix(subnet, via.map(u32::from).unwrap_or(0));
+        let mut nodes = Vec::new();
+        for (seen, item) in self
+            .read
+            .iter_from(CF_INDEX, &prefix, true)
+            .map_err(internal)?
+            .enumerate()
+        {
+            let (key, value) = item.map_err(internal)?;
+            let Some(node) = key.strip_prefix(prefix.as_slice()).and_then(decode_u64) else {
+                break;
+            };
+            if decode_u64(&value).is_some_and(|at| at >= since_unix) {
+                nodes.push(node);
+            }
+            if seen + 1 >= MAX_HEARD_NODES {
+                break;
+            }
+        }
+        Ok(nodes)
     }
 
     /// The client's lease in `subnet` (`client_id` hex, any case, `:` or

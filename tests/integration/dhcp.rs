@@ -23,8 +23,12 @@ pub struct Relay {
 impl Relay {
     /// A relay listening where nodes on `port` send replies to relays.
     pub async fn bind(port: u16) -> Relay {
+        Self::bind_at(RELAY, port).await
+    }
+
+    pub async fn bind_at(address: Ipv4Addr, port: u16) -> Relay {
         Relay {
-            socket: UdpSocket::bind((RELAY, port)).await.expect("relay binds"),
+            socket: UdpSocket::bind((address, port)).await.expect("relay binds"),
         }
     }
 
@@ -355,21 +359,26 @@ async fn cluster_with_dhcp() -> (crate::cluster_harness::Cluster, Vec<SocketAddr
         .collect();
     let relay = Relay::bind(port).await;
     // Lease commands need every node to have registered the log format
-    // that carries them, which joined nodes do just after they start: a
-    // client retransmits until then.
-    let mut answered = false;
+    // that carries them, which joined nodes do just after they start; and
+    // until each node has answered once on this link, each counts only
+    // itself and answers (a harmless duplicate). A client retransmits until
+    // one node alone answers.
+    let mut settled = false;
     for attempt in 0..40u32 {
         let xid = 0x0900_0000 + attempt;
         let discover = request(MessageType::Discover, mac(0xff00 + attempt), xid);
         for server in &servers {
             relay.send(&discover, *server).await;
         }
-        if relay.reply(xid, Duration::from_millis(500)).await.is_some() {
-            answered = true;
+        if relay.replies(xid, Duration::from_millis(500)).await.len() == 1 && attempt > 0 {
+            settled = true;
             break;
         }
     }
-    assert!(answered, "the cluster never answered DHCP");
+    assert!(
+        settled,
+        "the cluster never settled on one answer per client"
+    );
     (cluster, servers, relay)
 }
 
@@ -401,6 +410,20 @@ async fn one_node_answers_and_another_takes_over_when_it_dies() {
     }
     // Clients spread over the nodes.
     assert!(owners.len() >= 2, "{owners:?}");
+
+    // A relay configured with one node's address only: that node hears
+    // the link alone, so it answers every client (after its first answer
+    // there, at the latest).
+    let lone_relay_addr = Ipv4Addr::new(127, 0, 0, 61);
+    let lone = Relay::bind_at(lone_relay_addr, servers[1].port()).await;
+    for i in 0..10u32 {
+        let xid = 0x5000 + i;
+        let mut discover = request(MessageType::Discover, mac(300 + i), xid);
+        discover.giaddr = lone_relay_addr;
+        lone.send(&discover, servers[1]).await;
+        let replies = lone.replies(xid, Duration::from_millis(800)).await;
+        assert_eq!(replies.len(), 1, "lone relay, client {i}: {replies:?}");
+    }
 
     // The owner of one client dies; its retransmission (secs counting up,
     // as clients do) is answered by another node.
