@@ -367,10 +367,8 @@ impl Responder {
             .into_iter()
             .filter(|n| voters.contains(n))
             .collect();
-        if voters.contains(&me) || voters.is_empty() {
-            if !nodes.contains(&me) {
-                nodes.push(me);
-            }
+        if (voters.contains(&me) || voters.is_empty()) && !nodes.contains(&me) {
+            nodes.push(me);
         }
         let hardware = packet.hardware_addr();
         // A node that is no voter (a learner catching up) ranks last.
