@@ -516,3 +516,74 @@ async fn a_flooding_client_is_held_back() {
     assert!(relay.reply(0x8000, Duration::from_secs(5)).await.is_some());
     node.running.shutdown().await;
 }
+
+/// The request handler under garbage: thousands of mutations of real
+/// clients' packets (the captures in `tests/data/dhcp`), some relayed to a
+/// subnet, through the node's DHCP socket. The node never stops answering
+/// valid clients, every reply it sends parses, and it answers nothing that
+/// does not parse.
+#[tokio::test]
+async fn mutated_client_packets_never_break_the_handler() {
+    let (node, server, relay) = node_with_dhcp().await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/dhcp");
+    let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "bin"))
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    assert!(seeds.len() >= 8, "captures missing in {}", dir.display());
+    // Relayed to the lab subnet, so mutations reach allocation too.
+    for seed in seeds.clone() {
+        if let Ok(mut p) = Packet::parse(&seed) {
+            p.giaddr = RELAY;
+            let link = request(MessageType::Discover, mac(1), 1);
+            p.options.set(82, link.options.get(82).unwrap().to_vec());
+            seeds.push(p.encode(576).unwrap());
+        }
+    }
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut sent = 0;
+    for round in 0..3_000u32 {
+        let mut bytes = seeds[(next() % seeds.len() as u64) as usize].clone();
+        for _ in 0..1 + next() % 8 {
+            let at = (next() % bytes.len() as u64) as usize;
+            match next() % 4 {
+                0 => bytes[at] = next() as u8,
+                1 => bytes[at] ^= 1 << (next() % 8),
+                2 => bytes.truncate(at.max(1)),
+                _ => bytes.insert(at, next() as u8),
+            }
+        }
+        // Replies go to giaddr: keep it the test relay's, so that nothing
+        // leaves loopback.
+        if bytes.len() >= 28 {
+            bytes[24..28].copy_from_slice(&RELAY.octets());
+        }
+        relay.send_raw(&bytes, server).await;
+        sent += 1;
+        if round % 500 == 0 {
+            // Pace the flood a little, as the drop-on-overload cap would.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // Whatever came back parses (Relay::replies parses every datagram).
+    let _ = relay.replies(0, Duration::from_millis(500)).await;
+    // A real client is still served.
+    relay
+        .send(&request(MessageType::Discover, mac(4242), 0x4242), server)
+        .await;
+    let offer = relay
+        .reply(0x4242, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|| panic!("no answer after {sent} mutated packets"));
+    assert_eq!(offer.message_type(), Some(MessageType::Offer));
+    node.client.get("/api/v1/status").await.expect(200);
+    node.running.shutdown().await;
+}
