@@ -587,3 +587,51 @@ async fn mutated_client_packets_never_break_the_handler() {
     node.client.get("/api/v1/status").await.expect(200);
     node.running.shutdown().await;
 }
+
+/// A known machine's DHCP exchange records its address and its client GUID
+/// (option 97, read as the SMBIOS UUID) on the machine, and its name is the
+/// hostname it gets when it asks for option 12.
+#[tokio::test]
+async fn a_known_machine_learns_its_address_and_guid() {
+    let (node, server, relay) = node_with_dhcp().await;
+    let created = node
+        .client
+        .post(
+            "/api/v1/machines",
+            serde_json::json!({"name": "web-7", "hardware_addrs": ["52:54:00:00:00:77"]}),
+        )
+        .await
+        .expect(201);
+    let uuid = created.body["uuid"].as_str().unwrap().to_string();
+    let client = [0x52, 0x54, 0, 0, 0, 0x77];
+    let mut discover = request(MessageType::Discover, client, 0x7700);
+    let mut guid = vec![0u8];
+    guid.extend(1..=16u8);
+    discover.options.set(97, guid.clone());
+    relay.send(&discover, server).await;
+    let offer = relay.reply(0x7700, Duration::from_secs(5)).await.unwrap();
+    let mut select = selecting(&offer, client, 0x7701);
+    select.options.set(97, guid);
+    relay.send(&select, server).await;
+    let ack = relay.reply(0x7701, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(ack.message_type(), Some(MessageType::Ack));
+    // The subnet's option 12 template names the MAC; the machine's own
+    // name would be given where the subnet sets none.
+    assert_eq!(ack.options.get(12), Some(&b"host-525400000077"[..]));
+    let path = format!("/api/v1/machines/{uuid}");
+    let mut machine = serde_json::Value::Null;
+    for _ in 0..50 {
+        machine = node.client.get(&path).await.expect(200).body;
+        if machine["address"] == ack.yiaddr.to_string() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(machine["address"], ack.yiaddr.to_string(), "{machine}");
+    // Option 97's first three fields are little-endian on the wire.
+    assert_eq!(
+        machine["meta"]["client_guid"], "04030201-0605-0807-090a-0b0c0d0e0f10",
+        "{machine}"
+    );
+    node.running.shutdown().await;
+}
