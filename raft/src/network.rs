@@ -194,6 +194,9 @@ pub(crate) struct Peers {
     /// Tests cut a node off: every call out fails as unreachable and every
     /// call in is refused, as with a pulled cable.
     cut: AtomicBool,
+    /// Peer id -> when a Raft call to it last got an answer: how the leader
+    /// knows which followers are alive.
+    answered: std::sync::Mutex<HashMap<NodeId, std::time::Instant>>,
 }
 
 impl Peers {
@@ -203,7 +206,21 @@ impl Peers {
             source_ip: None,
             channels: Mutex::new(HashMap::new()),
             cut: AtomicBool::new(false),
+            answered: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    fn note_answer(&self, peer: NodeId) {
+        if let Ok(mut answered) = self.answered.lock() {
+            answered.insert(peer, std::time::Instant::now());
+        }
+    }
+
+    /// How long ago `peer` last answered a Raft call from this node, if
+    /// ever.
+    pub(crate) fn answered_ago(&self, peer: NodeId) -> Option<std::time::Duration> {
+        let answered = self.answered.lock().ok()?;
+        answered.get(&peer).map(|at| at.elapsed())
     }
 
     pub(crate) fn is_cut(&self) -> bool {
@@ -440,6 +457,7 @@ impl PeerConnection {
             Ok(reply) => reply.into_inner(),
             Err(status) => return Err(self.status_error(action, ttl, status)),
         };
+        self.peers.note_answer(self.target);
         let decoded: Result<Resp, E> =
             decode(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         decoded.map_err(|e| {

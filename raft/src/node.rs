@@ -229,6 +229,10 @@ pub struct MemberStatus {
     /// Last log index known replicated to this member; only the leader
     /// knows (None elsewhere, and for members not yet replicated to).
     pub matched_index: Option<u64>,
+    /// Milliseconds since this member last answered a Raft call from this
+    /// node (None: never, or this node itself). On the leader, a growing
+    /// value means the member is down or cut off.
+    pub answered_ms_ago: Option<u64>,
 }
 
 /// A snapshot of this node's view of the cluster.
@@ -823,6 +827,10 @@ impl RaftNode {
                 info: info.clone(),
                 voter: voters.contains(id),
                 matched_index: matched_index(&m, *id),
+                answered_ms_ago: (*id != m.id)
+                    .then(|| self.inner.peers.answered_ago(*id))
+                    .flatten()
+                    .map(|ago| u64::try_from(ago.as_millis()).unwrap_or(u64::MAX)),
             })
             .collect();
         RaftStatus {

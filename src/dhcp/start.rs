@@ -158,6 +158,77 @@ pub fn spawn(
             reclaim_forever(store, node_id, clock, shutdown)
         });
     }
+    {
+        let store = store.clone();
+        services.spawn_task("DHCP node liveness", move |shutdown| {
+            report_silent_nodes_forever(store, node_id, shutdown)
+        });
+    }
+}
+
+/// How often the leader looks for members that stopped answering.
+const LIVENESS_EVERY: Duration = Duration::from_millis(200);
+/// A member silent this long (six missed heartbeats at the default 100 ms)
+/// is reported down for DHCP.
+pub const SILENT_AFTER: Duration = Duration::from_millis(600);
+
+/// On the leader: a voter that has not answered a Raft call for
+/// [`SILENT_AFTER`] is reported with `DhcpNodeDown`, so the clients it
+/// owned are shared among the others at once instead of waiting for their
+/// takeover time. Failure detection, not safety: a wrong report costs
+/// duplicate answers until the node commits a lease again. Reported once
+/// per silence.
+async fn report_silent_nodes_forever(store: Store, node_id: u64, mut shutdown: Shutdown) {
+    let mut leading_since: Option<(u64, tokio::time::Instant)> = None;
+    let mut reported = std::collections::BTreeSet::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(LIVENESS_EVERY) => {}
+            _ = shutdown.requested() => return,
+        }
+        let status = store.raft().status();
+        if status.current_leader != Some(node_id) {
+            leading_since = None;
+            reported.clear();
+            continue;
+        }
+        let since = match leading_since {
+            Some((term, at)) if term == status.term => at,
+            _ => {
+                let now = tokio::time::Instant::now();
+                leading_since = Some((status.term, now));
+                now
+            }
+        };
+        let silent_ms = u64::try_from(SILENT_AFTER.as_millis()).unwrap_or(u64::MAX);
+        for member in status.members.iter().filter(|m| m.voter && m.id != node_id) {
+            let silent = match member.answered_ms_ago {
+                Some(ms) => ms >= silent_ms,
+                // Never answered this leader: silent once it has led long
+                // enough to have heard from it.
+                None => since.elapsed() >= SILENT_AFTER,
+            };
+            if !silent {
+                reported.remove(&member.id);
+                continue;
+            }
+            if reported.contains(&member.id) {
+                continue;
+            }
+            let command = Command::DhcpNodeDown { node: member.id };
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            match store.submit(command, deadline).await {
+                Ok(_) => {
+                    reported.insert(member.id);
+                    tracing::info!(
+                        node = member.id,
+                        "node stopped answering: its DHCP clients go to the other nodes"
+                    );
+                }
+                Err(e) => tracing::warn!(node = member.id, error = %e, "reporting a silent node"),
+            }
+        }
+    }
 }
 
 /// On the leader, every [`RECLAIM_EVERY`], frees the addresses of leases

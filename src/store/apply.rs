@@ -332,6 +332,7 @@ impl Applier<'_, '_> {
                 quarantine_secs,
             } => self.dhcp_decline(&client_id, address, now_unix, quarantine_secs),
             Command::DhcpReclaim { before_unix, limit } => self.dhcp_reclaim(before_unix, limit),
+            Command::DhcpNodeDown { node } => self.dhcp_node_down(node),
             Command::Batch { .. } => Err(Rejection::new(code::INVALID_COMMAND, "nested batch")),
         };
         outcome.unwrap_or_else(Reply::Rejected)

@@ -132,6 +132,12 @@ pub enum Command {
         before_unix: u64,
         limit: u32,
     },
+    /// The leader saw `node` stop answering: its records of hearing DHCP
+    /// links are forgotten, so its clients are shared among the others at
+    /// once (its next committed lease brings them back). Format 2.
+    DhcpNodeDown {
+        node: u64,
+    },
     /// Many commands in one log entry, written by earlier versions; still
     /// applied, never proposed. Batches are now framed so that each command
     /// decodes on its own (see `frames`).
@@ -150,7 +156,8 @@ impl Command {
             | Command::DhcpBind { .. }
             | Command::DhcpRelease { .. }
             | Command::DhcpDecline { .. }
-            | Command::DhcpReclaim { .. } => FORMAT_V2,
+            | Command::DhcpReclaim { .. }
+            | Command::DhcpNodeDown { .. } => FORMAT_V2,
             Command::Batch { commands } => commands
                 .iter()
                 .map(Command::oldest_format)

@@ -62,6 +62,9 @@ pub const MAX_SUBNETS: usize = 4096;
 /// often; readers treat records older than a few times this as gone.
 pub const HEARD_REFRESH_SECS: u64 = 60;
 
+/// Records of nodes hearing links read by one `DhcpNodeDown`.
+pub const MAX_HEARD_RECORDS: usize = 65_536;
+
 /// Who answered a client on which link, from a lease command.
 struct Heard {
     subnet: String,
@@ -594,6 +597,26 @@ impl Applier<'_, '_> {
             self.put_index(&key, &heard.now_unix.to_be_bytes())?;
         }
         Ok(())
+    }
+
+    /// Forgets every record of `node` hearing a DHCP link (at most
+    /// [`MAX_HEARD_RECORDS`] read: links × nodes, far fewer in practice).
+    pub(super) fn dhcp_node_down(&mut self, node: u64) -> Outcome {
+        let records = self
+            .scan_raw(CF_INDEX, DHCP_HEARD_PREFIX, MAX_HEARD_RECORDS)
+            .map_err(storage)?;
+        let suffix = node.to_be_bytes();
+        let mut forgotten = 0u64;
+        for (key, _) in records {
+            if key.ends_with(&suffix) {
+                self.delete_index(&key)?;
+                forgotten += 1;
+            }
+        }
+        Ok(Reply::Done {
+            revision: self.current_revision()?,
+            object: Some(json!({ "forgotten": forgotten })),
+        })
     }
 
     fn offer_inner(&mut self, request: LeaseRequest) -> Outcome {

@@ -460,6 +460,32 @@ async fn one_node_answers_and_another_takes_over_when_it_dies() {
         .await
         .expect("an ACK from the node that took over");
     assert_eq!(ack.message_type(), Some(MessageType::Ack));
+    // Once the leader sees the dead node silent, the clients it owned are
+    // shared among the survivors at once: a client it owned, asking for
+    // the first time (secs 0, no retransmission), gets one answer.
+    let dead = cluster.nodes[owner].id.expect("a started node has an id");
+    let ids: Vec<u64> = cluster.nodes.iter().filter_map(|n| n.id).collect();
+    let orphan = (1_000..5_000u32)
+        .map(mac)
+        .find(|m| cradle::dhcp::owner::rank_of(m, &ids, dead) == Some(0))
+        .expect("some client hashes to the dead node");
+    let mut answered = Vec::new();
+    for attempt in 0..12u32 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let xid = 0x6000 + attempt;
+        let discover = request(MessageType::Discover, orphan, xid);
+        for (i, server) in servers.iter().enumerate() {
+            if i != owner {
+                relay.send(&discover, *server).await;
+            }
+        }
+        answered = relay.replies(xid, Duration::from_millis(400)).await;
+        if !answered.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(answered.len(), 1, "the dead node's client: {answered:?}");
+
     // The acknowledged lease is on every surviving node.
     for i in cluster.running() {
         let path = format!("/api/v1/leases/{}", ack.yiaddr);
