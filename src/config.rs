@@ -333,10 +333,13 @@ fn parse_ipv4_listen(value: &str) -> Result<SocketAddr, String> {
     }
 }
 
+/// Linux interface names are at most 15 bytes (IFNAMSIZ less the NUL).
+pub const MAX_INTERFACE_NAME_BYTES: usize = 15;
+
 /// A name Linux accepts for a network interface (`dev_valid_name`): 1 to
 /// 15 bytes, not `.` or `..`, without `/`, `:` or white space.
 fn parse_interface_name(value: &str) -> Result<String, String> {
-    let max = crate::dhcp::interfaces::MAX_INTERFACE_NAME_BYTES;
+    let max = MAX_INTERFACE_NAME_BYTES;
     if value.is_empty() || value.len() > max {
         return Err(format!("an interface name has 1 to {max} bytes"));
     }

@@ -16,8 +16,7 @@ use nix::ifaddrs::getifaddrs;
 use nix::net::if_::{if_nametoindex, InterfaceFlags};
 use nix::sys::socket::SockaddrStorage;
 
-/// Linux interface names are at most 15 bytes (IFNAMSIZ less the NUL).
-pub const MAX_INTERFACE_NAME_BYTES: usize = 15;
+pub use crate::config::MAX_INTERFACE_NAME_BYTES;
 
 /// One network interface with the IPv4 networks assigned to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
