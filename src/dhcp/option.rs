@@ -10,7 +10,7 @@
 use thiserror::Error;
 
 /// Option numbers used by name (RFC 2132 and later).
-pub mod code {
+pub mod opt {
     pub const PAD: u8 = 0;
     pub const SUBNET_MASK: u8 = 1;
     pub const TIME_OFFSET: u8 = 2;
@@ -99,7 +99,7 @@ impl Options {
     /// Replaces the value of `code`, keeping its position, or appends it.
     /// PAD and END are framing, not options: setting them does nothing.
     pub fn set(&mut self, code: u8, value: Vec<u8>) {
-        if code == code::PAD || code == code::END {
+        if code == opt::PAD || code == opt::END {
             return;
         }
         match self.entries.iter_mut().find(|(c, _)| *c == code) {
@@ -172,11 +172,11 @@ pub(crate) fn read_area(area: &[u8], which: Area, out: &mut Options) -> Result<(
     while at < area.len() {
         let code = area[at];
         match code {
-            code::PAD => {
+            opt::PAD => {
                 at += 1;
                 continue;
             }
-            code::END => return Ok(()),
+            opt::END => return Ok(()),
             _ => {}
         }
         let overrun = AreaError::Overrun {
@@ -186,7 +186,7 @@ pub(crate) fn read_area(area: &[u8], which: Area, out: &mut Options) -> Result<(
         };
         let len = *area.get(at + 1).ok_or(overrun.clone())? as usize;
         let value = area.get(at + 2..at + 2 + len).ok_or(overrun)?;
-        if code == code::OVERLOAD && which != Area::Options {
+        if code == opt::OVERLOAD && which != Area::Options {
             return Err(AreaError::OverloadInField { area: which });
         }
         out.append(code, value);
@@ -266,7 +266,7 @@ pub(crate) fn write_area(parts: &[Part<'_>], out: &mut Vec<u8>) {
         out.push(value.len().min(255) as u8);
         out.extend_from_slice(value);
     }
-    out.push(code::END);
+    out.push(opt::END);
 }
 
 #[cfg(test)]
@@ -346,8 +346,8 @@ mod tests {
         options.set(3, vec![1]);
         options.set(6, vec![2]);
         options.set(3, vec![3]);
-        options.set(code::PAD, vec![]);
-        options.set(code::END, vec![]);
+        options.set(opt::PAD, vec![]);
+        options.set(opt::END, vec![]);
         let all: Vec<(u8, Vec<u8>)> = options.iter().map(|(c, v)| (c, v.to_vec())).collect();
         assert_eq!(all, vec![(3, vec![3]), (6, vec![2])]);
     }

@@ -13,8 +13,8 @@ use std::net::Ipv4Addr;
 
 use thiserror::Error;
 
-pub use super::option::{code, Options};
 use super::option::{lay_out, read_area, write_area, Area, AreaError};
+pub use super::option::{opt, Options};
 
 /// The largest packet accepted (an Ethernet MTU's worth of UDP payload and
 /// more); anything longer is refused before it is read.
@@ -254,10 +254,10 @@ fn parse_relay_agent(value: &[u8]) -> Result<RelayAgent, &'static str> {
             .ok_or("sub-option overruns the option")?;
         let address = || ipv4_of(data).ok_or("address sub-option not of 4 bytes");
         let taken = match sub {
-            code::relay::CIRCUIT_ID => agent.circuit_id.replace(data.to_vec()).is_some(),
-            code::relay::REMOTE_ID => agent.remote_id.replace(data.to_vec()).is_some(),
-            code::relay::LINK_SELECTION => agent.link_selection.replace(address()?).is_some(),
-            code::relay::SERVER_ID_OVERRIDE => {
+            opt::relay::CIRCUIT_ID => agent.circuit_id.replace(data.to_vec()).is_some(),
+            opt::relay::REMOTE_ID => agent.remote_id.replace(data.to_vec()).is_some(),
+            opt::relay::LINK_SELECTION => agent.link_selection.replace(address()?).is_some(),
+            opt::relay::SERVER_ID_OVERRIDE => {
                 agent.server_id_override.replace(address()?).is_some()
             }
             _ => false,
@@ -273,7 +273,7 @@ fn parse_relay_agent(value: &[u8]) -> Result<RelayAgent, &'static str> {
 /// The checks on options the server reads by type: each accessor below
 /// can then trust the length it finds.
 fn check_options(options: &Options) -> Result<(), PacketError> {
-    match options.get(code::MESSAGE_TYPE) {
+    match options.get(opt::MESSAGE_TYPE) {
         None => return Err(PacketError::MissingMessageType),
         Some(&[value]) if MessageType::from_u8(value).is_some() => {}
         Some(value) => {
@@ -286,26 +286,26 @@ fn check_options(options: &Options) -> Result<(), PacketError> {
     for (code, value) in options.iter() {
         let len = value.len();
         let fits = match code {
-            code::REQUESTED_ADDRESS | code::SERVER_IDENTIFIER | code::SUBNET_SELECTION => len == 4,
-            code::MAX_MESSAGE_SIZE => len == 2,
-            code::CLIENT_ARCH => len >= 2 && len % 2 == 0,
-            code::CLIENT_UUID => len == 17,
+            opt::REQUESTED_ADDRESS | opt::SERVER_IDENTIFIER | opt::SUBNET_SELECTION => len == 4,
+            opt::MAX_MESSAGE_SIZE => len == 2,
+            opt::CLIENT_ARCH => len >= 2 && len % 2 == 0,
+            opt::CLIENT_UUID => len == 17,
             // RFC 2132 §9.14: at least a type and one byte. An empty
             // identifier would make every such client the same client.
-            code::CLIENT_ID => len >= 2,
+            opt::CLIENT_ID => len >= 2,
             _ => true,
         };
         if !fits {
             return Err(PacketError::BadOptionLength { code, len });
         }
-        if code == code::CLIENT_UUID && value[0] != 0 {
+        if code == opt::CLIENT_UUID && value[0] != 0 {
             return Err(PacketError::BadOptionValue {
                 code,
                 why: "client machine identifier type is not 0 (UUID)",
             });
         }
     }
-    if let Some(value) = options.get(code::RELAY_AGENT) {
+    if let Some(value) = options.get(opt::RELAY_AGENT) {
         parse_relay_agent(value).map_err(PacketError::BadRelayAgent)?;
     }
     Ok(())
@@ -318,7 +318,7 @@ impl Packet {
         let mut chaddr = [0u8; CHADDR_BYTES];
         chaddr[..6].copy_from_slice(&mac);
         let mut options = Options::new();
-        options.set(code::MESSAGE_TYPE, vec![message_type as u8]);
+        options.set(opt::MESSAGE_TYPE, vec![message_type as u8]);
         Packet {
             op: Op::Request,
             htype: HTYPE_ETHERNET,
@@ -367,7 +367,7 @@ impl Packet {
         // of one option concatenated in that order.
         let mut options = Options::new();
         read_area(&bytes[OPTIONS_AT..], Area::Options, &mut options)?;
-        let overload = match options.get(code::OVERLOAD) {
+        let overload = match options.get(opt::OVERLOAD) {
             None => 0,
             Some(&[value @ 1..=3]) => value,
             Some(value) => {
@@ -377,7 +377,7 @@ impl Packet {
                 })
             }
         };
-        options.remove(code::OVERLOAD);
+        options.remove(opt::OVERLOAD);
         let file = if overload & 1 != 0 {
             read_area(file_field, Area::File, &mut options)?;
             Vec::new()
@@ -437,14 +437,14 @@ impl Packet {
         }
         let message_type = self
             .options
-            .get(code::MESSAGE_TYPE)
-            .map(|v| (code::MESSAGE_TYPE, v));
+            .get(opt::MESSAGE_TYPE)
+            .map(|v| (opt::MESSAGE_TYPE, v));
         let list: Vec<(u8, &[u8])> = message_type
             .into_iter()
             .chain(
                 self.options
                     .iter()
-                    .filter(|(c, _)| *c != code::MESSAGE_TYPE && *c != code::OVERLOAD),
+                    .filter(|(c, _)| *c != opt::MESSAGE_TYPE && *c != opt::OVERLOAD),
             )
             .collect();
 
@@ -514,8 +514,8 @@ impl Packet {
         out.extend_from_slice(&MAGIC_COOKIE);
         let mut main = main;
         if overload != 0 {
-            let at = usize::from(main.first().is_some_and(|(c, _)| *c == code::MESSAGE_TYPE));
-            main.insert(at, (code::OVERLOAD, std::slice::from_ref(&overload)));
+            let at = usize::from(main.first().is_some_and(|(c, _)| *c == opt::MESSAGE_TYPE));
+            main.insert(at, (opt::OVERLOAD, std::slice::from_ref(&overload)));
         }
         write_area(&main, &mut out);
         if out.len() < MIN_PACKET_BYTES {
@@ -532,8 +532,8 @@ impl Packet {
     /// agent information echoed unchanged (RFC 3046 §2.2).
     pub fn new_reply(&self, message_type: MessageType) -> Packet {
         let mut options = Options::new();
-        options.set(code::MESSAGE_TYPE, vec![message_type as u8]);
-        for echoed in [code::CLIENT_ID, code::RELAY_AGENT] {
+        options.set(opt::MESSAGE_TYPE, vec![message_type as u8]);
+        for echoed in [opt::CLIENT_ID, opt::RELAY_AGENT] {
             if let Some(value) = self.options.get(echoed) {
                 options.set(echoed, value.to_vec());
             }
@@ -562,7 +562,7 @@ impl Packet {
     }
 
     pub fn message_type(&self) -> Option<MessageType> {
-        match self.options.get(code::MESSAGE_TYPE)? {
+        match self.options.get(opt::MESSAGE_TYPE)? {
             &[value] => MessageType::from_u8(value),
             _ => None,
         }
@@ -588,7 +588,7 @@ impl Packet {
     /// The client's identity (RFC 2131 §4.2): option 61, else the hardware
     /// type followed by the hardware address.
     pub fn client_id(&self) -> Vec<u8> {
-        match self.options.get(code::CLIENT_ID) {
+        match self.options.get(opt::CLIENT_ID) {
             Some(id) => id.to_vec(),
             None => {
                 let mut id = vec![self.htype];
@@ -600,18 +600,18 @@ impl Packet {
 
     /// Option 50.
     pub fn requested_address(&self) -> Option<Ipv4Addr> {
-        ipv4_of(self.options.get(code::REQUESTED_ADDRESS)?)
+        ipv4_of(self.options.get(opt::REQUESTED_ADDRESS)?)
     }
 
     /// Option 54.
     pub fn server_identifier(&self) -> Option<Ipv4Addr> {
-        ipv4_of(self.options.get(code::SERVER_IDENTIFIER)?)
+        ipv4_of(self.options.get(opt::SERVER_IDENTIFIER)?)
     }
 
     /// Option 12 as text (invalid UTF-8 replaced, trailing NULs some
     /// clients send dropped), at most 63 characters: a DNS label's limit.
     pub fn hostname(&self) -> Option<String> {
-        let raw = self.options.get(code::HOSTNAME)?;
+        let raw = self.options.get(opt::HOSTNAME)?;
         let end = raw.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
         let name: String = String::from_utf8_lossy(&raw[..end])
             .chars()
@@ -623,14 +623,14 @@ impl Packet {
     /// Option 55, empty when absent.
     pub fn parameter_request_list(&self) -> &[u8] {
         self.options
-            .get(code::PARAMETER_REQUEST_LIST)
+            .get(opt::PARAMETER_REQUEST_LIST)
             .unwrap_or_default()
     }
 
     /// Option 57; values under 576 are ignored (RFC 2132 §9.10: the minimum
     /// legal value).
     pub fn max_message_size(&self) -> Option<u16> {
-        let value = self.options.get(code::MAX_MESSAGE_SIZE)?;
+        let value = self.options.get(opt::MAX_MESSAGE_SIZE)?;
         let size = u16::from_be_bytes(<[u8; 2]>::try_from(value).ok()?);
         (usize::from(size) >= MIN_MAX_MESSAGE_BYTES).then_some(size)
     }
@@ -650,13 +650,13 @@ impl Packet {
 
     /// Option 60.
     pub fn vendor_class(&self) -> Option<&[u8]> {
-        self.options.get(code::VENDOR_CLASS)
+        self.options.get(opt::VENDOR_CLASS)
     }
 
     /// Option 77 as received: iPXE sends `iPXE` without the RFC 3004
     /// length prefix, others send RFC 3004 framing.
     pub fn user_class(&self) -> Option<&[u8]> {
-        self.options.get(code::USER_CLASS)
+        self.options.get(opt::USER_CLASS)
     }
 
     /// Whether the client is iPXE (user class `iPXE`, raw or as one of the
@@ -682,7 +682,7 @@ impl Packet {
 
     /// Option 93 (RFC 4578): the first architecture type listed.
     pub fn client_arch(&self) -> Option<u16> {
-        match self.options.get(code::CLIENT_ARCH)? {
+        match self.options.get(opt::CLIENT_ARCH)? {
             [high, low, ..] => Some(u16::from_be_bytes([*high, *low])),
             _ => None,
         }
@@ -690,7 +690,7 @@ impl Packet {
 
     /// Option 97 (RFC 4578): the machine's UUID.
     pub fn client_uuid(&self) -> Option<[u8; 16]> {
-        match self.options.get(code::CLIENT_UUID)? {
+        match self.options.get(opt::CLIENT_UUID)? {
             [0, uuid @ ..] => <[u8; 16]>::try_from(uuid).ok(),
             _ => None,
         }
@@ -708,12 +708,12 @@ impl Packet {
     /// Option 82. `parse` refuses a malformed one, so this is `None` on a
     /// parsed packet only when the option is absent.
     pub fn relay_agent(&self) -> Option<RelayAgent> {
-        parse_relay_agent(self.options.get(code::RELAY_AGENT)?).ok()
+        parse_relay_agent(self.options.get(opt::RELAY_AGENT)?).ok()
     }
 
     /// Option 118 (RFC 3011).
     pub fn subnet_selection(&self) -> Option<Ipv4Addr> {
-        ipv4_of(self.options.get(code::SUBNET_SELECTION)?)
+        ipv4_of(self.options.get(opt::SUBNET_SELECTION)?)
     }
 }
 

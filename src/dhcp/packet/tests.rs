@@ -191,7 +191,7 @@ fn a_pxe_rom_discover_reads_its_arch_uuid_and_vendor_class() {
     );
     assert_eq!(p.max_message_size(), Some(1260));
     assert_eq!(p.parameter_request_list().len(), 37);
-    assert_eq!(p.options.get(code::CLIENT_NDI), Some(&[1u8, 2, 1][..]));
+    assert_eq!(p.options.get(opt::CLIENT_NDI), Some(&[1u8, 2, 1][..]));
     assert!(!p.is_ipxe());
     // No option 61: the identity is the hardware type and address.
     assert_eq!(p.client_id(), [&[1u8][..], &MAC[..]].concat());
@@ -213,7 +213,7 @@ fn an_ipxe_discover_is_recognised_with_its_encapsulated_options() {
     assert_eq!(p.user_class(), Some(&b"iPXE"[..]));
     assert_eq!(p.client_arch(), Some(7));
     assert_eq!(
-        p.options.get(code::IPXE_ENCAPSULATED).map(<[u8]>::len),
+        p.options.get(opt::IPXE_ENCAPSULATED).map(<[u8]>::len),
         Some(45)
     );
     assert_eq!(p.client_id(), [&[1u8][..], &MAC[..]].concat());
@@ -273,8 +273,8 @@ fn a_reply_copies_what_table_3_says_and_echoes_option_82_and_61() {
     request.ciaddr = Ipv4Addr::new(10, 9, 0, 20);
     request.secs = 9;
     request.flags = 0x8000;
-    request.options.set(code::CLIENT_ID, vec![0xff, 1, 2, 3]);
-    request.options.set(code::HOSTNAME, b"x".to_vec());
+    request.options.set(opt::CLIENT_ID, vec![0xff, 1, 2, 3]);
+    request.options.set(opt::HOSTNAME, b"x".to_vec());
     let offer = request.new_reply(MessageType::Offer);
     assert_eq!(offer.op, Op::Reply);
     assert_eq!(offer.message_type(), Some(MessageType::Offer));
@@ -287,14 +287,14 @@ fn a_reply_copies_what_table_3_says_and_echoes_option_82_and_61() {
     assert_eq!(offer.ciaddr, Ipv4Addr::UNSPECIFIED);
     assert_eq!(offer.yiaddr, Ipv4Addr::UNSPECIFIED);
     assert_eq!(
-        offer.options.get(code::RELAY_AGENT),
-        request.options.get(code::RELAY_AGENT)
+        offer.options.get(opt::RELAY_AGENT),
+        request.options.get(opt::RELAY_AGENT)
     );
     assert_eq!(
-        offer.options.get(code::CLIENT_ID),
+        offer.options.get(opt::CLIENT_ID),
         Some(&[0xff, 1, 2, 3][..])
     );
-    assert_eq!(offer.options.get(code::HOSTNAME), None);
+    assert_eq!(offer.options.get(opt::HOSTNAME), None);
     assert_eq!(offer.options.len(), 3);
     // An ACK (renewing, rebinding, INFORM) keeps the client's ciaddr.
     let ack = request.new_reply(MessageType::Ack);
@@ -309,10 +309,10 @@ fn a_reply_copies_what_table_3_says_and_echoes_option_82_and_61() {
 #[test]
 fn encoding_puts_the_message_type_first_and_pads_to_the_bootp_minimum() {
     let mut p = Packet::request(MessageType::Discover, 7, MAC);
-    p.options.remove(code::MESSAGE_TYPE);
-    p.options.set(code::HOSTNAME, b"a".to_vec());
-    p.options.set(code::MESSAGE_TYPE, vec![1]);
-    p.options.set(code::OVERLOAD, vec![3]);
+    p.options.remove(opt::MESSAGE_TYPE);
+    p.options.set(opt::HOSTNAME, b"a".to_vec());
+    p.options.set(opt::MESSAGE_TYPE, vec![1]);
+    p.options.set(opt::OVERLOAD, vec![3]);
     let bytes = p.encode(576).unwrap();
     assert_eq!(bytes.len(), MIN_PACKET_BYTES);
     assert_eq!(
@@ -321,7 +321,7 @@ fn encoding_puts_the_message_type_first_and_pads_to_the_bootp_minimum() {
     );
     // The stray 52 is the encoder's to decide, and it was not needed.
     assert_eq!(
-        Packet::parse(&bytes).unwrap().options.get(code::OVERLOAD),
+        Packet::parse(&bytes).unwrap().options.get(opt::OVERLOAD),
         None
     );
 }
@@ -374,8 +374,8 @@ fn options_that_do_not_fit_overload_file_then_sname_and_read_back() {
         assert_eq!(back, p, "{size}");
         let at = OPTIONS_AT + 3;
         match overload {
-            None => assert_ne!(bytes[at], code::OVERLOAD),
-            Some(value) => assert_eq!(bytes[at..at + 3], [code::OVERLOAD, 1, value]),
+            None => assert_ne!(bytes[at], opt::OVERLOAD),
+            Some(value) => assert_eq!(bytes[at..at + 3], [opt::OVERLOAD, 1, value]),
         }
         // dhcproto ignores option 52: the options in file/sname are lost to it.
         let theirs = proto::Message::decode(&mut Decoder::new(&bytes)).unwrap();
@@ -391,10 +391,7 @@ fn overload_uses_only_the_empty_field_and_fails_when_neither_is() {
     let mut p = big_reply(360);
     p.file = b"undionly.kpxe".to_vec();
     let bytes = p.encode(576).unwrap();
-    assert_eq!(
-        bytes[OPTIONS_AT + 3..OPTIONS_AT + 6],
-        [code::OVERLOAD, 1, 2]
-    );
+    assert_eq!(bytes[OPTIONS_AT + 3..OPTIONS_AT + 6], [opt::OVERLOAD, 1, 2]);
     let back = Packet::parse(&bytes).unwrap();
     assert_eq!(back.file, b"undionly.kpxe");
     assert_eq!(back, p);
@@ -414,7 +411,7 @@ fn overloaded_fields_are_read_in_the_order_options_file_sname() {
     assert_eq!(p.options.get(43), Some(&b"abcdef"[..]));
     assert_eq!(p.hostname().as_deref(), Some("h"));
     assert!(p.file.is_empty() && p.sname.is_empty());
-    assert_eq!(p.options.get(code::OVERLOAD), None);
+    assert_eq!(p.options.get(opt::OVERLOAD), None);
     // Only file overloaded: sname stays a name, even if it looks like options.
     b[OPTIONS_AT + 5] = 1;
     let p = Packet::parse(&b).unwrap();
@@ -443,7 +440,7 @@ fn long_options_are_concatenated_on_input_and_split_on_output() {
 
     let mut reply = p.new_reply(MessageType::Ack);
     let long: Vec<u8> = (0..600u32).map(|i| (i % 251) as u8).collect();
-    reply.options.set(code::VENDOR_SPECIFIC, long.clone());
+    reply.options.set(opt::VENDOR_SPECIFIC, long.clone());
     let bytes = reply.encode(1500).unwrap();
     let at = OPTIONS_AT + 3;
     assert_eq!(bytes[at..at + 2], [43, 255]);
@@ -459,7 +456,7 @@ fn long_options_are_concatenated_on_input_and_split_on_output() {
     let mut small = p.new_reply(MessageType::Ack);
     small
         .options
-        .set(code::VENDOR_SPECIFIC, long[..400].to_vec());
+        .set(opt::VENDOR_SPECIFIC, long[..400].to_vec());
     let bytes = small.encode(576).unwrap();
     assert!(bytes.len() <= 576);
     assert_eq!(Packet::parse(&bytes).unwrap(), small);
@@ -576,25 +573,25 @@ fn every_reason_is_listed_and_distinct() {
 fn accessors_read_what_clients_actually_send() {
     let mut p = Packet::request(MessageType::Request, 1, MAC);
     assert_eq!(p.hostname(), None);
-    p.options.set(code::HOSTNAME, b"pc\0\0".to_vec());
+    p.options.set(opt::HOSTNAME, b"pc\0\0".to_vec());
     assert_eq!(p.hostname().as_deref(), Some("pc"));
-    p.options.set(code::HOSTNAME, vec![b'h'; 80]);
+    p.options.set(opt::HOSTNAME, vec![b'h'; 80]);
     assert_eq!(p.hostname().map(|h| h.len()), Some(63));
-    p.options.set(code::HOSTNAME, vec![0xff, b'a']);
+    p.options.set(opt::HOSTNAME, vec![0xff, b'a']);
     assert_eq!(p.hostname().as_deref(), Some("\u{fffd}a"));
     p.options
-        .set(code::MAX_MESSAGE_SIZE, 575u16.to_be_bytes().to_vec());
+        .set(opt::MAX_MESSAGE_SIZE, 575u16.to_be_bytes().to_vec());
     assert_eq!(p.max_message_size(), None);
     // RFC 3004 framing, iPXE among other classes.
-    p.options.set(code::USER_CLASS, b"\x03abc\x04iPXE".to_vec());
+    p.options.set(opt::USER_CLASS, b"\x03abc\x04iPXE".to_vec());
     assert!(p.is_ipxe());
-    p.options.set(code::USER_CLASS, b"\x05iPXE".to_vec());
+    p.options.set(opt::USER_CLASS, b"\x05iPXE".to_vec());
     assert!(!p.is_ipxe());
-    p.options.set(code::USER_CLASS, b"iPXE2".to_vec());
+    p.options.set(opt::USER_CLASS, b"iPXE2".to_vec());
     assert!(!p.is_ipxe());
-    p.options.set(code::CLIENT_ARCH, vec![0, 16, 0, 7]);
+    p.options.set(opt::CLIENT_ARCH, vec![0, 16, 0, 7]);
     assert_eq!(p.client_arch(), Some(16));
-    p.options.set(code::SUBNET_SELECTION, vec![10, 1, 2, 0]);
+    p.options.set(opt::SUBNET_SELECTION, vec![10, 1, 2, 0]);
     assert_eq!(p.subnet_selection(), Some(Ipv4Addr::new(10, 1, 2, 0)));
     assert_eq!(p.relay_agent(), None);
     assert_eq!(p.hardware_addr(), MAC);
@@ -609,31 +606,31 @@ fn accessors_read_what_clients_actually_send() {
 fn our_option_codes_agree_with_dhcproto() {
     use proto::OptionCode as C;
     for (ours, theirs) in [
-        (code::SUBNET_MASK, C::SubnetMask),
-        (code::ROUTER, C::Router),
-        (code::DOMAIN_NAME_SERVER, C::DomainNameServer),
-        (code::HOSTNAME, C::Hostname),
-        (code::DOMAIN_NAME, C::DomainName),
-        (code::BROADCAST_ADDRESS, C::BroadcastAddr),
-        (code::VENDOR_SPECIFIC, C::VendorExtensions),
-        (code::REQUESTED_ADDRESS, C::RequestedIpAddress),
-        (code::LEASE_TIME, C::AddressLeaseTime),
-        (code::OVERLOAD, C::OptionOverload),
-        (code::MESSAGE_TYPE, C::MessageType),
-        (code::SERVER_IDENTIFIER, C::ServerIdentifier),
-        (code::PARAMETER_REQUEST_LIST, C::ParameterRequestList),
-        (code::MAX_MESSAGE_SIZE, C::MaxMessageSize),
-        (code::RENEWAL_TIME, C::Renewal),
-        (code::REBINDING_TIME, C::Rebinding),
-        (code::VENDOR_CLASS, C::ClassIdentifier),
-        (code::CLIENT_ID, C::ClientIdentifier),
-        (code::RELAY_AGENT, C::RelayAgentInformation),
-        (code::CLIENT_ARCH, C::ClientSystemArchitecture),
-        (code::CLIENT_NDI, C::ClientNetworkInterface),
-        (code::CLIENT_UUID, C::ClientMachineIdentifier),
-        (code::SUBNET_SELECTION, C::SubnetSelection),
-        (code::DOMAIN_SEARCH, C::DomainSearch),
-        (code::CLASSLESS_STATIC_ROUTE, C::ClasslessStaticRoute),
+        (opt::SUBNET_MASK, C::SubnetMask),
+        (opt::ROUTER, C::Router),
+        (opt::DOMAIN_NAME_SERVER, C::DomainNameServer),
+        (opt::HOSTNAME, C::Hostname),
+        (opt::DOMAIN_NAME, C::DomainName),
+        (opt::BROADCAST_ADDRESS, C::BroadcastAddr),
+        (opt::VENDOR_SPECIFIC, C::VendorExtensions),
+        (opt::REQUESTED_ADDRESS, C::RequestedIpAddress),
+        (opt::LEASE_TIME, C::AddressLeaseTime),
+        (opt::OVERLOAD, C::OptionOverload),
+        (opt::MESSAGE_TYPE, C::MessageType),
+        (opt::SERVER_IDENTIFIER, C::ServerIdentifier),
+        (opt::PARAMETER_REQUEST_LIST, C::ParameterRequestList),
+        (opt::MAX_MESSAGE_SIZE, C::MaxMessageSize),
+        (opt::RENEWAL_TIME, C::Renewal),
+        (opt::REBINDING_TIME, C::Rebinding),
+        (opt::VENDOR_CLASS, C::ClassIdentifier),
+        (opt::CLIENT_ID, C::ClientIdentifier),
+        (opt::RELAY_AGENT, C::RelayAgentInformation),
+        (opt::CLIENT_ARCH, C::ClientSystemArchitecture),
+        (opt::CLIENT_NDI, C::ClientNetworkInterface),
+        (opt::CLIENT_UUID, C::ClientMachineIdentifier),
+        (opt::SUBNET_SELECTION, C::SubnetSelection),
+        (opt::DOMAIN_SEARCH, C::DomainSearch),
+        (opt::CLASSLESS_STATIC_ROUTE, C::ClasslessStaticRoute),
     ] {
         assert_eq!(ours, u8::from(theirs), "{theirs:?}");
     }
@@ -847,7 +844,7 @@ fn captured_dhclient_and_udhcpc_identify_as_rfc_2131_says() {
     let discover = capture("dhclient-discover.bin");
     assert_eq!(discover.message_type(), Some(MessageType::Discover));
     assert_eq!(discover.hostname().as_deref(), Some("cradle-lab"));
-    assert_eq!(discover.options.get(code::CLIENT_ID), None);
+    assert_eq!(discover.options.get(opt::CLIENT_ID), None);
     let mut id = vec![1];
     id.extend_from_slice(discover.hardware_addr());
     assert_eq!(discover.client_id(), id);
@@ -888,7 +885,7 @@ fn captured_ipxe_as_bios_rom_reads_as_ipxe_on_bios() {
         Some(&b"PXEClient:Arch:00000:UNDI:002001"[..])
     );
     assert_eq!(
-        p.options.get(code::IPXE_ENCAPSULATED).map(<[u8]>::len),
+        p.options.get(opt::IPXE_ENCAPSULATED).map(<[u8]>::len),
         Some(48)
     );
     // QEMU ran with -uuid 8c9d0e1f-2a3b-4c5d-8e6f-7a8b9c0d1e2f.
@@ -914,14 +911,14 @@ fn captured_ovmf_reads_as_uefi_x64_and_its_huge_max_size_is_kept_as_sent() {
     // The reply's size is capped whatever the client says.
     assert_eq!(request.max_reply_bytes(), MAX_PACKET_BYTES);
     let mut ack = request.new_reply(MessageType::Ack);
-    ack.options.set(code::VENDOR_SPECIFIC, vec![1; 1400]);
+    ack.options.set(opt::VENDOR_SPECIFIC, vec![1; 1400]);
     assert!(ack.encode(65280).unwrap().len() <= MAX_PACKET_BYTES);
     // Option 57 counts the IP datagram: udhcpc's 576 leaves 548 of payload.
     assert_eq!(capture("udhcpc-request.bin").max_reply_bytes(), 548);
     assert_eq!(capture("dhclient-request.bin").max_reply_bytes(), 548);
     assert_eq!(capture("ipxe-bios-request.bin").max_reply_bytes(), 1444);
     let mut big = capture("udhcpc-request.bin").new_reply(MessageType::Ack);
-    big.options.set(code::VENDOR_SPECIFIC, vec![1; 400]);
+    big.options.set(opt::VENDOR_SPECIFIC, vec![1; 400]);
     let bytes = big.encode(0).unwrap();
     assert!(bytes.len() <= MIN_REPLY_BYTES);
     assert_eq!(Packet::parse(&bytes).unwrap(), big);
