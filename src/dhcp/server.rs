@@ -344,10 +344,10 @@ impl Responder {
     /// clients of this subnet through the same relay (or on the segment)
     /// recently, and this node. A relay that sends to one node only makes
     /// that node the only one hearing it, so it answers every client; a
-    /// relay that sends to every node has its clients shared. Until the
-    /// records exist (a new link), each node counts only itself and
-    /// answers: duplicates are harmless, both offers commit the same
-    /// binding.
+    /// relay that sends to every node has its clients shared. A link with
+    /// no record yet counts every voter; a node missing from a link's
+    /// records counts itself in (its answers are harmless duplicates until
+    /// its first commit records it: both offers commit the same binding).
     fn role(&self, view: &View<'_>, packet: &Packet, subnet: &str) -> Result<Role, Dropped> {
         let me = self.config.node_id;
         let voters: Vec<u64> = self
@@ -367,6 +367,14 @@ impl Responder {
             .into_iter()
             .filter(|n| voters.contains(n))
             .collect();
+        if nodes.is_empty() {
+            // A link no node has answered on yet: assume every voter hears
+            // it (a shared segment, a relay naming every node), so a storm's
+            // first clients get one answer each. A relay naming one node
+            // costs its first other-owned client one takeover; from that
+            // answer on, the record says who hears the link.
+            nodes.clone_from(&voters);
+        }
         if (voters.contains(&me) || voters.is_empty()) && !nodes.contains(&me) {
             nodes.push(me);
         }
