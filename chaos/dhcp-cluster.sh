@@ -429,7 +429,7 @@ scenario_c() {
 }
 
 scenario_d() {
-    local lead cut term0 term1 lead1
+    local lead cut term0 termc term1 lead1
     log "=== (d) partition one node during broadcast load, then heal ==="
     lead=$(srv_leader) || abort "(d) no agreed leader"
     if [[ $SERVER == kea ]]; then cut=1; else cut=$(relay_target "$lead"); fi
@@ -441,6 +441,9 @@ scenario_d() {
     CR_CUT[cut]=1
     log "cut off node $cut (leader node $lead, term $term0)"
     sleep 3
+    # The term just before the heal: an election during the cut (the
+    # majority's own, under load) is not the healed node's doing.
+    termc=$(srv_term "$lead") || termc="?"
     ip -n "$NS_BR" link set "dc-n${cut}b" up
     CR_CUT[cut]=0
     log "healed node $cut"
@@ -451,8 +454,9 @@ scenario_d() {
     if [[ $SERVER != kea ]]; then
         lead1=$(srv_leader) || lead1="?"
         term1=$(srv_term "$lead1") || term1="?"
-        log "(d) leader/term before the cut: node $lead/$term0; after heal: node $lead1/$term1"
-        check "(d) the healed node's return caused no election (term $term0 -> $term1)" [ "$term0" == "$term1" ]
+        log "(d) leader/term before the cut: node $lead/$term0; just before the heal: $termc; after heal: node $lead1/$term1"
+        [[ $term0 == "$termc" ]] || log "(d) note: the majority held an election during the cut (term $term0 -> $termc)"
+        check "(d) the healed node's return caused no election (term $termc -> $term1)" [ "$termc" == "$term1" ]
     fi
 }
 
