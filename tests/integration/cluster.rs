@@ -687,7 +687,11 @@ async fn replicas_with_different_local_settings_report_equal_digests() {
     let members = members.body.as_array().expect("members");
     assert_eq!(members.len(), 3, "{members:?}");
     for member in members {
-        assert_eq!(member["log_format"], 1, "{member}");
+        assert_eq!(
+            member["log_format"],
+            cradle::store::frames::NEWEST_FORMAT,
+            "{member}"
+        );
     }
 }
 
